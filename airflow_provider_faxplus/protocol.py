@@ -1,0 +1,284 @@
+"""The two Fax.Plus outbox operations without I/O: build requests, interpret responses.
+
+The sync hook (requests) and the async trigger share these functions, so they can never disagree on
+URLs, headers, error mapping or parsing.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from airflow_provider_faxplus import __version__
+from airflow_provider_faxplus.config import FaxPlusConfig
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAPIError,
+    FaxPlusAuthError,
+    FaxPlusConflictError,
+    FaxPlusInputError,
+    FaxPlusNotFoundError,
+    FaxPlusRateLimitError,
+    FaxPlusRequestError,
+    FaxPlusResponseError,
+    FaxPlusServerError,
+    FaxPlusTransportError,
+)
+from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
+
+MAX_PATH_PARAM_LENGTH = 256
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A 400 with one of these codes means the outbox id does not resolve. Fax.Plus does not document the
+# code it uses once a fax has left the outbox; these are the plausible spellings (an assumption).
+NOT_FOUND_ERROR_CODES = frozenset(
+    {"not_found", "fax_not_found", "outbox_not_found", "outbox_fax_not_found", "invalid_outbox_fax_id"}
+)
+USER_AGENT = f"airflow-provider-faxplus/{__version__}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str  # the spec's summary, used in messages
+    operation_id: str
+    method: str
+    scopes: tuple[str, ...]
+
+
+GET_OUTBOX_FAX = Operation("Get outgoing fax", "getOutboxFax", "GET", ("fax:all:read", "fax:fax:read"))
+UPDATE_OUTBOX_FAX = Operation(
+    "Modify an outgoing fax", "updateOutboxFax", "PUT", ("fax:all:edit", "fax:fax:edit")
+)
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request, ready to send. ``headers`` never include the token: transports add it."""
+
+    operation: Operation
+    path: str
+    url: str
+    outbox_fax_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+    @property
+    def method(self) -> str:
+        return self.operation.method
+
+    def describe(self) -> str:
+        return f"{self.operation.name} ({self.method} {self.path})"
+
+
+def validate_path_param(name: str, value: object) -> str:
+    """Return ``value`` if it is safe as one path segment; raise :class:`FaxPlusInputError` otherwise."""
+    if not isinstance(value, str):
+        raise FaxPlusInputError(f"{name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise FaxPlusInputError(f"{name} is empty")
+    if value != value.strip():
+        raise FaxPlusInputError(f"{name} {value!r} has leading or trailing whitespace")
+    if len(value) > MAX_PATH_PARAM_LENGTH:
+        raise FaxPlusInputError(f"{name} is {len(value)} characters long; at most {MAX_PATH_PARAM_LENGTH}")
+    if "/" in value or "\\" in value or ".." in value:
+        raise FaxPlusInputError(f"{name} {value!r} must not contain '/', '\\' or '..'")
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
+        raise FaxPlusInputError(f"{name} {value!r} contains control characters")
+    return value
+
+
+def validate_comment(comment: object) -> str:
+    if not isinstance(comment, str):
+        raise FaxPlusInputError(f"comment must be a string, got {type(comment).__name__}")
+    return comment
+
+
+def base_headers(config: FaxPlusConfig) -> dict[str, str]:
+    """Headers sent on every request, except ``Authorization`` (added by the transport)."""
+    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+    if config.client_id:
+        headers["x-fax-clientid"] = config.client_id
+    return headers
+
+
+def _outbox_path(user_id: object, outbox_fax_id: object) -> tuple[str, str]:
+    user = validate_path_param("user_id", user_id)
+    fax_id = validate_path_param("outbox_fax_id", outbox_fax_id)
+    return f"/accounts/{quote(user, safe='')}/outbox/{quote(fax_id, safe='')}", fax_id
+
+
+def get_outbox_fax_call(config: FaxPlusConfig, outbox_fax_id: object, user_id: object = "self") -> ApiCall:
+    path, fax_id = _outbox_path(user_id, outbox_fax_id)
+    return ApiCall(GET_OUTBOX_FAX, path, config.base_url + path, fax_id, base_headers(config))
+
+
+def update_outbox_fax_call(
+    config: FaxPlusConfig, outbox_fax_id: object, comment: object, user_id: object = "self"
+) -> ApiCall:
+    path, fax_id = _outbox_path(user_id, outbox_fax_id)
+    # The payload allows nothing but "comment" (additionalProperties: false).
+    body = json.dumps({"comment": validate_comment(comment)}, ensure_ascii=False).encode("utf-8")
+    headers = {**base_headers(config), "Content-Type": "application/json; charset=utf-8"}
+    return ApiCall(UPDATE_OUTBOX_FAX, path, config.base_url + path, fax_id, headers, body)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or ``None``."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _error_fields(body: bytes, token: str) -> tuple[str | None, str | None]:
+    """Fax.Plus's ``error`` and ``description`` from an ``Error`` body, else a short excerpt of the body."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        decoded = json.loads(text) if text else None
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and ("error" in decoded or "description" in decoded):
+        error = decoded.get("error")
+        description = decoded.get("description")
+        return (
+            _redact(str(error), token)[:200] if error is not None else None,
+            _redact(str(description), token)[:500] if description is not None else None,
+        )
+    excerpt = " ".join(text.split())[:200]
+    return None, (_redact(excerpt, token) or None)
+
+
+def error_from_response(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> FaxPlusRequestError:
+    """The exception for a non-success response, with everything a person needs to act on it."""
+    error, description = _error_fields(body, config.token)
+    said = " ".join(part for part in (error, f"- {description}" if description else None) if part)
+    message = f"{call.describe()} failed for outbox fax {call.outbox_fax_id!r}: HTTP {status}"
+    if said:
+        message += f" {said}"
+    kwargs: dict[str, Any] = {
+        "operation": call.operation.name,
+        "method": call.method,
+        "path": call.path,
+        "outbox_fax_id": call.outbox_fax_id,
+        "status": status,
+        "error": error,
+        "description": description,
+    }
+    if status in (401, 403):
+        message += (
+            f". Check the token in the connection's password: it needs one of the scopes "
+            f"{' or '.join(call.operation.scopes)}"
+            + (" (an OAuth2 token also needs the connection's client_id)" if not config.client_id else "")
+        )
+        return FaxPlusAuthError(message, **kwargs)
+    if status == 404 or (status == 400 and error in NOT_FOUND_ERROR_CODES):
+        return FaxPlusNotFoundError(
+            message + ". The outbox id does not resolve: the fax has left the outbox (sent or failed) "
+            "or the id is wrong",
+            **kwargs,
+        )
+    if status == 409:
+        return FaxPlusConflictError(message + ". The fax cannot be modified in its current state", **kwargs)
+    if 300 <= status < 400:
+        location = _header(headers, "location") or ""
+        return FaxPlusAPIError(
+            message + f". Redirects are not followed (the token must not leave the configured host); "
+            f"check the base URL (redirect target host: {_location_host(location)!r})",
+            **kwargs,
+        )
+    retry_after = parse_retry_after(_header(headers, "retry-after"))
+    if status == 429:
+        return FaxPlusRateLimitError(message, retry_after=retry_after, **kwargs)
+    if status >= 500:
+        return FaxPlusServerError(message, retry_after=retry_after, **kwargs)
+    return FaxPlusAPIError(message, **kwargs)
+
+
+def _location_host(location: str) -> str:
+    try:
+        return urlsplit(location).hostname or "(same host)"
+    except ValueError:
+        return "(unparseable)"
+
+
+def transport_error(call: ApiCall, reason: str) -> FaxPlusTransportError:
+    return FaxPlusTransportError(
+        f"{call.describe()} failed for outbox fax {call.outbox_fax_id!r}: {reason}",
+        operation=call.operation.name,
+        method=call.method,
+        path=call.path,
+        outbox_fax_id=call.outbox_fax_id,
+    )
+
+
+def _malformed(call: ApiCall, status: int, reason: str) -> FaxPlusResponseError:
+    return FaxPlusResponseError(
+        f"{call.describe()} returned a malformed response for outbox fax {call.outbox_fax_id!r} "
+        f"(HTTP {status}): {reason}",
+        operation=call.operation.name,
+        method=call.method,
+        path=call.path,
+        outbox_fax_id=call.outbox_fax_id,
+        status=status,
+    )
+
+
+def parse_get_response(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> OutboxFax:
+    """The outbox record of a successful *Get outgoing fax*, or the matching exception."""
+    if status != 200:
+        raise error_from_response(config, call, status, headers, body)
+    try:
+        decoded = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        content_type = _header(headers, "content-type") or "no content type"
+        raise _malformed(call, status, f"the body is not JSON ({content_type}, {len(body)} bytes)") from None
+    try:
+        return parse_outbox(decoded)
+    except OutboxParseError as exc:
+        raise _malformed(call, status, str(exc)) from None
+
+
+def check_update_response(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> None:
+    """Succeed on a 2xx answer to *Modify an outgoing fax* (the spec says 204), else raise."""
+    if not 200 <= status < 300:
+        raise error_from_response(config, call, status, headers, body)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Transient failures: connection problems, timeouts, 429 and 500/502/503/504. Never other 4xx."""
+    if isinstance(exc, FaxPlusTransportError):
+        return True
+    return isinstance(exc, FaxPlusRateLimitError | FaxPlusServerError) and exc.status in RETRYABLE_STATUSES

@@ -1,0 +1,73 @@
+"""``faxplus-sandbox``: run the local Fax.Plus sandbox in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+
+from airflow_provider_faxplus.sandbox import DEFAULT_TOKEN, SandboxServer
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faxplus-sandbox",
+        description="A local Fax.Plus REST API sandbox (the outbox operations) for developing DAGs.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
+    )
+    parser.add_argument("--token", default=DEFAULT_TOKEN, help="the bearer token it accepts")
+    parser.add_argument("--client-id", help="require this x-fax-clientid header (OAuth2 clients)")
+    parser.add_argument("--pace", type=float, default=1.0, help="virtual seconds per real second (default 1)")
+    parser.add_argument(
+        "--not-found-status",
+        type=int,
+        choices=(400, 404),
+        default=404,
+        help="status answered for a fax that left the outbox (default 404)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="create this many outbox faxes at start")
+    parser.add_argument(
+        "--stage-seconds", type=float, default=10.0, help="seconds per status for seeded faxes"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    server = SandboxServer(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        client_id=args.client_id,
+        pace=args.pace,
+        not_found_status=args.not_found_status,
+    ).start()
+    assert server.client is not None
+    stages = [
+        {"status": status, "seconds": args.stage_seconds}
+        for status in ("submitted", "converting", "scheduled_for_sending", "sending")
+    ]
+    seeded = [server.client.create_fax(lifecycle=stages)["id"] for _ in range(args.seed)]
+    conn: dict[str, object] = {"conn_type": "faxplus", "host": server.base_url}
+    conn["password"] = args.token if args.token == DEFAULT_TOKEN else "<the --token you chose>"
+    if args.client_id:
+        conn["extra"] = {"client_id": args.client_id}
+    print(f"Fax.Plus sandbox listening on {server.base_url}", flush=True)
+    print(f"Control API: {server.root_url}/_sandbox (faxes, faults, requests, clock, settings, reset)")
+    print(f"export AIRFLOW_CONN_FAXPLUS_DEFAULT='{json.dumps(conn)}'")
+    for fax_id in seeded:
+        print(f"seeded outbox fax {fax_id}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

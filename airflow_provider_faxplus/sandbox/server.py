@@ -1,0 +1,179 @@
+"""Run the sandbox in-process (tests, demos) and drive it through its control API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import requests
+import uvicorn
+
+from airflow_provider_faxplus.sandbox.app import API_PREFIX, CONTROL_PREFIX, create_app
+from airflow_provider_faxplus.sandbox.state import DEFAULT_UID, SandboxState
+
+DEFAULT_TOKEN = "sandbox-token"  # noqa: S105 - the sandbox's public demo token, not a secret
+
+
+class SandboxClient:
+    """The control API (``/_sandbox``) over HTTP."""
+
+    def __init__(self, root_url: str) -> None:
+        self.root_url = root_url.rstrip("/")
+        self._session = requests.Session()
+
+    def _call(self, method: str, path: str, json: Any = None) -> Any:
+        response = self._session.request(
+            method, f"{self.root_url}{CONTROL_PREFIX}{path}", json=json, timeout=10
+        )
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"sandbox control {method} {path}: HTTP {response.status_code} {response.text}"
+            )
+        return response.json()
+
+    def create_fax(self, **spec: Any) -> dict[str, Any]:
+        """Seed an outbox fax. ``lifecycle=[{"status": ..., "seconds": ...}, ...]``, ``visible_after``,
+        ``comment``, ``tags``, ``user_id``, ``id``, ``fields`` (overrides of Outbox fields)."""
+        result: dict[str, Any] = self._call("POST", "/faxes", spec)
+        return result
+
+    def fax(self, fax_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/faxes/{fax_id}")
+        return result
+
+    def add_fault(self, **spec: Any) -> dict[str, Any]:
+        """Script a fault: ``times``, ``method``, ``path_contains``, ``status``, ``body``,
+        ``content_type``, ``headers``, ``retry_after``, ``delay``, ``drop``."""
+        result: dict[str, Any] = self._call("POST", "/faults", spec)
+        return result
+
+    def faults(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/faults")
+        return result
+
+    def requests(self, clear: bool = False) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("DELETE" if clear else "GET", "/requests")
+        return result
+
+    def advance(self, seconds: float) -> None:
+        self._call("POST", "/clock", {"advance": seconds})
+
+    def set_pace(self, pace: float) -> None:
+        self._call("POST", "/clock", {"pace": pace})
+
+    def settings(self, **values: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/settings", values)
+        return result
+
+    def reset(self) -> None:
+        self._call("POST", "/reset")
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class SandboxServer:
+    """A sandbox on a background thread, on 127.0.0.1 and an ephemeral port unless told otherwise.
+
+    >>> with SandboxServer() as sandbox:
+    ...     sandbox.base_url   # e.g. http://127.0.0.1:40123/v3
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str = DEFAULT_TOKEN,
+        tokens: dict[str, frozenset[str] | None] | None = None,
+        client_id: str | None = None,
+        uid: str = DEFAULT_UID,
+        members: tuple[str, ...] = (),
+        pace: float = 1.0,
+        not_found_status: int = 404,
+        sending_modify_status: int = 409,
+    ) -> None:
+        self.state = SandboxState(
+            tokens=tokens if tokens is not None else {token: None},
+            client_id=client_id,
+            uid=uid,
+            members=members,
+            pace=pace,
+            not_found_status=not_found_status,
+            sending_modify_status=sending_modify_status,
+        )
+        # The token connection_json() hands out: the first one it accepts.
+        self.token = token if tokens is None else next(iter(tokens))
+        self._host = host
+        self._port = port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.client: SandboxClient | None = None
+
+    @property
+    def root_url(self) -> str:
+        assert self._socket is not None, "the sandbox is not started"
+        host, port = self._socket.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """The base URL to put in a ``faxplus`` connection's host."""
+        return self.root_url + API_PREFIX
+
+    def start(self) -> SandboxServer:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        self._socket = sock
+        config = uvicorn.Config(
+            create_app(self.state),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="faxplus-sandbox", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the Fax.Plus sandbox did not start")
+            time.sleep(0.01)
+        self.client = SandboxClient(self.root_url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.client is not None:
+            self.client.close()
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = None
+
+    def connection_json(self, **extra: Any) -> str:
+        """The JSON for ``AIRFLOW_CONN_<ID>`` pointing at this sandbox."""
+        return json.dumps(
+            {"conn_type": "faxplus", "host": self.base_url, "password": self.token, "extra": extra}
+        )
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

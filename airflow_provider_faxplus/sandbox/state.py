@@ -1,0 +1,302 @@
+"""The sandbox's state, without HTTP: accounts, outbox faxes on a clock, injected faults, request log.
+
+Faxes go through their lifecycle (by default submitted -> converting -> scheduled_for_sending ->
+sending, then out of the outbox) on a virtual clock: ``pace`` virtual seconds per real second, plus
+whatever the control API adds with ``advance``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+OUTBOX_STATUSES = ("submitted", "converting", "scheduled_for_sending", "sending")
+DEFAULT_LIFECYCLE: tuple[tuple[str, float], ...] = tuple((status, 2.0) for status in OUTBOX_STATUSES)
+DEFAULT_UID = "53a1afb8585345a39033857e1f36bf8d"
+
+
+class SandboxInputError(ValueError):
+    """A control-API request is invalid."""
+
+
+class Clock:
+    """Virtual UTC time: real time scaled by ``pace``, plus manual advances."""
+
+    def __init__(self, pace: float = 1.0) -> None:
+        self._wall0 = time.time()
+        self._mono0 = time.monotonic()
+        self._pace = pace
+        self._offset = 0.0
+
+    @property
+    def pace(self) -> float:
+        return self._pace
+
+    def now(self) -> float:
+        return self._wall0 + (time.monotonic() - self._mono0) * self._pace + self._offset
+
+    def set_pace(self, pace: float) -> None:
+        current = self.now()
+        self._wall0, self._mono0, self._offset, self._pace = current, time.monotonic(), 0.0, pace
+
+    def advance(self, seconds: float) -> None:
+        self._offset += seconds
+
+
+def fmt_plain(ts: float) -> str:
+    """``YYYY-MM-DD HH:mm:ss``: the spec's format for last_updated_status_time and status_changes[].at."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_offset(ts: float) -> str:
+    """``YYYY-MM-DD HH:mm:ss +0000``: the spec's format for send_time and submit_time."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
+
+
+@dataclass
+class Fax:
+    id: str
+    owner: str
+    created_at: float
+    lifecycle: tuple[tuple[str, float], ...]
+    visible_after: float = 0.0
+    comment_text: str = ""
+    comment_tags: list[str] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def position(self, now: float) -> tuple[int, float] | None:
+        """(stage index, stage start) at ``now``; ``None`` once the fax has left the outbox."""
+        start = self.created_at
+        for index, (_, seconds) in enumerate(self.lifecycle):
+            if now < start + seconds:
+                return index, start
+            start += seconds
+        return None
+
+    def left_at(self) -> float:
+        return self.created_at + sum(seconds for _, seconds in self.lifecycle)
+
+    def visible(self, now: float) -> bool:
+        return now >= self.created_at + self.visible_after
+
+    def status(self, now: float) -> str | None:
+        position = self.position(now)
+        return None if position is None else self.lifecycle[position[0]][0]
+
+    def to_outbox(self, now: float) -> dict[str, Any]:
+        """The ``Outbox`` object of the spec (no property outside its schema)."""
+        position = self.position(now)
+        assert position is not None
+        index, stage_start = position
+        changes = []
+        at = self.created_at
+        for status, seconds in self.lifecycle[: index + 1]:
+            changes.append({"at": fmt_plain(at), "status": status})
+            at += seconds
+        record: dict[str, Any] = {
+            "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
+            "contact_name": "",
+            "designated_src": "",
+            "extra_info": {},
+            "file_changes": [],
+            "files": [f"/transient-{self.id}"],
+            "id": self.id,
+            "initiated_from": {"from_id": "", "type": ""},
+            "ip": "127.0.0.1",
+            "last_updated_status_time": fmt_plain(stage_start),
+            "options": {},
+            "page_count": 1,
+            "retry": {"count": 0, "delay": 0},
+            "send_time": fmt_offset(self.created_at),
+            "should_enhance": False,
+            "src": "+16699990000",
+            "status": self.lifecycle[index][0],
+            "status_changes": changes,
+            "submit_time": fmt_offset(self.created_at),
+            "to": ["+16699990000"],
+            "uid": self.owner,
+        }
+        record.update(self.fields)
+        return record
+
+    def summary(self, now: float) -> dict[str, Any]:
+        status = self.status(now)
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "status": status,
+            "in_outbox": status is not None,
+            "visible": self.visible(now),
+            "created_at": fmt_offset(self.created_at),
+            "left_at": fmt_offset(self.left_at()),
+            "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
+        }
+
+
+@dataclass
+class Fault:
+    """A scripted misbehaviour for the next ``times`` matching requests under /v3."""
+
+    id: int
+    times: int = 1
+    method: str | None = None
+    path_contains: str | None = None
+    status: int | None = None
+    body: str | None = None
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    retry_after: str | None = None
+    delay: float = 0.0
+    drop: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path_contains is None or self.path_contains in path
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def _number(data: dict[str, Any], name: str, default: float, minimum: float = 0.0) -> float:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise SandboxInputError(f"{name} must be a number >= {minimum:g}")
+    return float(value)
+
+
+def _string(data: dict[str, Any], name: str, default: str | None = None) -> str | None:
+    value = data.get(name, default)
+    if value is not None and not isinstance(value, str):
+        raise SandboxInputError(f"{name} must be a string")
+    return value
+
+
+class SandboxState:
+    def __init__(
+        self,
+        *,
+        tokens: dict[str, frozenset[str] | None],
+        client_id: str | None = None,
+        uid: str = DEFAULT_UID,
+        members: tuple[str, ...] = (),
+        pace: float = 1.0,
+        not_found_status: int = 404,
+        sending_modify_status: int = 409,
+    ) -> None:
+        self.tokens = tokens
+        self.client_id = client_id
+        self.uid = uid
+        self.members = set(members)
+        self.clock = Clock(pace)
+        self.not_found_status = not_found_status
+        self.sending_modify_status = sending_modify_status
+        self.faxes: dict[str, Fax] = {}
+        self.faults: list[Fault] = []
+        self.requests: list[dict[str, Any]] = []
+        self._fault_ids = 0
+
+    # Accounts
+    def resolve_user(self, user_id: str) -> str | None:
+        if user_id == "self":
+            return self.uid
+        if user_id == self.uid or user_id in self.members:
+            return user_id
+        return None
+
+    # Faxes
+    def create_fax(self, data: dict[str, Any]) -> Fax:
+        fax_id = _string(data, "id") or uuid.uuid4().hex
+        if fax_id in self.faxes:
+            raise SandboxInputError(f"fax {fax_id!r} exists already")
+        owner = _string(data, "user_id", "self") or "self"
+        resolved = self.resolve_user(owner)
+        if resolved is None:
+            raise SandboxInputError(f"unknown user {owner!r}")
+        lifecycle = DEFAULT_LIFECYCLE
+        if "lifecycle" in data:
+            raw = data["lifecycle"]
+            if not isinstance(raw, list) or not raw:
+                raise SandboxInputError("lifecycle must be a non-empty list of {status, seconds}")
+            stages = []
+            for stage in raw:
+                if not isinstance(stage, dict) or not isinstance(stage.get("status"), str):
+                    raise SandboxInputError("each lifecycle stage needs a string status")
+                stages.append((stage["status"], _number(stage, "seconds", 2.0)))
+            lifecycle = tuple(stages)
+        tags = data.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise SandboxInputError("tags must be a list of strings")
+        extra_fields = data.get("fields", {})
+        if not isinstance(extra_fields, dict):
+            raise SandboxInputError("fields must be an object")
+        fax = Fax(
+            id=fax_id,
+            owner=resolved,
+            created_at=self.clock.now(),
+            lifecycle=lifecycle,
+            visible_after=_number(data, "visible_after", 0.0),
+            comment_text=_string(data, "comment", "") or "",
+            comment_tags=list(tags),
+            fields=extra_fields,
+        )
+        self.faxes[fax_id] = fax
+        return fax
+
+    def find(self, owner: str, fax_id: str) -> Fax | None:
+        """The fax while it is visible and in the outbox, else ``None`` (not found)."""
+        now = self.clock.now()
+        fax = self.faxes.get(fax_id)
+        if fax is None or fax.owner != owner or not fax.visible(now) or fax.status(now) is None:
+            return None
+        return fax
+
+    # Faults
+    def add_fault(self, data: dict[str, Any]) -> Fault:
+        self._fault_ids += 1
+        status = data.get("status")
+        if status is not None and (not isinstance(status, int) or not 100 <= status <= 599):
+            raise SandboxInputError("status must be an HTTP status code")
+        headers = data.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise SandboxInputError("headers must be an object of strings")
+        times = _number(data, "times", 1, minimum=1)
+        retry_after = data.get("retry_after")
+        if retry_after is not None and not isinstance(retry_after, str | int):
+            raise SandboxInputError("retry_after must be a string or an integer")
+        fault = Fault(
+            id=self._fault_ids,
+            times=int(times),
+            method=(_string(data, "method") or "").upper() or None,
+            path_contains=_string(data, "path_contains"),
+            status=status,
+            body=_string(data, "body"),
+            content_type=_string(data, "content_type", "application/json") or "application/json",
+            headers=headers,
+            retry_after=None if retry_after is None else str(retry_after),
+            delay=_number(data, "delay", 0.0),
+            drop=bool(data.get("drop", False)),
+        )
+        if fault.status is None and not fault.drop and fault.delay == 0:
+            raise SandboxInputError("a fault needs a status, drop=true or a delay")
+        self.faults.append(fault)
+        return fault
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(method, path):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def reset(self) -> None:
+        self.faxes.clear()
+        self.faults.clear()
+        self.requests.clear()

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Project runner that needs nothing but python3: it creates and reuses its own virtualenvs.
+
+python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11
+python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest args
+python3 scripts/dev.py demo              # the sandbox demo (see README)
+python3 scripts/dev.py lint              # ruff + mypy
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+AIRFLOW_LINES = {"3.3": "apache-airflow==3.3.2", "2.11": "apache-airflow==2.11.*"}
+DEFAULT_LINE = "3.3"
+
+
+def _venv_dir(line: str) -> Path:
+    return ROOT / ".venv" / f"airflow-{line}"
+
+
+def _python(line: str) -> Path:
+    return _venv_dir(line) / "bin" / "python"
+
+
+def _run(cmd: list[str], **kwargs: object) -> None:
+    print("+", " ".join(str(part) for part in cmd), flush=True)
+    subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def ensure_env(line: str) -> Path:
+    """A virtualenv with the pinned Airflow line, this package (editable) and the dev tools."""
+    target = _venv_dir(line)
+    python = _python(line)
+    inputs = (ROOT / "pyproject.toml").read_bytes() + AIRFLOW_LINES[line].encode()
+    stamp = target / ".installed"
+    digest = hashlib.sha256(inputs).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text() == digest:
+        return python
+    print(f"== setting up {target.relative_to(ROOT)} ({AIRFLOW_LINES[line]})", flush=True)
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(target)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    _run([*pip, "install", "--upgrade", "pip"])
+    _run([*pip, "install", AIRFLOW_LINES[line], "-e", f"{ROOT}[sandbox,dev]"])
+    stamp.write_text(digest)
+    return python
+
+
+def lint(line: str = DEFAULT_LINE) -> None:
+    python = str(ensure_env(line))
+    _run([python, "-m", "ruff", "check", "."], cwd=ROOT)
+    _run([python, "-m", "ruff", "format", "--check", "."], cwd=ROOT)
+    _run([python, "-m", "mypy"], cwd=ROOT)
+
+
+def test(lines: list[str], pytest_args: list[str], with_lint: bool) -> None:
+    if with_lint:
+        lint()
+    for line in lines:
+        python = str(ensure_env(line))
+        print(f"== tests on Airflow {line}", flush=True)
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        _run([python, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+
+
+def demo(line: str) -> None:
+    python = str(ensure_env(line))
+    _run([python, str(ROOT / "scripts" / "demo.py")], cwd=ROOT)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_test = sub.add_parser("test", help="lint, then pytest on each Airflow line")
+    p_test.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), action="append", help="only this line")
+    p_test.add_argument("--no-lint", action="store_true", help="skip ruff and mypy")
+    p_test.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
+    p_demo = sub.add_parser("demo", help="run the example DAGs against the sandbox")
+    p_demo.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), default=DEFAULT_LINE)
+    sub.add_parser("lint", help="ruff and mypy")
+    args = parser.parse_args()
+    try:
+        if args.command == "test":
+            test(args.airflow or ["3.3", "2.11"], args.pytest_args, not args.no_lint)
+        elif args.command == "demo":
+            demo(args.airflow)
+        else:
+            lint()
+    except subprocess.CalledProcessError as exc:
+        print(f"failed: {' '.join(map(str, exc.cmd))} (exit {exc.returncode})", file=sys.stderr)
+        return exc.returncode or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+# Unit tests need no Airflow database: connections come from AIRFLOW_CONN_* variables.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="faxplus-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+from airflow_provider_faxplus.sandbox import SandboxClient, SandboxServer
+
+TOKEN = "alohi_pat_T0KEN-sentinel-9f3b2c"  # distinctive, so leaks are easy to find
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    with SandboxServer(token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> SandboxServer:
+    """The shared sandbox, emptied before each test."""
+    assert sandbox_server.client is not None
+    sandbox_server.client.reset()
+    sandbox_server.client.set_pace(1.0)
+    sandbox_server.client.settings(not_found_status=404, sending_modify_status=409)
+    return sandbox_server
+
+
+@pytest.fixture
+def control(sandbox: SandboxServer) -> SandboxClient:
+    assert sandbox.client is not None
+    return sandbox.client
+
+
+@pytest.fixture
+def faxplus_conn(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``faxplus_default`` pointing at the sandbox, with short backoffs so retries stay fast."""
+    value = sandbox.connection_json(initial_backoff=0.05, timeout=5)
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", value)
+    return value
+
+
+@pytest.fixture
+def hook(faxplus_conn: str) -> Iterator[FaxPlusHook]:
+    hook = FaxPlusHook()
+    yield hook
+    hook.close()

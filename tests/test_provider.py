@@ -1,0 +1,103 @@
+"""The provider as Airflow sees it: entry point, provider info, and the real ``airflow providers`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import distribution, entry_points
+from pathlib import Path
+
+import pytest
+from airflow import __version__ as airflow_version
+
+from airflow_provider_faxplus.get_provider_info import get_provider_info
+from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+
+AIRFLOW_3 = int(airflow_version.split(".")[0]) >= 3
+
+
+def airflow_cli(*args: str, home: Path) -> str:
+    airflow = shutil.which("airflow", path=str(Path(sys.executable).parent))
+    assert airflow, "the airflow command is not installed next to this python"
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    result = subprocess.run([airflow, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_package_name_matches_the_distribution():
+    assert get_provider_info()["package-name"] == distribution("airflow-provider-faxplus").metadata["Name"]
+
+
+def test_entry_point_is_registered():
+    points = [
+        ep
+        for ep in entry_points(group="apache_airflow_provider")
+        if ep.value.startswith("airflow_provider_faxplus")
+    ]
+    assert [ep.value for ep in points] == ["airflow_provider_faxplus.get_provider_info:get_provider_info"]
+    assert points[0].load() is get_provider_info
+
+
+def test_hook_class_attributes():
+    assert (
+        FaxPlusHook.conn_type,
+        FaxPlusHook.conn_name_attr,
+        FaxPlusHook.default_conn_name,
+        FaxPlusHook.hook_name,
+    ) == ("faxplus", "faxplus_conn_id", "faxplus_default", "Fax.Plus")
+    behaviour = FaxPlusHook.get_ui_field_behaviour()
+    assert behaviour["hidden_fields"] == ["login", "schema", "port"]
+    info = get_provider_info()["connection-types"][0]
+    assert info["ui-field-behaviour"]["hidden-fields"] == behaviour["hidden_fields"]
+    assert info["ui-field-behaviour"]["relabeling"] == behaviour["relabeling"]
+
+
+def test_form_widgets_of_airflow_2_match_the_declarative_fields():
+    pytest.importorskip("flask_appbuilder", reason="the wtforms widgets exist only on Airflow 2")
+    info = get_provider_info()["connection-types"][0]
+    assert set(info["conn-fields"]) == set(FaxPlusHook.get_connection_form_widgets())
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("airflow-home")
+
+
+def test_airflow_providers_list_shows_the_package(airflow_home):
+    listed = json.loads(airflow_cli("providers", "list", "-o", "json", home=airflow_home))
+    [ours] = [p for p in listed if p["package_name"] == "airflow-provider-faxplus"]
+    assert ours["version"] == "0.1.0"
+
+
+def test_airflow_providers_hooks_shows_the_connection_type(airflow_home):
+    hooks = json.loads(airflow_cli("providers", "hooks", "-o", "json", home=airflow_home))
+    [ours] = [h for h in hooks if h["connection_type"] == "faxplus"]
+    assert ours["class"] == "airflow_provider_faxplus.hooks.faxplus.FaxPlusHook"
+    assert ours["package_name"] == "airflow-provider-faxplus"
+
+
+def test_airflow_providers_widgets_include_the_extras(airflow_home):
+    widgets = json.loads(airflow_cli("providers", "widgets", "-o", "json", home=airflow_home))
+    ours = {
+        w["connection_parameter_name"] for w in widgets if w["package_name"] == "airflow-provider-faxplus"
+    }
+    assert ours == {
+        f"extra__faxplus__{name}"
+        for name in ("client_id", "timeout", "verify", "max_attempts", "max_retry_seconds")
+    }
+
+
+@pytest.mark.skipif(not AIRFLOW_3, reason="declarative conn-fields are read by Airflow 3.2+")
+def test_providers_get_full_includes_declarative_fields(airflow_home):
+    full = json.loads(
+        airflow_cli("providers", "get", "airflow-provider-faxplus", "--full", "-o", "json", home=airflow_home)
+    )
+    [info] = full if isinstance(full, list) else [full]
+    text = json.dumps(info)
+    assert "conn-fields" in text
+    assert "client_id" in text
+    assert "hidden-fields" in text
