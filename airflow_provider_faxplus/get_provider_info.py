@@ -25,6 +25,15 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.hooks.faxplus"]}
         ],
+        "sensors": [
+            {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.sensors.outbox"]}
+        ],
+        "operators": [
+            {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.operators.outbox"]}
+        ],
+        "triggers": [
+            {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.triggers.outbox"]}
+        ],
         "connection-types": [
             {
                 "connection-type": "faxplus",

@@ -148,3 +148,33 @@ def test_bad_fax_specs_are_refused(control):
     ):
         with pytest.raises(RuntimeError, match="HTTP 400"):
             control.create_fax(**spec)
+
+
+def test_poll_counted_lifecycle_moves_on_each_get(sandbox, control):
+    control.create_fax(
+        id="f1", lifecycle=[{"status": "submitted", "polls": 2}, {"status": "sending", "polls": 1}]
+    )
+    seen = [requests.get(url(sandbox), headers=AUTH, timeout=5) for _ in range(4)]
+    assert [r.json().get("status") if r.status_code == 200 else r.status_code for r in seen] == [
+        "submitted",
+        "submitted",
+        "sending",
+        404,
+    ]
+    assert [c["status"] for c in seen[2].json()["status_changes"]] == ["submitted", "sending"]
+    state = control.fax("f1")
+    assert state["in_outbox"] is False
+    assert state["left_at_ts"] is not None
+    # A PUT does not count as a poll.
+    control.create_fax(id="f2", lifecycle=[{"status": "submitted", "polls": 1}])
+    requests.put(url(sandbox, "f2"), headers=AUTH, json={"comment": "x"}, timeout=5)
+    assert control.fax("f2")["in_outbox"] is True
+
+
+def test_lifecycle_units_cannot_be_mixed(control):
+    with pytest.raises(RuntimeError, match="seconds or polls"):
+        control.create_fax(
+            lifecycle=[{"status": "submitted", "polls": 1}, {"status": "sending", "seconds": 1}]
+        )
+    with pytest.raises(RuntimeError, match="whole number"):
+        control.create_fax(lifecycle=[{"status": "submitted", "polls": 0}])

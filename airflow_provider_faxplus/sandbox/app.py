@@ -100,7 +100,11 @@ async def get_outbox_fax(request: Request) -> Response:
     fax = _lookup(request)
     if isinstance(fax, Response):
         return fax
-    return JSONResponse(fax.to_outbox(_state(request).clock.now()))
+    now = _state(request).clock.now()
+    outbox = fax.to_outbox(now)
+    fax.record_poll(now)
+    request.state.fax_status = outbox["status"]  # for the request log
+    return JSONResponse(outbox)
 
 
 async def update_outbox_fax(request: Request) -> Response:
@@ -308,6 +312,7 @@ class ApiLayer:
                 await self._fault_response(fault.status, fault, record)
                 return
         await self.app(scope, replay, record)
+        entry["fax_status"] = scope.get("state", {}).get("fax_status")
 
     @staticmethod
     async def _fault_response(status: int, fault: Any, send: Send) -> None:

@@ -2,7 +2,9 @@
 
 Faxes go through their lifecycle (by default submitted -> converting -> scheduled_for_sending ->
 sending, then out of the outbox) on a virtual clock: ``pace`` virtual seconds per real second, plus
-whatever the control API adds with ``advance``.
+whatever the control API adds with ``advance``. A lifecycle can count polls instead of seconds
+(``{"status": "submitted", "polls": 2}``): the fax then moves on each time a GET has shown it so many
+times, which keeps tests deterministic however slowly the client gets round to looking.
 """
 
 from __future__ import annotations
@@ -66,17 +68,56 @@ class Fax:
     comment_text: str = ""
     comment_tags: list[str] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+    unit: str = "seconds"  # or "polls"
+    polls_seen: int = 0
+    poll_stage_starts: list[float] = field(default_factory=list)
+    poll_left_at: float | None = None
+
+    def _stage_starts(self) -> list[float]:
+        if self.unit == "polls":
+            return self.poll_stage_starts or [self.created_at]
+        starts, start = [], self.created_at
+        for _, seconds in self.lifecycle:
+            starts.append(start)
+            start += seconds
+        return starts
 
     def position(self, now: float) -> tuple[int, float] | None:
         """(stage index, stage start) at ``now``; ``None`` once the fax has left the outbox."""
-        start = self.created_at
+        starts = self._stage_starts()
+        if self.unit == "polls":
+            index = self._poll_index(self.polls_seen)
+            return None if index is None else (index, starts[index])
         for index, (_, seconds) in enumerate(self.lifecycle):
-            if now < start + seconds:
-                return index, start
-            start += seconds
+            if now < starts[index] + seconds:
+                return index, starts[index]
         return None
 
-    def left_at(self) -> float:
+    def _poll_index(self, polls: int) -> int | None:
+        used = 0
+        for index, (_, count) in enumerate(self.lifecycle):
+            used += int(count)
+            if polls < used:
+                return index
+        return None
+
+    def record_poll(self, now: float) -> None:
+        """A GET has shown the fax: poll-counted lifecycles move on."""
+        if self.unit != "polls":
+            return
+        if not self.poll_stage_starts:
+            self.poll_stage_starts = [self.created_at]
+        before = self._poll_index(self.polls_seen)
+        self.polls_seen += 1
+        after = self._poll_index(self.polls_seen)
+        if after is None:
+            self.poll_left_at = now
+        elif after != before:
+            self.poll_stage_starts.append(now)
+
+    def left_at(self) -> float | None:
+        if self.unit == "polls":
+            return self.poll_left_at
         return self.created_at + sum(seconds for _, seconds in self.lifecycle)
 
     def visible(self, now: float) -> bool:
@@ -91,11 +132,8 @@ class Fax:
         position = self.position(now)
         assert position is not None
         index, stage_start = position
-        changes = []
-        at = self.created_at
-        for status, seconds in self.lifecycle[: index + 1]:
-            changes.append({"at": fmt_plain(at), "status": status})
-            at += seconds
+        starts = self._stage_starts()
+        changes = [{"at": fmt_plain(starts[i]), "status": self.lifecycle[i][0]} for i in range(index + 1)]
         record: dict[str, Any] = {
             "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
             "contact_name": "",
@@ -124,6 +162,7 @@ class Fax:
 
     def summary(self, now: float) -> dict[str, Any]:
         status = self.status(now)
+        left_at = self.left_at()
         return {
             "id": self.id,
             "owner": self.owner,
@@ -131,7 +170,8 @@ class Fax:
             "in_outbox": status is not None,
             "visible": self.visible(now),
             "created_at": fmt_offset(self.created_at),
-            "left_at": fmt_offset(self.left_at()),
+            "left_at": None if left_at is None else fmt_offset(left_at),
+            "left_at_ts": left_at,
             "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
         }
 
@@ -217,15 +257,26 @@ class SandboxState:
         if resolved is None:
             raise SandboxInputError(f"unknown user {owner!r}")
         lifecycle = DEFAULT_LIFECYCLE
+        unit = "seconds"
         if "lifecycle" in data:
             raw = data["lifecycle"]
             if not isinstance(raw, list) or not raw:
-                raise SandboxInputError("lifecycle must be a non-empty list of {status, seconds}")
+                raise SandboxInputError("lifecycle must be a non-empty list of {status, seconds | polls}")
+            units = {"polls" if isinstance(stage, dict) and "polls" in stage else "seconds" for stage in raw}
+            if len(units) > 1:
+                raise SandboxInputError("a lifecycle counts either seconds or polls, not both")
+            unit = units.pop()
             stages = []
             for stage in raw:
                 if not isinstance(stage, dict) or not isinstance(stage.get("status"), str):
                     raise SandboxInputError("each lifecycle stage needs a string status")
-                stages.append((stage["status"], _number(stage, "seconds", 2.0)))
+                if unit == "polls":
+                    polls = stage["polls"]
+                    if isinstance(polls, bool) or not isinstance(polls, int) or polls < 1:
+                        raise SandboxInputError("polls must be a whole number >= 1")
+                    stages.append((stage["status"], float(polls)))
+                else:
+                    stages.append((stage["status"], _number(stage, "seconds", 2.0)))
             lifecycle = tuple(stages)
         tags = data.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
@@ -242,6 +293,7 @@ class SandboxState:
             comment_text=_string(data, "comment", "") or "",
             comment_tags=list(tags),
             fields=extra_fields,
+            unit=unit,
         )
         self.faxes[fax_id] = fax
         return fax

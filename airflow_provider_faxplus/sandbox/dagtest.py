@@ -1,0 +1,129 @@
+"""Run DAGs for real with ``airflow dags test`` in a throw-away ``AIRFLOW_HOME`` (SQLite).
+
+Used by the demo and the tests; handy for developing DAGs against the sandbox too::
+
+    with SandboxServer() as sandbox:
+        home = AirflowHome.create(dags_folder="example_dags", connections={"faxplus_default": sandbox})
+        run = home.dags_test("example_faxplus_tag_and_wait", conf={"outbox_fax_id": fax_id})
+        run.succeeded, home.task_states("example_faxplus_tag_and_wait")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_faxplus.sandbox.server import SandboxServer
+
+_TASK_STATES = """
+import json, sys
+from airflow.models import DagRun, TaskInstance
+from airflow.utils.session import create_session
+dag_id = sys.argv[1]
+with create_session() as session:
+    run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
+    rows = [] if run is None else session.query(TaskInstance).filter(
+        TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id).all()
+    print(json.dumps({"run_id": run and run.run_id, "state": run and str(run.state),
+        "tasks": sorted([[ti.task_id, ti.map_index, str(ti.state)] for ti in rows])}))
+"""
+
+
+@dataclass
+class DagTestRun:
+    dag_id: str
+    returncode: int
+    output: str
+
+    @property
+    def succeeded(self) -> bool:
+        # Both lines log this when the run ends in success; 2.11 exits 0 even on failure.
+        return self.returncode == 0 and "successful" in _marking_line(self.output)
+
+    def lines_with(self, marker: str) -> list[str]:
+        return [line.split(marker, 1)[1].strip() for line in self.output.splitlines() if marker in line]
+
+
+def _marking_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if "Marking run <DagRun" in line]
+    return lines[-1] if lines else ""
+
+
+@dataclass
+class AirflowHome:
+    path: Path
+    dags_folder: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        dags_folder: str | os.PathLike[str],
+        connections: dict[str, SandboxServer | str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> AirflowHome:
+        home = Path(path or tempfile.mkdtemp(prefix="faxplus-airflow-"))
+        env = {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(Path(dags_folder).resolve()),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+        for conn_id, value in (connections or {}).items():
+            text = value.connection_json() if isinstance(value, SandboxServer) else value
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = text
+        env.update(extra_env or {})
+        instance = cls(home, Path(dags_folder).resolve(), env)
+        instance.airflow("db", "migrate")
+        return instance
+
+    def _environ(self) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
+        return {**base, **self.env}
+
+    def _airflow_bin(self) -> str:
+        found = shutil.which("airflow", path=str(Path(sys.executable).parent)) or shutil.which("airflow")
+        if not found:
+            raise RuntimeError("the airflow command is not installed")
+        return found
+
+    def airflow(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(  # noqa: S603 - our own airflow binary, fixed arguments
+            [self._airflow_bin(), *args],
+            capture_output=True,
+            text=True,
+            env=self._environ(),
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0 and args[:2] == ("db", "migrate"):
+            raise RuntimeError(f"airflow db migrate failed:\n{result.stderr[-3000:]}")
+        return result
+
+    def dags_test(self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 600) -> DagTestRun:
+        args = ["dags", "test", dag_id]
+        if conf is not None:
+            args += ["--conf", json.dumps(conf)]
+        result = self.airflow(*args, timeout=timeout)
+        return DagTestRun(dag_id, result.returncode, result.stdout + result.stderr)
+
+    def task_states(self, dag_id: str) -> dict[str, Any]:
+        """The latest run's state and ``[task_id, map_index, state]`` of each of its task instances."""
+        result = subprocess.run(  # noqa: S603 - this interpreter, our own script
+            [sys.executable, "-c", _TASK_STATES, dag_id],
+            capture_output=True,
+            text=True,
+            env=self._environ(),
+            timeout=120,
+            check=True,
+        )
+        states: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        return states

@@ -1,0 +1,241 @@
+"""OutboxFaxSensor: wait until a fax has left the Fax.Plus outbox."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import Any
+
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
+
+from airflow_provider_faxplus import protocol
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAuthError,
+    FaxPlusConfigError,
+    FaxPlusError,
+    FaxPlusInputError,
+    FaxPlusNotFoundError,
+    FaxPlusRequestError,
+)
+from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+from airflow_provider_faxplus.models import OutboxStatus
+from airflow_provider_faxplus.waiting import (
+    DEFAULT_NOT_FOUND_GRACE_PERIOD,
+    Decision,
+    WaitPolicy,
+    WaitProgress,
+    observe_not_found,
+    observe_record,
+    parse_waiting_statuses,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "faxplus_outbox_sensor"
+# Errors no retry can fix: fail the task at once.
+FATAL_ERRORS = (FaxPlusAuthError, FaxPlusConfigError, FaxPlusInputError)
+
+
+class OutboxFaxSensor(BaseSensorOperator):
+    """Wait until an outgoing fax leaves the Fax.Plus outbox.
+
+    It has left when its status is outside ``waiting_statuses`` (by default all four outbox states:
+    submitted, converting, scheduled_for_sending, sending), or when its outbox id no longer resolves
+    (Fax.Plus drops a fax from the outbox once it is sent or failed).
+
+    Returns (XCom) ``{"outbox_fax_id", "user_id", "reason": "status" | "not_found", "last_status",
+    "last_record", "ever_seen", "detected_at"}``, datetimes as ISO-8601 UTC strings.
+
+    :param outbox_fax_id: The outbox id of the fax (templated).
+    :param user_id: ``self`` or a member's user id (templated).
+    :param faxplus_conn_id: The ``faxplus`` connection.
+    :param waiting_statuses: Statuses that mean "keep waiting"; narrow it to stop earlier, e.g.
+        ``["submitted", "converting"]`` to wait only until conversion is done.
+    :param not_found_grace_period: Seconds after the sensor starts during which a fax that was never
+        seen and is not found counts as "not visible yet" (Fax.Plus can take a few seconds to show a
+        newly submitted fax).
+    :param fail_if_never_seen: After the grace period, a fax that was never seen and is not found
+        fails the task (``True``: the id is probably wrong) or counts as left (``False``; the XCom says
+        ``ever_seen: false``). Default: ``True``, except in reschedule mode on an Airflow without a task
+        state store (before 3.3), where pokes cannot remember having seen the fax.
+    :param deferrable: Check once, then wait in the triggerer (frees the worker slot).
+    """
+
+    template_fields: Sequence[str] = ("outbox_fax_id", "user_id")
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        outbox_fax_id: str,
+        user_id: str = "self",
+        faxplus_conn_id: str = FaxPlusHook.default_conn_name,
+        waiting_statuses: Iterable[str | OutboxStatus] | None = None,
+        not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD,
+        fail_if_never_seen: bool | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.outbox_fax_id = outbox_fax_id
+        self.user_id = user_id
+        self.faxplus_conn_id = faxplus_conn_id
+        self.waiting_statuses = sorted(s.value for s in parse_waiting_statuses(waiting_statuses))
+        if isinstance(not_found_grace_period, bool) or not isinstance(not_found_grace_period, int | float):
+            raise TypeError("not_found_grace_period must be a number of seconds")
+        self.not_found_grace_period = float(not_found_grace_period)
+        self.fail_if_never_seen = fail_if_never_seen
+        self.deferrable = deferrable
+        self._policy = WaitPolicy(parse_waiting_statuses(self.waiting_statuses), self.not_found_grace_period)
+        self._progress: WaitProgress | None = None
+
+    @cached_property
+    def hook(self) -> FaxPlusHook:
+        return FaxPlusHook(faxplus_conn_id=self.faxplus_conn_id)
+
+    # Poke and reschedule -------------------------------------------------------------------------
+
+    def _state_store(self, context: Any) -> Any:
+        return context.get("task_state_store")
+
+    def _resolved_policy(self, context: Any) -> WaitPolicy:
+        remembers = self.deferrable or not self.reschedule or self._state_store(context) is not None
+        fail = self.fail_if_never_seen
+        if fail is None:
+            fail = remembers
+        elif fail and not remembers:
+            raise AirflowFailException(
+                "fail_if_never_seen=True needs the sensor to remember having seen the fax between pokes; "
+                "in reschedule mode that takes Airflow's task state store (Airflow 3.3+). Use mode='poke', "
+                "deferrable=True, or fail_if_never_seen=False."
+            )
+        return WaitPolicy(self._policy.waiting_statuses, self.not_found_grace_period, fail)
+
+    def _load_progress(self, context: Any) -> WaitProgress:
+        if self._progress is not None:
+            return self._progress
+        started = time.time()
+        if not self.reschedule:
+            return WaitProgress(started_at=started)
+        store = self._state_store(context)
+        ti = context["ti"]
+        if store is not None:
+            saved = store.get(STATE_KEY)
+            if isinstance(saved, dict) and saved.get("try_number") == ti.try_number:
+                return WaitProgress.from_dict(saved["progress"])
+        # Without a state store, a reschedule poke cannot know what earlier pokes saw.
+        ever_seen: bool | None = False if store is not None else None
+        # The grace period runs from the first poke, not from this one.
+        first_date = self._first_poke_date(context)
+        if first_date is not None:
+            started = min(started, first_date.timestamp())
+        return WaitProgress(started_at=started, ever_seen=ever_seen)
+
+    def _first_poke_date(self, context: Any) -> Any:
+        """When the first reschedule poke started: where each Airflow line's own sensor reads it."""
+        ti = context["ti"]
+        getter = getattr(ti, "get_first_reschedule_date", None)
+        if getter is not None:  # Airflow 3
+            return getter(context)
+        try:  # Airflow 2.x: the helper its BaseSensorOperator uses for the reschedule timeout
+            from airflow.sensors.base import _orig_start_date
+        except ImportError:
+            return ti.start_date
+        first_try_number = (ti.max_tries or 0) - (self.retries or 0) + 1
+        return _orig_start_date(
+            dag_id=ti.dag_id,
+            task_id=ti.task_id,
+            run_id=ti.run_id,
+            map_index=ti.map_index,
+            try_number=first_try_number,
+        )
+
+    def _save_progress(self, context: Any, progress: WaitProgress) -> None:
+        self._progress = progress
+        store = self._state_store(context) if self.reschedule else None
+        if store is not None:
+            store.set(STATE_KEY, {"try_number": context["ti"].try_number, "progress": progress.to_dict()})
+
+    def check(self, progress: WaitProgress, policy: WaitPolicy) -> Decision:
+        """One look at the fax. Transient errors are a "wait"; fatal ones fail the task at once."""
+        try:
+            record = self.hook.get_outbox_fax(self.outbox_fax_id, user_id=self.user_id)
+        except FaxPlusNotFoundError:
+            return observe_not_found(self.outbox_fax_id, progress, policy, time.time(), self.user_id)
+        except FATAL_ERRORS as exc:
+            raise AirflowFailException(str(exc)) from exc
+        except FaxPlusRequestError as exc:
+            if protocol.is_retryable(exc):
+                return Decision("wait", f"transient error, will look again at the next poke: {exc}")
+            raise
+        return observe_record(record, progress, policy, time.time(), self.user_id)
+
+    def poke(self, context: Any) -> bool | PokeReturnValue:
+        policy = self._resolved_policy(context)
+        progress = self._load_progress(context)
+        decision = self.check(progress, policy)
+        self._save_progress(context, progress)
+        return self._conclude(decision)
+
+    def _conclude(self, decision: Decision) -> bool | PokeReturnValue:
+        if decision.action == "fail":
+            raise AirflowFailException(decision.message)
+        log.info("%s", decision.message)
+        if decision.action == "left":
+            return PokeReturnValue(is_done=True, xcom_value=decision.result)
+        return False
+
+    # Deferrable ----------------------------------------------------------------------------------
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        progress = WaitProgress(started_at=time.time())
+        try:
+            policy = self._resolved_policy(context)
+            outcome = self._conclude(self.check(progress, policy))
+        except AirflowFailException as exc:
+            # super().execute() applies soft_fail in poke mode; the first deferrable look must too.
+            if self.soft_fail:
+                raise AirflowSkipException(str(exc)) from exc
+            raise
+        if isinstance(outcome, PokeReturnValue):
+            return outcome.xcom_value
+        # Imported here: DAG files that only define the sensor should not pay for aiohttp.
+        from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
+
+        self.defer(
+            trigger=OutboxFaxTrigger(
+                outbox_fax_id=self.outbox_fax_id,
+                user_id=self.user_id,
+                faxplus_conn_id=self.faxplus_conn_id,
+                poke_interval=float(self.poke_interval),
+                waiting_statuses=list(self.waiting_statuses),
+                not_found_grace_period=self.not_found_grace_period,
+                fail_if_never_seen=policy.fail_if_never_seen,
+                progress=progress.to_dict(),
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """Turn the trigger's event into the same XCom as poke mode, or a clear exception."""
+        if not event:
+            raise FaxPlusError(f"outbox fax {self.outbox_fax_id!r}: the trigger ended without an event")
+        if event.get("status") == "success":
+            log.info("%s", event.get("message"))
+            return event["result"]
+        message = str(event.get("message") or event)
+        if event.get("kind") in ("auth", "config", "input", "never_seen"):
+            raise AirflowFailException(message)
+        raise FaxPlusError(message)

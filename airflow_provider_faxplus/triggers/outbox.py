@@ -1,0 +1,228 @@
+"""OutboxFaxTrigger: waits, in the triggerer, until an outbox fax has left the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import ssl
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_faxplus import protocol
+from airflow_provider_faxplus.config import FaxPlusConfig, config_from_connection
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAuthError,
+    FaxPlusError,
+    FaxPlusInputError,
+    FaxPlusNotFoundError,
+    FaxPlusRequestError,
+)
+from airflow_provider_faxplus.models import OutboxFax
+from airflow_provider_faxplus.retry import backoff_seconds
+from airflow_provider_faxplus.waiting import (
+    Decision,
+    WaitPolicy,
+    WaitProgress,
+    observe_not_found,
+    observe_record,
+    parse_waiting_statuses,
+)
+
+log = logging.getLogger(__name__)
+
+# TCP connections per shared session: all triggers of one connection in one triggerer share the pool.
+POOL_MAX_CONNECTIONS = 32
+
+
+class _Lease:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.holders = 0
+
+
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Lease]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _new_session(config: FaxPlusConfig) -> aiohttp.ClientSession:
+    verify: ssl.SSLContext | bool = (
+        ssl.create_default_context(cafile=config.verify) if isinstance(config.verify, str) else config.verify
+    )
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=POOL_MAX_CONNECTIONS, ssl=verify),
+        timeout=aiohttp.ClientTimeout(total=config.timeout),
+        trust_env=True,
+    )
+
+
+@asynccontextmanager
+async def shared_session(config: FaxPlusConfig) -> AsyncIterator[aiohttp.ClientSession]:
+    """The event loop's session for this connection, shared by every trigger holding a lease on it;
+    closed when the last one lets go."""
+    loop = asyncio.get_running_loop()
+    key = (
+        config.base_url,
+        hashlib.sha256(config.token.encode()).hexdigest(),
+        config.client_id,
+        config.verify,
+        config.timeout,
+    )
+    leases = _SESSIONS.setdefault(loop, {})
+    lease = leases.get(key)
+    if lease is None or lease.session.closed:
+        lease = leases[key] = _Lease(_new_session(config))
+    lease.holders += 1
+    try:
+        yield lease.session
+    finally:
+        lease.holders -= 1
+        if lease.holders == 0 and leases.get(key) is lease:
+            del leases[key]
+            await lease.session.close()
+
+
+async def fetch_outbox_fax(
+    session: aiohttp.ClientSession, config: FaxPlusConfig, outbox_fax_id: str, user_id: str
+) -> OutboxFax:
+    """One *Get outgoing fax*, no retries: the trigger's poll loop does the waiting."""
+    call = protocol.get_outbox_fax_call(config, outbox_fax_id, user_id)
+    headers = {**call.headers, "Authorization": f"Bearer {config.token}"}
+    try:
+        async with session.request(call.method, call.url, headers=headers, allow_redirects=False) as response:
+            body = await response.read()
+            status, response_headers = response.status, dict(response.headers)
+    except TimeoutError:
+        raise protocol.transport_error(call, f"no answer within {config.timeout:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise protocol.transport_error(call, f"{type(exc).__name__}: {exc}"[:300]) from None
+    log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
+    return protocol.parse_get_response(config, call, status, response_headers, body)
+
+
+class OutboxFaxTrigger(BaseTrigger):
+    """Polls *Get outgoing fax* every ``poke_interval`` seconds until the fax has left the outbox.
+
+    Yields exactly one event: ``{"status": "success", "result": {...}}`` or
+    ``{"status": "error", "kind": ..., "message": ...}``. Transient errors (429, 5xx, network) back off
+    exponentially, never faster than ``poke_interval`` and never sooner than ``Retry-After``.
+    The token is never part of the serialized kwargs: the connection is read again in the triggerer.
+    """
+
+    def __init__(
+        self,
+        *,
+        outbox_fax_id: str,
+        user_id: str = "self",
+        faxplus_conn_id: str = "faxplus_default",
+        poke_interval: float = 60.0,
+        waiting_statuses: list[str] | None = None,
+        not_found_grace_period: float = 60.0,
+        fail_if_never_seen: bool = True,
+        progress: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.outbox_fax_id = outbox_fax_id
+        self.user_id = user_id
+        self.faxplus_conn_id = faxplus_conn_id
+        self.poke_interval = float(poke_interval)
+        self.waiting_statuses = sorted(s.value for s in parse_waiting_statuses(waiting_statuses))
+        self.not_found_grace_period = float(not_found_grace_period)
+        self.fail_if_never_seen = bool(fail_if_never_seen)
+        self.progress = WaitProgress.from_dict(progress) if progress else WaitProgress(started_at=time.time())
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "outbox_fax_id": self.outbox_fax_id,
+                "user_id": self.user_id,
+                "faxplus_conn_id": self.faxplus_conn_id,
+                "poke_interval": self.poke_interval,
+                "waiting_statuses": list(self.waiting_statuses),
+                "not_found_grace_period": self.not_found_grace_period,
+                "fail_if_never_seen": self.fail_if_never_seen,
+                "progress": self.progress.to_dict(),
+            },
+        )
+
+    async def _load_config(self) -> FaxPlusConfig:
+        # Async helpers only: the sync get_connection on the event loop can deadlock the triggerer.
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
+        conn = await get_async_connection(self.faxplus_conn_id)
+        extra = await get_async_extra_dejson(conn)
+        return config_from_connection(
+            conn_id=self.faxplus_conn_id,
+            host=conn.host,
+            password=conn.password,
+            login=conn.login,
+            schema=conn.schema,
+            port=conn.port,
+            extra=extra,
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            config = await self._load_config()
+        except FaxPlusError as exc:
+            yield TriggerEvent({"status": "error", "kind": "config", "message": str(exc)})
+            return
+        policy = WaitPolicy(
+            waiting_statuses=parse_waiting_statuses(self.waiting_statuses),
+            not_found_grace_period=self.not_found_grace_period,
+            fail_if_never_seen=self.fail_if_never_seen,
+        )
+        async with shared_session(config) as session:
+            async for event in self._poll(session, config, policy):
+                yield event
+                return
+
+    async def _poll(
+        self, session: aiohttp.ClientSession, config: FaxPlusConfig, policy: WaitPolicy
+    ) -> AsyncIterator[TriggerEvent]:
+        """Poll until there is an event to yield (exactly one)."""
+        failures = 0
+        while True:
+            decision: Decision
+            try:
+                record = await fetch_outbox_fax(session, config, self.outbox_fax_id, self.user_id)
+                decision = observe_record(record, self.progress, policy, time.time(), self.user_id)
+            except FaxPlusNotFoundError:
+                decision = observe_not_found(
+                    self.outbox_fax_id, self.progress, policy, time.time(), self.user_id
+                )
+            except FaxPlusRequestError as exc:
+                if not protocol.is_retryable(exc):
+                    kind = "auth" if isinstance(exc, FaxPlusAuthError) else "api"
+                    yield TriggerEvent({"status": "error", "kind": kind, "message": str(exc)})
+                    return
+                failures += 1
+                wait = max(
+                    self.poke_interval, backoff_seconds(failures, config.initial_backoff, exc.retry_after)
+                )
+                log.warning("Transient error #%d, polling again in %.1f s: %s", failures, wait, exc)
+                await asyncio.sleep(wait)
+                continue
+            except FaxPlusInputError as exc:
+                yield TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
+                return
+            failures = 0
+            if decision.action == "left":
+                log.info("%s", decision.message)
+                yield TriggerEvent(
+                    {"status": "success", "message": decision.message, "result": decision.result}
+                )
+                return
+            if decision.action == "fail":
+                yield TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
+                return
+            log.info("%s", decision.message)
+            await asyncio.sleep(self.poke_interval)

@@ -1,0 +1,148 @@
+"""When has a fax left the outbox? The one state machine used by the sensor and the trigger.
+
+A fax has left when its status is outside the waiting statuses, or when its outbox id stops resolving
+(Fax.Plus drops a fax from the outbox once it is sent or has failed). Right after submission an id can be
+unknown for a while, so a not-found before the fax was ever seen only counts after a grace period.
+Past that period, ``fail_if_never_seen`` decides: fail (the id is probably wrong) or count it as left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pendulum
+
+from airflow_provider_faxplus.models import OUTBOX_STATUSES, OutboxFax, OutboxStatus
+
+DEFAULT_NOT_FOUND_GRACE_PERIOD = 60.0
+
+
+def parse_waiting_statuses(statuses: Iterable[str | OutboxStatus] | None) -> frozenset[OutboxStatus]:
+    """The statuses that mean "still waiting"; a non-empty subset of the four outbox states."""
+    if statuses is None:
+        return OUTBOX_STATUSES
+    if isinstance(statuses, str):
+        statuses = [statuses]
+    parsed = set()
+    for status in statuses:
+        try:
+            parsed.add(OutboxStatus(status))
+        except ValueError:
+            allowed = ", ".join(s.value for s in OutboxStatus)
+            raise ValueError(f"waiting_statuses: {status!r} is not an outbox status ({allowed})") from None
+    if not parsed:
+        raise ValueError("waiting_statuses must name at least one outbox status")
+    return frozenset(parsed)
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    waiting_statuses: frozenset[OutboxStatus] = OUTBOX_STATUSES
+    not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD
+    fail_if_never_seen: bool = True
+
+    def __post_init__(self) -> None:
+        if self.not_found_grace_period < 0:
+            raise ValueError("not_found_grace_period must be >= 0 seconds")
+
+
+@dataclass
+class WaitProgress:
+    """What a waiter knows so far; JSON-safe so it can cross into a trigger or a state store."""
+
+    started_at: float  # epoch seconds, UTC
+    # None: unknown, for a waiter that cannot remember earlier looks (reschedule mode before Airflow 3.3).
+    ever_seen: bool | None = False
+    last_status: str | None = None
+    last_record: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "ever_seen": self.ever_seen,
+            "last_status": self.last_status,
+            "last_record": self.last_record,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WaitProgress:
+        return cls(
+            started_at=float(data["started_at"]),
+            ever_seen=data.get("ever_seen", False),
+            last_status=data.get("last_status"),
+            last_record=data.get("last_record"),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["wait", "left", "fail"]
+    message: str
+    result: dict[str, Any] | None = field(default=None)
+
+
+def _result(
+    outbox_fax_id: str, user_id: str, reason: str, progress: WaitProgress, now: float
+) -> dict[str, Any]:
+    return {
+        "outbox_fax_id": outbox_fax_id,
+        "user_id": user_id,
+        "reason": reason,
+        "last_status": progress.last_status,
+        "last_record": progress.last_record,
+        "ever_seen": progress.ever_seen,
+        "detected_at": pendulum.from_timestamp(now, tz="UTC").isoformat(),
+    }
+
+
+def observe_record(
+    record: OutboxFax, progress: WaitProgress, policy: WaitPolicy, now: float, user_id: str
+) -> Decision:
+    progress.ever_seen = True
+    progress.last_status = str(record.status)
+    progress.last_record = record.to_dict()
+    if record.status in policy.waiting_statuses:
+        return Decision("wait", f"outbox fax {record.id!r} is {record.status}; waiting")
+    return Decision(
+        "left",
+        f"outbox fax {record.id!r} is {record.status}, outside the waiting statuses",
+        _result(record.id, user_id, "status", progress, now),
+    )
+
+
+def observe_not_found(
+    outbox_fax_id: str, progress: WaitProgress, policy: WaitPolicy, now: float, user_id: str
+) -> Decision:
+    if progress.ever_seen is True:
+        return Decision(
+            "left",
+            f"outbox fax {outbox_fax_id!r} no longer resolves: it has left the outbox (sent or failed; "
+            f"last status seen: {progress.last_status})",
+            _result(outbox_fax_id, user_id, "not_found", progress, now),
+        )
+    waited = now - progress.started_at
+    if waited < policy.not_found_grace_period:
+        return Decision(
+            "wait",
+            f"outbox fax {outbox_fax_id!r} is not found yet ({waited:.0f} s of a "
+            f"{policy.not_found_grace_period:g} s grace period for newly submitted faxes); waiting",
+        )
+    if progress.ever_seen is None:
+        return Decision(
+            "left",
+            f"outbox fax {outbox_fax_id!r} is not found after the {policy.not_found_grace_period:g} s grace "
+            "period: counted as left (whether an earlier poke saw it is not known in this mode)",
+            _result(outbox_fax_id, user_id, "not_found", progress, now),
+        )
+    never = (
+        f"outbox fax {outbox_fax_id!r} was never found in {waited:.0f} s (grace period "
+        f"{policy.not_found_grace_period:g} s): the id is wrong, or the fax left the outbox before the "
+        "sensor first looked"
+    )
+    if policy.fail_if_never_seen:
+        return Decision("fail", never + " (set fail_if_never_seen=False to count this as left)")
+    return Decision(
+        "left", never + "; counted as left", _result(outbox_fax_id, user_id, "not_found", progress, now)
+    )

@@ -1,0 +1,115 @@
+"""Real DAG runs (``airflow dags test``) against the sandbox: the sensor in each mode, the example DAGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pendulum
+import pytest
+from airflow import __version__ as airflow_version
+
+from airflow_provider_faxplus.sandbox.dagtest import AirflowHome
+
+ROOT = Path(__file__).resolve().parent.parent
+AIRFLOW_3 = int(airflow_version.split(".")[0]) >= 3
+POLLED_STATES = [{"status": "submitted", "polls": 2}, {"status": "sending", "polls": 2}]
+FOUR_STATES = [
+    {"status": s, "seconds": 2} for s in ("submitted", "converting", "scheduled_for_sending", "sending")
+]
+
+
+@pytest.fixture(scope="module")
+def test_dags_home(sandbox_server, tmp_path_factory):
+    return AirflowHome.create(
+        dags_folder=ROOT / "tests" / "dags",
+        connections={"faxplus_default": sandbox_server},
+        path=tmp_path_factory.mktemp("airflow-test-dags"),
+    )
+
+
+@pytest.fixture(scope="module")
+def examples_home(sandbox_server, tmp_path_factory):
+    return AirflowHome.create(
+        dags_folder=ROOT / "example_dags",
+        connections={"faxplus_default": sandbox_server},
+        extra_env={"FAXPLUS_EXAMPLE_POKE_INTERVAL": "1"},
+        path=tmp_path_factory.mktemp("airflow-examples"),
+    )
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_sensor_succeeds_within_one_poke_interval_of_the_fax_leaving(test_dags_home, control, mode):
+    fax_id = control.create_fax(lifecycle=FOUR_STATES)["id"]
+    run = test_dags_home.dags_test(f"faxplus_sensor_{mode}", conf={"outbox_fax_id": fax_id})
+    assert run.succeeded, run.output[-5000:]
+    [line] = run.lines_with("FAXPLUS-RESULT:")
+    result = json.loads(line)
+    left_at = control.fax(fax_id)["left_at_ts"]
+    detected = pendulum.parse(result["detected_at"]).timestamp()
+    assert 0 <= detected - left_at <= 1 + 1.0, (detected - left_at, result)  # poke_interval=1, plus overhead
+    assert result["outbox_fax_id"] == fax_id
+    assert result["reason"] == "not_found"
+    remembers = mode != "reschedule" or AIRFLOW_3
+    if remembers:
+        assert result["ever_seen"] is True
+        assert result["last_status"] in ("scheduled_for_sending", "sending")
+        assert result["last_record"]["id"] == fax_id
+        assert result["last_record"]["submit_time"].endswith("+00:00")
+    else:
+        # Reschedule mode on 2.11: no task state store, so earlier pokes are unknown to the last one.
+        assert (result["ever_seen"], result["last_status"], result["last_record"]) == (None, None, None)
+    states = test_dags_home.task_states(f"faxplus_sensor_{mode}")
+    assert [state for _, _, state in states["tasks"]] == ["success", "success"]
+
+
+def test_sensor_with_a_wrong_id_fails_the_run_and_says_why(test_dags_home, control):
+    run = test_dags_home.dags_test("faxplus_sensor_poke", conf={"outbox_fax_id": "no-such-fax"})
+    assert not run.succeeded
+    assert "'no-such-fax' was never found" in run.output
+    states = dict(
+        (task, state) for task, _, state in test_dags_home.task_states("faxplus_sensor_poke")["tasks"]
+    )
+    assert states["wait"] == "failed"
+
+
+def test_example_tag_and_wait(examples_home, control):
+    fax_id = control.create_fax(
+        lifecycle=[{"status": "submitted", "seconds": 15}, {"status": "sending", "seconds": 2}]
+    )["id"]
+    control.requests(clear=True)
+    run = examples_home.dags_test("example_faxplus_tag_and_wait", conf={"outbox_fax_id": fax_id})
+    assert run.succeeded, run.output[-5000:]
+    states = examples_home.task_states("example_faxplus_tag_and_wait")
+    assert {task: state for task, _, state in states["tasks"]} == {
+        "tag_comment": "success",
+        "wait_until_sent": "success",
+        "report": "success",
+    }
+    [put] = [entry for entry in control.requests() if entry["method"] == "PUT"]
+    comment = json.loads(put["body"])["comment"]
+    assert comment.startswith("billing batch 20")
+    assert states["run_id"] in comment  # the rendered template, not the raw Jinja
+    assert control.fax(fax_id)["comment"]["text"] == comment
+    [report] = run.lines_with("FAXPLUS-REPORT:")
+    assert fax_id in report
+
+
+def test_example_mapped(examples_home, control):
+    # dags test runs the mapped sensors one after another, in any order: faxes that move on when
+    # polled stay in the outbox until their own sensor looks.
+    ids = [control.create_fax(lifecycle=POLLED_STATES)["id"] for _ in range(3)]
+    run = examples_home.dags_test("example_faxplus_mapped", conf={"outbox_fax_ids": ids})
+    assert run.succeeded, run.output[-5000:]
+    tasks = examples_home.task_states("example_faxplus_mapped")["tasks"]
+    assert sorted((task, index) for task, index, _ in tasks if task != "fax_ids" and task != "summarize") == [
+        ("tag_comment", 0),
+        ("tag_comment", 1),
+        ("tag_comment", 2),
+        ("wait_until_sent", 0),
+        ("wait_until_sent", 1),
+        ("wait_until_sent", 2),
+    ]
+    assert all(state == "success" for _, _, state in tasks)
+    for fax_id in ids:
+        assert control.fax(fax_id)["comment"]["text"].startswith("batch run manual__")

@@ -1,0 +1,165 @@
+"""OutboxFaxTrigger against the sandbox over real async HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+
+from airflow_provider_faxplus.triggers.outbox import POOL_MAX_CONNECTIONS, OutboxFaxTrigger
+from tests.conftest import TOKEN
+
+FOUR_STATES = [
+    {"status": s, "seconds": 0.6} for s in ("submitted", "converting", "scheduled_for_sending", "sending")
+]
+
+
+async def first_event(trigger: OutboxFaxTrigger, timeout: float = 30):
+    async def collect():
+        events = []
+        async for event in trigger.run():
+            events.append(event.payload)
+        return events
+
+    return await asyncio.wait_for(collect(), timeout)
+
+
+def run(trigger: OutboxFaxTrigger, timeout: float = 30):
+    return asyncio.run(first_event(trigger, timeout))
+
+
+def make(**kwargs) -> OutboxFaxTrigger:
+    kwargs.setdefault("poke_interval", 0.2)
+    return OutboxFaxTrigger(**kwargs)
+
+
+def test_serialize_is_json_safe_and_never_holds_the_token(faxplus_conn):
+    classpath, kwargs = make(outbox_fax_id="f1", waiting_statuses=["submitted"]).serialize()
+    assert classpath == "airflow_provider_faxplus.triggers.outbox.OutboxFaxTrigger"
+    text = json.dumps(kwargs)
+    assert TOKEN not in text
+    rebuilt = OutboxFaxTrigger(**json.loads(text))
+    assert rebuilt.serialize() == (classpath, kwargs)
+
+
+def test_waits_through_the_four_states_and_yields_one_event(faxplus_conn, control):
+    control.create_fax(id="f1", lifecycle=FOUR_STATES)
+    [event] = run(make(outbox_fax_id="f1"))
+    left_at = control.fax("f1")["left_at_ts"]
+    assert event["status"] == "success"
+    result = event["result"]
+    assert (result["reason"], result["last_status"], result["ever_seen"]) == ("not_found", "sending", True)
+    detected = time.time()
+    assert detected - left_at < 0.2 + 1.0  # within one poll interval (plus request time)
+    statuses = {entry["status"] for entry in control.requests()}
+    assert statuses == {200, 404}
+
+
+def test_narrowed_waiting_statuses_stop_early(faxplus_conn, control):
+    control.create_fax(id="f1", lifecycle=FOUR_STATES)
+    [event] = run(make(outbox_fax_id="f1", waiting_statuses=["submitted", "converting"]))
+    assert event["result"]["reason"] == "status"
+    assert event["result"]["last_status"] == "scheduled_for_sending"
+
+
+def test_401_sends_one_request_and_reports_auth(sandbox, control, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FAXPLUS_DEFAULT",
+        json.dumps({"conn_type": "faxplus", "host": sandbox.base_url, "password": "alohi_pat_revoked"}),
+    )
+    control.create_fax(id="f1")
+    [event] = run(make(outbox_fax_id="f1"))
+    assert event["status"] == "error"
+    assert event["kind"] == "auth"
+    assert "HTTP 401" in event["message"]
+    assert "alohi_pat_revoked" not in event["message"]
+    assert len(control.requests()) == 1
+
+
+def test_503s_keep_it_waiting_spaced_by_backoff(faxplus_conn, control):
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 60}])
+    control.add_fault(status=503, times=1000)
+    trigger = make(outbox_fax_id="f1", poke_interval=0.5)
+
+    async def run_for(seconds):
+        task = asyncio.ensure_future(first_event(trigger, 60))
+        await asyncio.sleep(seconds)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(run_for(3.0))
+    log = control.requests()
+    assert all(entry["status"] == 503 for entry in log)
+    # Waits of at least poke_interval and growing: a hot loop would send hundreds.
+    assert 2 <= len(log) <= 7
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(log)]
+    assert min(gaps) >= 0.45
+
+
+def test_retry_after_is_honoured(faxplus_conn, control):
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 4}])
+    control.add_fault(status=429, retry_after="2")
+    started = time.monotonic()
+    [event] = run(make(outbox_fax_id="f1", poke_interval=0.1))
+    assert event["status"] == "success"
+    log = control.requests()
+    assert log[1]["at"] - log[0]["at"] >= 1.9
+    assert time.monotonic() - started >= 2
+
+
+def test_never_seen_fails_after_the_grace_period(faxplus_conn, control):
+    started = time.monotonic()
+    [event] = run(make(outbox_fax_id="typo", not_found_grace_period=1))
+    assert time.monotonic() - started >= 1
+    assert (event["status"], event["kind"]) == ("error", "never_seen")
+    assert "'typo' was never found" in event["message"]
+
+
+def test_never_seen_can_count_as_left(faxplus_conn, control):
+    [event] = run(make(outbox_fax_id="typo", not_found_grace_period=0.5, fail_if_never_seen=False))
+    assert event["status"] == "success"
+    assert event["result"]["ever_seen"] is False
+
+
+def test_a_fax_that_appears_late_is_followed(faxplus_conn, control):
+    control.create_fax(id="late", visible_after=1, lifecycle=[{"status": "submitted", "seconds": 2}])
+    [event] = run(make(outbox_fax_id="late", not_found_grace_period=5))
+    assert event["result"]["ever_seen"] is True
+    assert control.requests()[0]["status"] == 404
+
+
+def test_resumes_from_serialized_progress(faxplus_conn, control):
+    """A trigger rebuilt from serialize() (a triggerer restart) remembers that the fax was seen."""
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 0.5}])
+    first = make(outbox_fax_id="f1", not_found_grace_period=600)
+    first.progress.ever_seen = True
+    first.progress.last_status = "sending"
+    time.sleep(0.6)
+    _, kwargs = first.serialize()
+    [event] = run(OutboxFaxTrigger(**kwargs))
+    assert event["result"]["reason"] == "not_found"
+    assert event["result"]["ever_seen"] is True
+
+
+def test_bad_connection_is_an_error_event(sandbox, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", sandbox.connection_json(bogus=1))
+    [event] = run(make(outbox_fax_id="f1"))
+    assert (event["status"], event["kind"]) == ("error", "config")
+    assert "bogus" in event["message"]
+
+
+def test_triggers_of_one_connection_share_one_pool(faxplus_conn, control):
+    count = 2 * POOL_MAX_CONNECTIONS
+    for index in range(count):
+        control.create_fax(id=f"f{index}", lifecycle=[{"status": "sending", "polls": 3}])
+
+    async def many():
+        return await asyncio.gather(*(first_event(make(outbox_fax_id=f"f{i}")) for i in range(count)))
+
+    events = asyncio.run(many())
+    assert all(event["status"] == "success" for [event] in events)
+    ports = {entry["client_port"] for entry in control.requests()}
+    # One pool for all: separate clients would open at least one connection per trigger.
+    assert len(ports) <= POOL_MAX_CONNECTIONS
+    assert len(control.requests()) >= 2 * count
