@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_faxplus.constants import CONN_TYPE
 from airflow_provider_faxplus.exceptions import FaxPlusConfigError
 
 DEFAULT_BASE_URL = "https://restapi.fax.plus/v3"
@@ -25,7 +26,6 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_RETRY_SECONDS = 120.0
 DEFAULT_INITIAL_BACKOFF = 1.0
-CONN_TYPE = "faxplus"
 
 EXTRA_FIELDS = ("client_id", "timeout", "verify", "max_attempts", "max_retry_seconds", "initial_backoff")
 

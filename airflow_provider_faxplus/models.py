@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-import pendulum
-from pendulum import DateTime
+from pendulum import UTC, DateTime
 
 
-class OutboxStatus(StrEnum):
+class OutboxStatus(StrEnum):  # the values of constants.OUTBOX_STATUS_VALUES
     """The four states of a fax in the outbox, in the order a fax goes through them."""
 
     SUBMITTED = "submitted"
@@ -57,7 +57,9 @@ def parse_utc_datetime(value: object) -> DateTime | None:
         return None
     year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
     try:
-        parsed = pendulum.datetime(
+        # The stdlib does the calendar checks and the offset arithmetic; pendulum.DateTime's own
+        # constructor is ten times cheaper than pendulum.datetime() (four datetimes per record).
+        naive = datetime(
             int(year),
             int(month),
             int(day),
@@ -65,7 +67,6 @@ def parse_utc_datetime(value: object) -> DateTime | None:
             int(minute),
             int(second),
             int((frac or "0").ljust(6, "0")),
-            tz="UTC",
         )
     except ValueError:
         return None
@@ -73,8 +74,17 @@ def parse_utc_datetime(value: object) -> DateTime | None:
         offset_minutes = int(off_h) * 60 + int(off_m)
         if offset_minutes >= 24 * 60:
             return None
-        parsed = parsed.subtract(minutes=offset_minutes if sign == "+" else -offset_minutes)
-    return parsed
+        naive -= timedelta(minutes=offset_minutes if sign == "+" else -offset_minutes)
+    return DateTime(
+        naive.year,
+        naive.month,
+        naive.day,
+        naive.hour,
+        naive.minute,
+        naive.second,
+        naive.microsecond,
+        tzinfo=UTC,
+    )
 
 
 def format_utc(value: DateTime | None) -> str | None:

@@ -14,33 +14,19 @@ from typing import Any, Literal
 
 import pendulum
 
+from airflow_provider_faxplus.constants import validate_waiting_statuses
 from airflow_provider_faxplus.models import OUTBOX_STATUSES, OutboxFax, OutboxStatus
 
-DEFAULT_NOT_FOUND_GRACE_PERIOD = 60.0
 
-
-def parse_waiting_statuses(statuses: Iterable[str | OutboxStatus] | None) -> frozenset[OutboxStatus]:
+def parse_waiting_statuses(statuses: Iterable[str | OutboxStatus] | str | None) -> frozenset[OutboxStatus]:
     """The statuses that mean "still waiting"; a non-empty subset of the four outbox states."""
-    if statuses is None:
-        return OUTBOX_STATUSES
-    if isinstance(statuses, str):
-        statuses = [statuses]
-    parsed = set()
-    for status in statuses:
-        try:
-            parsed.add(OutboxStatus(status))
-        except ValueError:
-            allowed = ", ".join(s.value for s in OutboxStatus)
-            raise ValueError(f"waiting_statuses: {status!r} is not an outbox status ({allowed})") from None
-    if not parsed:
-        raise ValueError("waiting_statuses must name at least one outbox status")
-    return frozenset(parsed)
+    return frozenset(OutboxStatus(value) for value in validate_waiting_statuses(statuses))
 
 
 @dataclass(frozen=True)
 class WaitPolicy:
     waiting_statuses: frozenset[OutboxStatus] = OUTBOX_STATUSES
-    not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD
+    not_found_grace_period: float = 60.0
     fail_if_never_seen: bool = True
 
     def __post_init__(self) -> None:

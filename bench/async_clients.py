@@ -15,21 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-TOKEN = "sandbox-token"
-
-
-def start_sandbox() -> tuple[subprocess.Popen[str], str]:
-    exe = Path(sys.executable).parent / "faxplus-sandbox"
-    proc = subprocess.Popen(
-        [str(exe), "--port", "0", "--seed", "1", "--stage-seconds", "3600"], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline().strip() for _ in range(4)]
-    base = lines[0].rsplit(" ", 1)[1]
-    fax_id = lines[3].rsplit(" ", 1)[1]
-    return proc, f"{base}/accounts/self/outbox/{fax_id}"
+from _common import TOKEN, Sandbox
 
 
 async def run_httpx(url: str, n: int, concurrency: int) -> float:
@@ -90,7 +77,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    proc, url = start_sandbox()
+    sandbox = Sandbox()
+    url = sandbox.fax_url(sandbox.create_fax(lifecycle=[{"status": "submitted", "seconds": 3600}]))
     try:
         results: dict[str, list[float]] = {"httpx": [], "aiohttp": []}
         for _ in range(args.rounds):  # interleaved, so both see the same machine state
@@ -109,8 +97,7 @@ def main() -> None:
             f"  peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
         )
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        sandbox.close()
 
 
 if __name__ == "__main__":

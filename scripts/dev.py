@@ -5,6 +5,7 @@ python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11
 python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest args
 python3 scripts/dev.py demo              # the sandbox demo (see README)
 python3 scripts/dev.py lint              # ruff + mypy
+python3 scripts/dev.py bench             # the benchmarks (docs/benchmarks.md)
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_LINES = {"3.3": "apache-airflow==3.3.2", "2.11": "apache-airflow==2.11.*"}
 DEFAULT_LINE = "3.3"
+# What the benchmarks compare against; installed only in the benchmark virtualenv.
+BENCH_EXTRAS = ["apache-airflow-providers-http==6.3.0", "faxplus-api==3.0.5", "httpx==0.28.1"]
 
 
 def _venv_dir(line: str) -> Path:
     return ROOT / ".venv" / f"airflow-{line}"
-
-
-def _python(line: str) -> Path:
-    return _venv_dir(line) / "bin" / "python"
 
 
 def _run(cmd: list[str], **kwargs: object) -> None:
@@ -35,11 +34,16 @@ def _run(cmd: list[str], **kwargs: object) -> None:
     subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
 
 
-def ensure_env(line: str) -> Path:
-    """A virtualenv with the pinned Airflow line, this package (editable) and the dev tools."""
-    target = _venv_dir(line)
-    python = _python(line)
-    inputs = (ROOT / "pyproject.toml").read_bytes() + AIRFLOW_LINES[line].encode()
+def ensure_env(line: str, extras: list[str] | None = None) -> Path:
+    """A virtualenv with the pinned Airflow line, this package (editable), the dev tools and ``extras``."""
+    name = f"{line}-bench" if extras else line
+    target = _venv_dir(name)
+    python = target / "bin" / "python"
+    inputs = (
+        (ROOT / "pyproject.toml").read_bytes()
+        + AIRFLOW_LINES[line].encode()
+        + " ".join(extras or []).encode()
+    )
     stamp = target / ".installed"
     digest = hashlib.sha256(inputs).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == digest:
@@ -49,7 +53,7 @@ def ensure_env(line: str) -> Path:
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
     _run([*pip, "install", "--upgrade", "pip"])
-    _run([*pip, "install", AIRFLOW_LINES[line], "-e", f"{ROOT}[sandbox,dev]"])
+    _run([*pip, "install", AIRFLOW_LINES[line], "-e", f"{ROOT}[sandbox,dev]", *(extras or [])])
     stamp.write_text(digest)
     return python
 
@@ -71,6 +75,11 @@ def test(lines: list[str], pytest_args: list[str], with_lint: bool) -> None:
         _run([python, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
 
 
+def bench(args: list[str]) -> None:
+    python = str(ensure_env(DEFAULT_LINE, BENCH_EXTRAS))
+    _run([python, str(ROOT / "bench" / "run_all.py"), *args], cwd=ROOT)
+
+
 def demo(line: str) -> None:
     python = str(ensure_env(line))
     _run([python, str(ROOT / "scripts" / "demo.py")], cwd=ROOT)
@@ -88,12 +97,16 @@ def main() -> int:
     p_demo = sub.add_parser("demo", help="run the example DAGs against the sandbox")
     p_demo.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), default=DEFAULT_LINE)
     sub.add_parser("lint", help="ruff and mypy")
+    p_bench = sub.add_parser("bench", help="run the benchmarks and print their tables")
+    p_bench.add_argument("bench_args", nargs="*", help="passed to bench/run_all.py (after --)")
     args = parser.parse_args()
     try:
         if args.command == "test":
             test(args.airflow or ["3.3", "2.11"], args.pytest_args, not args.no_lint)
         elif args.command == "demo":
             demo(args.airflow)
+        elif args.command == "bench":
+            bench(args.bench_args)
         else:
             lint()
     except subprocess.CalledProcessError as exc:

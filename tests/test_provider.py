@@ -101,3 +101,37 @@ def test_providers_get_full_includes_declarative_fields(airflow_home):
     assert "conn-fields" in text
     assert "client_id" in text
     assert "hidden-fields" in text
+
+
+def test_parsing_a_dag_file_loads_no_http_stack():
+    """DAG files import the sensor and operator on every parse: the hook, the trigger and their HTTP
+    clients must load only when a task runs (bench/import_cost.py measures the cost)."""
+    code = (
+        (
+            "import sys; import airflow.sdk; before = set(sys.modules); "
+            "from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor; "
+            "from airflow_provider_faxplus.operators.outbox import UpdateOutboxCommentOperator; "
+            "print(' '.join(sorted(set(sys.modules) - before)))"
+        )
+        if AIRFLOW_3
+        else (
+            "import sys; import airflow; from airflow.models import BaseOperator; "
+            "from airflow.sensors.base import BaseSensorOperator; before = set(sys.modules); "
+            "from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor; "
+            "from airflow_provider_faxplus.operators.outbox import UpdateOutboxCommentOperator; "
+            "print(' '.join(sorted(set(sys.modules) - before)))"
+        )
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(result.stdout.split())
+    heavy = {
+        "requests",
+        "aiohttp",
+        "tenacity",
+        "airflow_provider_faxplus.hooks.faxplus",
+        "airflow_provider_faxplus.triggers.outbox",
+        "airflow_provider_faxplus.protocol",
+        "airflow_provider_faxplus.models",
+    }
+    assert not (loaded & heavy), sorted(loaded & heavy)
+    assert "airflow_provider_faxplus.sensors.outbox" in loaded

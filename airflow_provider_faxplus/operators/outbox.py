@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pendulum
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_provider_faxplus.exceptions import (
-    FaxPlusAuthError,
-    FaxPlusConfigError,
-    FaxPlusConflictError,
-    FaxPlusInputError,
-    FaxPlusNotFoundError,
-)
-from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+from airflow_provider_faxplus.constants import DEFAULT_CONN_ID
+
+# The hook (requests) loads when the task runs, not when a DAG file is parsed.
+if TYPE_CHECKING:
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 
 # Values that can never render into a string comment; anything else (a str, a template, an XComArg)
 # is checked once rendered.
@@ -45,7 +42,7 @@ class UpdateOutboxCommentOperator(BaseOperator):
         outbox_fax_id: str,
         comment: str,
         user_id: str = "self",
-        faxplus_conn_id: str = FaxPlusHook.default_conn_name,
+        faxplus_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -61,9 +58,19 @@ class UpdateOutboxCommentOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> FaxPlusHook:
+        from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+
         return FaxPlusHook(faxplus_conn_id=self.faxplus_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_faxplus.exceptions import (
+            FaxPlusAuthError,
+            FaxPlusConfigError,
+            FaxPlusConflictError,
+            FaxPlusInputError,
+            FaxPlusNotFoundError,
+        )
+
         if not isinstance(self.comment, str):
             raise AirflowFailException(
                 f"comment must render to a string, got {type(self.comment).__name__}: {self.comment!r:.100}"
@@ -90,5 +97,5 @@ class UpdateOutboxCommentOperator(BaseOperator):
             "user_id": self.user_id,
             "comment": self.comment[:SUMMARY_COMMENT_CHARS],
             "comment_truncated": len(self.comment) > SUMMARY_COMMENT_CHARS,
-            "updated_at": pendulum.now("UTC").isoformat(),
+            "updated_at": datetime.now(UTC).isoformat(),
         }

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
@@ -17,32 +17,18 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_faxplus import protocol
-from airflow_provider_faxplus.exceptions import (
-    FaxPlusAuthError,
-    FaxPlusConfigError,
-    FaxPlusError,
-    FaxPlusInputError,
-    FaxPlusNotFoundError,
-    FaxPlusRequestError,
-)
-from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
-from airflow_provider_faxplus.models import OutboxStatus
-from airflow_provider_faxplus.waiting import (
-    DEFAULT_NOT_FOUND_GRACE_PERIOD,
-    Decision,
-    WaitPolicy,
-    WaitProgress,
-    observe_not_found,
-    observe_record,
-    parse_waiting_statuses,
-)
+from airflow_provider_faxplus.constants import DEFAULT_CONN_ID, validate_waiting_statuses
 
+# Parsing a DAG file needs only the names above; the hook (requests), the protocol, the models and the
+# trigger (aiohttp) load when a task runs.
+if TYPE_CHECKING:
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+    from airflow_provider_faxplus.waiting import Decision, WaitPolicy, WaitProgress
+
+DEFAULT_NOT_FOUND_GRACE_PERIOD = 60.0
 log = logging.getLogger(__name__)
 
 STATE_KEY = "faxplus_outbox_sensor"
-# Errors no retry can fix: fail the task at once.
-FATAL_ERRORS = (FaxPlusAuthError, FaxPlusConfigError, FaxPlusInputError)
 
 
 class OutboxFaxSensor(BaseSensorOperator):
@@ -78,8 +64,8 @@ class OutboxFaxSensor(BaseSensorOperator):
         *,
         outbox_fax_id: str,
         user_id: str = "self",
-        faxplus_conn_id: str = FaxPlusHook.default_conn_name,
-        waiting_statuses: Iterable[str | OutboxStatus] | None = None,
+        faxplus_conn_id: str = DEFAULT_CONN_ID,
+        waiting_statuses: Iterable[str] | str | None = None,
         not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD,
         fail_if_never_seen: bool | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -89,17 +75,18 @@ class OutboxFaxSensor(BaseSensorOperator):
         self.outbox_fax_id = outbox_fax_id
         self.user_id = user_id
         self.faxplus_conn_id = faxplus_conn_id
-        self.waiting_statuses = sorted(s.value for s in parse_waiting_statuses(waiting_statuses))
+        self.waiting_statuses = validate_waiting_statuses(waiting_statuses)
         if isinstance(not_found_grace_period, bool) or not isinstance(not_found_grace_period, int | float):
             raise TypeError("not_found_grace_period must be a number of seconds")
         self.not_found_grace_period = float(not_found_grace_period)
         self.fail_if_never_seen = fail_if_never_seen
         self.deferrable = deferrable
-        self._policy = WaitPolicy(parse_waiting_statuses(self.waiting_statuses), self.not_found_grace_period)
         self._progress: WaitProgress | None = None
 
     @cached_property
     def hook(self) -> FaxPlusHook:
+        from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+
         return FaxPlusHook(faxplus_conn_id=self.faxplus_conn_id)
 
     # Poke and reschedule -------------------------------------------------------------------------
@@ -108,6 +95,8 @@ class OutboxFaxSensor(BaseSensorOperator):
         return context.get("task_state_store")
 
     def _resolved_policy(self, context: Any) -> WaitPolicy:
+        from airflow_provider_faxplus.waiting import WaitPolicy, parse_waiting_statuses
+
         remembers = self.deferrable or not self.reschedule or self._state_store(context) is not None
         fail = self.fail_if_never_seen
         if fail is None:
@@ -118,9 +107,11 @@ class OutboxFaxSensor(BaseSensorOperator):
                 "in reschedule mode that takes Airflow's task state store (Airflow 3.3+). Use mode='poke', "
                 "deferrable=True, or fail_if_never_seen=False."
             )
-        return WaitPolicy(self._policy.waiting_statuses, self.not_found_grace_period, fail)
+        return WaitPolicy(parse_waiting_statuses(self.waiting_statuses), self.not_found_grace_period, fail)
 
     def _load_progress(self, context: Any) -> WaitProgress:
+        from airflow_provider_faxplus.waiting import WaitProgress
+
         if self._progress is not None:
             return self._progress
         started = time.time()
@@ -167,11 +158,21 @@ class OutboxFaxSensor(BaseSensorOperator):
 
     def check(self, progress: WaitProgress, policy: WaitPolicy) -> Decision:
         """One look at the fax. Transient errors are a "wait"; fatal ones fail the task at once."""
+        from airflow_provider_faxplus import protocol
+        from airflow_provider_faxplus.exceptions import (
+            FaxPlusAuthError,
+            FaxPlusConfigError,
+            FaxPlusInputError,
+            FaxPlusNotFoundError,
+            FaxPlusRequestError,
+        )
+        from airflow_provider_faxplus.waiting import Decision, observe_not_found, observe_record
+
         try:
             record = self.hook.get_outbox_fax(self.outbox_fax_id, user_id=self.user_id)
         except FaxPlusNotFoundError:
             return observe_not_found(self.outbox_fax_id, progress, policy, time.time(), self.user_id)
-        except FATAL_ERRORS as exc:
+        except (FaxPlusAuthError, FaxPlusConfigError, FaxPlusInputError) as exc:  # no retry can fix these
             raise AirflowFailException(str(exc)) from exc
         except FaxPlusRequestError as exc:
             if protocol.is_retryable(exc):
@@ -199,6 +200,8 @@ class OutboxFaxSensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        from airflow_provider_faxplus.waiting import WaitProgress
+
         progress = WaitProgress(started_at=time.time())
         try:
             policy = self._resolved_policy(context)
@@ -230,6 +233,8 @@ class OutboxFaxSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Turn the trigger's event into the same XCom as poke mode, or a clear exception."""
+        from airflow_provider_faxplus.exceptions import FaxPlusError
+
         if not event:
             raise FaxPlusError(f"outbox fax {self.outbox_fax_id!r}: the trigger ended without an event")
         if event.get("status") == "success":

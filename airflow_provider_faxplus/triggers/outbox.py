@@ -190,6 +190,7 @@ class OutboxFaxTrigger(BaseTrigger):
     ) -> AsyncIterator[TriggerEvent]:
         """Poll until there is an event to yield (exactly one)."""
         failures = 0
+        logged: tuple[object, ...] | None = None
         while True:
             decision: Decision
             try:
@@ -224,5 +225,8 @@ class OutboxFaxTrigger(BaseTrigger):
             if decision.action == "fail":
                 yield TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
                 return
-            log.info("%s", decision.message)
+            # INFO when what we know changes, DEBUG for the same again: a triggerer may hold thousands.
+            known = (decision.action, self.progress.last_status, self.progress.ever_seen)
+            log.log(logging.INFO if known != logged else logging.DEBUG, "%s", decision.message)
+            logged = known
             await asyncio.sleep(self.poke_interval)

@@ -1,0 +1,95 @@
+"""Shared bits of the benchmarks: a sandbox in its own process, medians, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+
+TOKEN = "sandbox-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Sandbox:
+    """``faxplus-sandbox`` in a child process, so it never shares the measured process's CPU time or loop."""
+
+    def __init__(self) -> None:
+        exe = Path(sys.executable).parent / "faxplus-sandbox"
+        self.proc = subprocess.Popen(
+            [str(exe), "--port", "0", "--token", TOKEN], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = ""
+        while not line.startswith("Fax.Plus sandbox listening on "):
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the sandbox did not start")
+        self.base_url = line.strip().rsplit(" ", 1)[1]
+        self.root = self.base_url[: -len("/v3")]
+        self.http = requests.Session()
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.http.request(method, f"{self.root}/_sandbox{path}", json=body, timeout=120)
+        response.raise_for_status()
+        return response.json()
+
+    def create_fax(self, **spec: Any) -> str:
+        fax_id: str = self.control("POST", "/faxes", spec)["id"]
+        return fax_id
+
+    def fax_url(self, fax_id: str) -> str:
+        return f"{self.base_url}/accounts/self/outbox/{fax_id}"
+
+    def connection_json(self, **extra: Any) -> str:
+        return json.dumps({"conn_type": "faxplus", "host": self.base_url, "password": TOKEN, "extra": extra})
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def machine() -> str:
+    mem_kb = 0
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    import airflow
+
+    return (
+        f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB, {platform.python_implementation()} "
+        f"{platform.python_version()}, Airflow {airflow.__version__}"
+    )
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
