@@ -178,3 +178,11 @@ def test_lifecycle_units_cannot_be_mixed(control):
         )
     with pytest.raises(RuntimeError, match="whole number"):
         control.create_fax(lifecycle=[{"status": "submitted", "polls": 0}])
+
+
+def test_many_faxes_in_one_request(control):
+    created = control.create_faxes([{"id": "a"}, {"id": "b", "tags": ["x"]}])
+    assert [fax["id"] for fax in created] == ["a", "b"]
+    assert created[0]["created_at"] == created[1]["created_at"]
+    with pytest.raises(RuntimeError, match="HTTP 400"):
+        control.create_faxes([{"id": "c"}, "not an object"])

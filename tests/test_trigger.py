@@ -163,3 +163,15 @@ def test_triggers_of_one_connection_share_one_pool(faxplus_conn, control):
     # One pool for all: separate clients would open at least one connection per trigger.
     assert len(ports) <= POOL_MAX_CONNECTIONS
     assert len(control.requests()) >= 2 * count
+
+
+def test_environment_proxy_is_read_once_per_session_with_no_proxy_honoured(monkeypatch):
+    from airflow_provider_faxplus.triggers.outbox import environment_proxy
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert environment_proxy("https://restapi.fax.plus/v3") is None
+    monkeypatch.setenv("https_proxy", "http://proxy.internal:3128")
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    assert environment_proxy("https://restapi.fax.plus/v3") == "http://proxy.internal:3128"
+    assert environment_proxy("http://127.0.0.1:8080/v3") is None

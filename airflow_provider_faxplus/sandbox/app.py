@@ -138,13 +138,17 @@ async def update_outbox_fax(request: Request) -> Response:
 # Control API ------------------------------------------------------------------------------------
 
 
-async def _json(request: Request) -> dict[str, Any]:
+async def _json(request: Request, allow_list: bool = False) -> Any:
     body = await request.body()
     if not body:
         return {}
     data = json.loads(body)
+    if isinstance(data, list) and allow_list and all(isinstance(item, dict) for item in data):
+        return data
     if not isinstance(data, dict):
-        raise SandboxInputError("the body must be a JSON object")
+        raise SandboxInputError(
+            "the body must be a JSON object" + (" or a list of them" if allow_list else "")
+        )
     return data
 
 
@@ -162,8 +166,13 @@ def _control(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request]
 
 
 async def create_fax(request: Request) -> Any:
+    """One fax from an object, or many at the same instant from a list of them."""
     state = _state(request)
-    return state.create_fax(await _json(request)).summary(state.clock.now())
+    data = await _json(request, allow_list=True)
+    now = state.clock.now()
+    if isinstance(data, list):
+        return [state.create_fax(item).summary(now) for item in data]
+    return state.create_fax(data).summary(now)
 
 
 async def list_faxes(request: Request) -> Any:

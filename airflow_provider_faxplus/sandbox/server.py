@@ -41,6 +41,11 @@ class SandboxClient:
         result: dict[str, Any] = self._call("POST", "/faxes", spec)
         return result
 
+    def create_faxes(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Seed many outbox faxes in one request (same creation instant)."""
+        result: list[dict[str, Any]] = self._call("POST", "/faxes", specs)
+        return result
+
     def fax(self, fax_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/faxes/{fax_id}")
         return result

@@ -11,6 +11,8 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -42,9 +44,22 @@ POOL_MAX_CONNECTIONS = 32
 
 
 class _Lease:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, proxy: str | None) -> None:
         self.session = session
+        self.proxy = proxy
         self.holders = 0
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment (``https_proxy``, ``no_proxy``...) sets for ``url``, read once.
+
+    With ``trust_env=True`` aiohttp reads the environment and ``~/.netrc`` in a worker thread on every
+    request, which dominated the trigger's cost with thousands of triggers.
+    """
+    parts = urlsplit(url)
+    if parts.hostname is None or proxy_bypass(parts.hostname):
+        return None
+    return getproxies().get(parts.scheme)
 
 
 _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Lease]] = (
@@ -59,12 +74,12 @@ def _new_session(config: FaxPlusConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=POOL_MAX_CONNECTIONS, ssl=verify),
         timeout=aiohttp.ClientTimeout(total=config.timeout),
-        trust_env=True,
+        trust_env=False,
     )
 
 
 @asynccontextmanager
-async def shared_session(config: FaxPlusConfig) -> AsyncIterator[aiohttp.ClientSession]:
+async def shared_session(config: FaxPlusConfig) -> AsyncIterator[_Lease]:
     """The event loop's session for this connection, shared by every trigger holding a lease on it;
     closed when the last one lets go."""
     loop = asyncio.get_running_loop()
@@ -78,10 +93,10 @@ async def shared_session(config: FaxPlusConfig) -> AsyncIterator[aiohttp.ClientS
     leases = _SESSIONS.setdefault(loop, {})
     lease = leases.get(key)
     if lease is None or lease.session.closed:
-        lease = leases[key] = _Lease(_new_session(config))
+        lease = leases[key] = _Lease(_new_session(config), environment_proxy(config.base_url))
     lease.holders += 1
     try:
-        yield lease.session
+        yield lease
     finally:
         lease.holders -= 1
         if lease.holders == 0 and leases.get(key) is lease:
@@ -90,13 +105,15 @@ async def shared_session(config: FaxPlusConfig) -> AsyncIterator[aiohttp.ClientS
 
 
 async def fetch_outbox_fax(
-    session: aiohttp.ClientSession, config: FaxPlusConfig, outbox_fax_id: str, user_id: str
+    lease: _Lease, config: FaxPlusConfig, outbox_fax_id: str, user_id: str
 ) -> OutboxFax:
     """One *Get outgoing fax*, no retries: the trigger's poll loop does the waiting."""
     call = protocol.get_outbox_fax_call(config, outbox_fax_id, user_id)
     headers = {**call.headers, "Authorization": f"Bearer {config.token}"}
     try:
-        async with session.request(call.method, call.url, headers=headers, allow_redirects=False) as response:
+        async with lease.session.request(
+            call.method, call.url, headers=headers, allow_redirects=False, proxy=lease.proxy
+        ) as response:
             body = await response.read()
             status, response_headers = response.status, dict(response.headers)
     except TimeoutError:
@@ -105,6 +122,28 @@ async def fetch_outbox_fax(
         raise protocol.transport_error(call, f"{type(exc).__name__}: {exc}"[:300]) from None
     log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
     return protocol.parse_get_response(config, call, status, response_headers, body)
+
+
+_LOADING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[FaxPlusConfig]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _read_connection(conn_id: str) -> FaxPlusConfig:
+    # Async helpers only: the sync get_connection on the event loop can deadlock the triggerer.
+    from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
+    conn = await get_async_connection(conn_id)
+    extra = await get_async_extra_dejson(conn)
+    return config_from_connection(
+        conn_id=conn_id,
+        host=conn.host,
+        password=conn.password,
+        login=conn.login,
+        schema=conn.schema,
+        port=conn.port,
+        extra=extra,
+    )
 
 
 class OutboxFaxTrigger(BaseTrigger):
@@ -154,20 +193,17 @@ class OutboxFaxTrigger(BaseTrigger):
         )
 
     async def _load_config(self) -> FaxPlusConfig:
-        # Async helpers only: the sync get_connection on the event loop can deadlock the triggerer.
-        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-
-        conn = await get_async_connection(self.faxplus_conn_id)
-        extra = await get_async_extra_dejson(conn)
-        return config_from_connection(
-            conn_id=self.faxplus_conn_id,
-            host=conn.host,
-            password=conn.password,
-            login=conn.login,
-            schema=conn.schema,
-            port=conn.port,
-            extra=extra,
-        )
+        """The connection, read once for all triggers that ask at the same moment (a triggerer restart
+        starts thousands together); nothing is kept once the read completes, so a rotated token is seen."""
+        loop = asyncio.get_running_loop()
+        pending = _LOADING.setdefault(loop, {})
+        future = pending.get(self.faxplus_conn_id)
+        if future is None:
+            future = pending[self.faxplus_conn_id] = asyncio.ensure_future(
+                _read_connection(self.faxplus_conn_id)
+            )
+            future.add_done_callback(lambda _: pending.pop(self.faxplus_conn_id, None))
+        return await asyncio.shield(future)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -180,13 +216,13 @@ class OutboxFaxTrigger(BaseTrigger):
             not_found_grace_period=self.not_found_grace_period,
             fail_if_never_seen=self.fail_if_never_seen,
         )
-        async with shared_session(config) as session:
-            async for event in self._poll(session, config, policy):
+        async with shared_session(config) as lease:
+            async for event in self._poll(lease, config, policy):
                 yield event
                 return
 
     async def _poll(
-        self, session: aiohttp.ClientSession, config: FaxPlusConfig, policy: WaitPolicy
+        self, lease: _Lease, config: FaxPlusConfig, policy: WaitPolicy
     ) -> AsyncIterator[TriggerEvent]:
         """Poll until there is an event to yield (exactly one)."""
         failures = 0
@@ -194,7 +230,7 @@ class OutboxFaxTrigger(BaseTrigger):
         while True:
             decision: Decision
             try:
-                record = await fetch_outbox_fax(session, config, self.outbox_fax_id, self.user_id)
+                record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id)
                 decision = observe_record(record, self.progress, policy, time.time(), self.user_id)
             except FaxPlusNotFoundError:
                 decision = observe_not_found(
