@@ -20,6 +20,14 @@ def clients(sandbox: Sandbox, fax_id: str) -> dict[str, Callable[[], object]]:
     def floor() -> object:
         return session.get(url, headers=HEADERS, timeout=30).json()
 
+    # requests' defaults re-read proxy and CA settings from the environment on every request;
+    # the hook reads them once per session. This floor does the same.
+    tuned = requests.Session()
+    tuned.trust_env = False
+
+    def tuned_floor() -> object:
+        return tuned.get(url, headers=HEADERS, timeout=30).json()
+
     from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 
     hook = FaxPlusHook(faxplus_conn_id="faxplus_bench")
@@ -47,6 +55,7 @@ def clients(sandbox: Sandbox, fax_id: str) -> dict[str, Callable[[], object]]:
 
     return {
         "bare keep-alive requests.Session (floor)": floor,
+        "same, trust_env=False (floor without per-request environment reads)": tuned_floor,
         "FaxPlusHook.get_outbox_fax": faxplus_hook,
         "faxplus-api 3.0.5 SDK (urllib3)": faxplus_sdk,
         "HttpHook.run (http provider 6.3.0)": http_hook_run,

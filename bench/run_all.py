@@ -1,0 +1,41 @@
+"""Run every benchmark and print docs/benchmarks.md's tables (markdown).
+
+python3 scripts/dev.py bench                 # all four, as in docs/benchmarks.md
+python3 scripts/dev.py bench -- --quick      # smaller sizes, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import api_call_cost
+import import_cost
+import misbehaving
+import triggerer_load
+from _common import machine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not the figures)")
+    args = parser.parse_args()
+    print(f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {machine()}.\n")
+    print("## 1. DAG-parse cost\n")
+    print("\n".join(import_cost.run(rounds=3 if args.quick else 10)), "\n", flush=True)
+    print("## 2. Cost per API call\n")
+    print("\n".join(api_call_cost.run(n=200 if args.quick else 2000)), "\n", flush=True)
+    print("## 3. A triggerer full of waiting faxes\n")
+    counts = [100] if args.quick else [1000, 10000]
+    window = 10.0 if args.quick else 60.0
+    print("\n".join(triggerer_load.table([triggerer_load.run(c, window) for c in counts])), "\n", flush=True)
+    print("## 4. Misbehaving API\n")
+    print("\n".join(misbehaving.run(seconds=5 if args.quick else 30)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
