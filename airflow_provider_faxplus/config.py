@@ -234,3 +234,21 @@ def config_from_connection(
         )
     except FaxPlusConfigError as exc:
         raise FaxPlusConfigError(f"Fax.Plus connection {conn_id!r}: {exc}") from None
+
+
+def config_from_airflow_connection(conn_id: str, conn: Any, extra: Mapping[str, Any]) -> FaxPlusConfig:
+    """Build a config from an Airflow ``Connection`` (its ``extra`` already decoded, as the sync hook and
+    the async trigger each read it their own way)."""
+    if conn.conn_type and conn.conn_type != CONN_TYPE:
+        raise FaxPlusConfigError(
+            f"Fax.Plus connection {conn_id!r} has type {conn.conn_type!r}; expected {CONN_TYPE!r}"
+        )
+    return config_from_connection(
+        conn_id=conn_id,
+        host=conn.host,
+        password=conn.password,
+        login=conn.login,
+        schema=conn.schema,
+        port=conn.port,
+        extra=extra,
+    )

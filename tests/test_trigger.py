@@ -175,3 +175,13 @@ def test_environment_proxy_is_read_once_per_session_with_no_proxy_honoured(monke
     monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
     assert environment_proxy("https://restapi.fax.plus/v3") == "http://proxy.internal:3128"
     assert environment_proxy("http://127.0.0.1:8080/v3") is None
+
+
+def test_a_connection_of_another_type_is_a_config_error_event(sandbox, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FAXPLUS_DEFAULT",
+        json.dumps({"conn_type": "http", "host": sandbox.base_url, "password": TOKEN}),
+    )
+    [event] = run(make(outbox_fax_id="f1"))
+    assert (event["status"], event["kind"]) == ("error", "config")
+    assert "expected 'faxplus'" in event["message"]

@@ -15,7 +15,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import Retrying
 
 from airflow_provider_faxplus import protocol
-from airflow_provider_faxplus.config import DEFAULT_BASE_URL, FaxPlusConfig, config_from_connection
+from airflow_provider_faxplus.config import DEFAULT_BASE_URL, FaxPlusConfig, config_from_airflow_connection
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
 from airflow_provider_faxplus.exceptions import FaxPlusAuthError, FaxPlusError, FaxPlusNotFoundError
 from airflow_provider_faxplus.models import OutboxFax
@@ -74,22 +74,9 @@ class FaxPlusHook(BaseHook):
 
     def _load_config(self) -> FaxPlusConfig:
         conn = self.get_connection(self.faxplus_conn_id)
-        if conn.conn_type and conn.conn_type != CONN_TYPE:
-            raise FaxPlusError(
-                f"Fax.Plus connection {self.faxplus_conn_id!r} has type {conn.conn_type!r}; "
-                f"expected {CONN_TYPE!r}"
-            )
-        if conn.password:
-            mask_secret(conn.password)
-        return config_from_connection(
-            conn_id=self.faxplus_conn_id,
-            host=conn.host,
-            password=conn.password,
-            login=conn.login,
-            schema=conn.schema,
-            port=conn.port,
-            extra=conn.extra_dejson,
-        )
+        config = config_from_airflow_connection(self.faxplus_conn_id, conn, conn.extra_dejson)
+        mask_secret(config.token)
+        return config
 
     def __repr__(self) -> str:
         name = type(self).__name__

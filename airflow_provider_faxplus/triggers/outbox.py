@@ -18,7 +18,7 @@ import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_faxplus import protocol
-from airflow_provider_faxplus.config import FaxPlusConfig, config_from_connection
+from airflow_provider_faxplus.config import FaxPlusConfig, config_from_airflow_connection
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAuthError,
     FaxPlusError,
@@ -135,15 +135,7 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
 
     conn = await get_async_connection(conn_id)
     extra = await get_async_extra_dejson(conn)
-    return config_from_connection(
-        conn_id=conn_id,
-        host=conn.host,
-        password=conn.password,
-        login=conn.login,
-        schema=conn.schema,
-        port=conn.port,
-        extra=extra,
-    )
+    return config_from_airflow_connection(conn_id, conn, extra)
 
 
 class OutboxFaxTrigger(BaseTrigger):
