@@ -32,6 +32,21 @@ def sandbox(sandbox_server: SandboxServer) -> SandboxServer:
     return sandbox_server
 
 
+@pytest.fixture(autouse=True)
+def spec_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that used the shared sandbox: what our code sent, and what the sandbox answered,
+    must conform to outbox.openapi.yaml."""
+    yield
+    if "sandbox" not in request.fixturenames:
+        return
+    from tests.conformance import problems
+
+    server: SandboxServer = request.getfixturevalue("sandbox_server")
+    assert server.client is not None
+    found = problems(server.root_url, server.client.requests())
+    assert not found, "spec conformance:\n" + "\n".join(found[:20])
+
+
 @pytest.fixture
 def control(sandbox: SandboxServer) -> SandboxClient:
     assert sandbox.client is not None

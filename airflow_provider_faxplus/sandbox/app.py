@@ -297,9 +297,17 @@ class ApiLayer:
         async def replay() -> Message:
             return {"type": "http.request", "body": body, "more_body": False}
 
+        response_body: list[bytes] = []
+
         async def record(message: Message) -> None:
             if message["type"] == "http.response.start":
                 entry["status"] = message["status"]
+                entry["response_headers"] = {
+                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])
+                }
+            elif message["type"] == "http.response.body":
+                response_body.append(message.get("body", b""))
+                entry["response_body"] = b"".join(response_body).decode("utf-8", errors="replace")
             await send(message)
 
         fault = self.state.take_fault(scope["method"], path)
