@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 DEFAULT_CONN_ID = "faxplus_default"
+# A fax can be unknown for a while after submission (Fax.Plus's own tooling waits ~30 s to look).
+DEFAULT_NOT_FOUND_GRACE_PERIOD = 60.0
 CONN_TYPE = "faxplus"
 # The spec's OutboxStatus enum, in the order a fax goes through them.
 OUTBOX_STATUS_VALUES = ("submitted", "converting", "scheduled_for_sending", "sending")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pendulum
 
-from airflow_provider_faxplus.constants import validate_waiting_statuses
+from airflow_provider_faxplus.constants import DEFAULT_NOT_FOUND_GRACE_PERIOD, validate_waiting_statuses
 from airflow_provider_faxplus.models import OUTBOX_STATUSES, OutboxFax, OutboxStatus
 
 
@@ -26,7 +26,7 @@ def parse_waiting_statuses(statuses: Iterable[str | OutboxStatus] | str | None) 
 @dataclass(frozen=True)
 class WaitPolicy:
     waiting_statuses: frozenset[OutboxStatus] = OUTBOX_STATUSES
-    not_found_grace_period: float = 60.0
+    not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD
     fail_if_never_seen: bool = True
 
     def __post_init__(self) -> None:

@@ -17,7 +17,11 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_faxplus.constants import DEFAULT_CONN_ID, validate_waiting_statuses
+from airflow_provider_faxplus.constants import (
+    DEFAULT_CONN_ID,
+    DEFAULT_NOT_FOUND_GRACE_PERIOD,
+    validate_waiting_statuses,
+)
 
 # Parsing a DAG file needs only the names above; the hook (requests), the protocol, the models and the
 # trigger (aiohttp) load when a task runs.
@@ -25,7 +29,6 @@ if TYPE_CHECKING:
     from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
     from airflow_provider_faxplus.waiting import Decision, WaitPolicy, WaitProgress
 
-DEFAULT_NOT_FOUND_GRACE_PERIOD = 60.0
 log = logging.getLogger(__name__)
 
 STATE_KEY = "faxplus_outbox_sensor"
@@ -46,13 +49,14 @@ class OutboxFaxSensor(BaseSensorOperator):
     :param faxplus_conn_id: The ``faxplus`` connection.
     :param waiting_statuses: Statuses that mean "keep waiting"; narrow it to stop earlier, e.g.
         ``["submitted", "converting"]`` to wait only until conversion is done.
-    :param not_found_grace_period: Seconds after the sensor starts during which a fax that was never
-        seen and is not found counts as "not visible yet" (Fax.Plus can take a few seconds to show a
-        newly submitted fax).
+    :param not_found_grace_period: Seconds after the sensor's first look during which a fax that was
+        never seen and is not found counts as "not visible yet" (a newly submitted fax can be unknown
+        for a while; Fax.Plus's own tooling waits about 30 s before looking).
     :param fail_if_never_seen: After the grace period, a fax that was never seen and is not found
         fails the task (``True``: the id is probably wrong) or counts as left (``False``; the XCom says
         ``ever_seen: false``). Default: ``True``, except in reschedule mode on an Airflow without a task
-        state store (before 3.3), where pokes cannot remember having seen the fax.
+        state store (before 3.3): there pokes cannot remember having seen the fax, a not-found after
+        the grace period counts as left and the XCom says ``ever_seen: null`` (unknown).
     :param deferrable: Check once, then wait in the triggerer (frees the worker slot).
     """
 
