@@ -185,3 +185,27 @@ def test_a_connection_of_another_type_is_a_config_error_event(sandbox, monkeypat
     [event] = run(make(outbox_fax_id="f1"))
     assert (event["status"], event["kind"]) == ("error", "config")
     assert "expected 'faxplus'" in event["message"]
+
+
+def test_triggers_starting_together_read_the_connection_once(faxplus_conn, monkeypatch):
+    """A triggerer restart starts many triggers at once: they share one in-flight connection read."""
+    import airflow.providers.common.compat.connection as compat_connection
+
+    real = compat_connection.get_async_connection
+    calls = []
+
+    async def counting(conn_id, *args, **kwargs):
+        calls.append(conn_id)
+        return await real(conn_id, *args, **kwargs)
+
+    monkeypatch.setattr(compat_connection, "get_async_connection", counting)
+
+    async def load_many():
+        configs = await asyncio.gather(*(make(outbox_fax_id=f"f{i}")._load_config() for i in range(20)))
+        later = await make(outbox_fax_id="later")._load_config()
+        return configs, later
+
+    configs, later = asyncio.run(load_many())
+    assert len({config.base_url for config in configs}) == 1
+    assert later.base_url == configs[0].base_url
+    assert calls == ["faxplus_default", "faxplus_default"]  # one for the 20 together, one afterwards

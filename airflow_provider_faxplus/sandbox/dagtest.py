@@ -44,7 +44,7 @@ class DagTestRun:
 
     @property
     def succeeded(self) -> bool:
-        # Both lines log this when the run ends in success; 2.11 exits 0 even on failure.
+        # The exit code and the run's own closing log line must both say success.
         return self.returncode == 0 and "successful" in _marking_line(self.output)
 
     def lines_with(self, marker: str) -> list[str]:
