@@ -20,6 +20,7 @@ from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
     FaxPlusAuthError,
+    FaxPlusConfigError,
     FaxPlusConflictError,
     FaxPlusInputError,
     FaxPlusNotFoundError,
@@ -256,6 +257,8 @@ def parse_get_response(
     config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
 ) -> OutboxFax:
     """The outbox record of a successful *Get outgoing fax*, or the matching exception."""
+    if 200 < status < 300:
+        raise _malformed(call, status, "expected HTTP 200 with an Outbox object")
     if status != 200:
         raise error_from_response(config, call, status, headers, body)
     try:
@@ -275,6 +278,17 @@ def check_update_response(
     """Succeed on a 2xx answer to *Modify an outgoing fax* (the spec says 204), else raise."""
     if not 200 <= status < 300:
         raise error_from_response(config, call, status, headers, body)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Failures that no retry, of the call or of the task, can fix: bad configuration or input, a
+    rejected token, any other 3xx/4xx answer except 429. A malformed response is not one of them (it
+    can come from a proxy in between); nor is a not-found, which callers interpret themselves."""
+    if isinstance(exc, FaxPlusConfigError | FaxPlusInputError | FaxPlusAuthError):
+        return True
+    if isinstance(exc, FaxPlusNotFoundError) or not isinstance(exc, FaxPlusAPIError):
+        return False
+    return exc.status is not None and 300 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
     FaxPlusAuthError,
+    FaxPlusConfigError,
     FaxPlusConflictError,
     FaxPlusInputError,
     FaxPlusNotFoundError,
@@ -173,6 +174,28 @@ def test_retry_decisions():
     never = [protocol.error_from_response(CONFIG, CALL, s, {}, b"") for s in (400, 401, 403, 404, 409, 501)]
     assert not any(protocol.is_retryable(exc) for exc in never)
     assert isinstance(protocol.transport_error(CALL, "x"), FaxPlusTransportError)
+
+
+def test_permanent_errors_are_the_ones_no_retry_can_fix():
+    def answer(status, body=b""):
+        return protocol.error_from_response(CONFIG, CALL, status, {}, body)
+
+    permanent = [answer(s) for s in (302, 400, 401, 403, 405, 409, 422)]
+    permanent += [FaxPlusInputError("bad id"), FaxPlusConfigError("bad extra")]
+    assert all(protocol.is_permanent(exc) for exc in permanent)
+    passing = [answer(s) for s in (429, 500, 501, 503)] + [
+        answer(404),
+        answer(400, err({"error": "fax_not_found"})),
+    ]
+    passing += [protocol.transport_error(CALL, "reset")]
+    passing += [protocol._malformed(CALL, 200, "not JSON")]
+    assert not any(protocol.is_permanent(exc) for exc in passing)
+
+
+def test_a_2xx_other_than_200_to_a_get_is_malformed():
+    for status in (201, 204):
+        with pytest.raises(FaxPlusResponseError, match=f"HTTP {status}.*expected HTTP 200"):
+            protocol.parse_get_response(CONFIG, CALL, status, {}, b"")
 
 
 def test_backoff_grows_is_jittered_capped_and_yields_to_retry_after():

@@ -139,7 +139,7 @@ def test_execute_complete_maps_events():
     task = sensor()
     result = {"outbox_fax_id": "f1", "reason": "status"}
     assert task.execute_complete({}, {"status": "success", "message": "ok", "result": result}) == result
-    for kind in ("auth", "config", "input", "never_seen"):
+    for kind in ("auth", "config", "input", "rejected", "never_seen"):
         with pytest.raises(AirflowFailException, match="boom"):
             task.execute_complete({}, {"status": "error", "kind": kind, "message": "boom"})
     with pytest.raises(FaxPlusError, match="HTTP 400"):

@@ -63,11 +63,10 @@ class UpdateOutboxCommentOperator(BaseOperator):
         return FaxPlusHook(faxplus_conn_id=self.faxplus_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_faxplus import protocol
         from airflow_provider_faxplus.exceptions import (
-            FaxPlusAuthError,
-            FaxPlusConfigError,
             FaxPlusConflictError,
-            FaxPlusInputError,
+            FaxPlusError,
             FaxPlusNotFoundError,
         )
 
@@ -87,8 +86,10 @@ class UpdateOutboxCommentOperator(BaseOperator):
                 f"Cannot set the comment: Fax.Plus refuses to modify outbox fax {self.outbox_fax_id!r} "
                 f"in its current state (a fax that is sending cannot be modified). {exc}"
             ) from exc
-        except (FaxPlusAuthError, FaxPlusConfigError, FaxPlusInputError) as exc:
-            raise AirflowFailException(str(exc)) from exc
+        except FaxPlusError as exc:
+            if protocol.is_permanent(exc):  # no retry of the task can fix it
+                raise AirflowFailException(str(exc)) from exc
+            raise  # transient beyond the retry budget, or a malformed response: the task's retries apply
         self.log.info(
             "Set the comment of outbox fax %s (%d characters)", self.outbox_fax_id, len(self.comment)
         )

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_KEY = "faxplus_outbox_sensor"
+# Trigger error events that no retry of the task can fix (see OutboxFaxTrigger).
+FATAL_EVENT_KINDS = frozenset({"auth", "config", "input", "rejected", "never_seen"})
 
 
 class OutboxFaxSensor(BaseSensorOperator):
@@ -163,25 +165,19 @@ class OutboxFaxSensor(BaseSensorOperator):
     def check(self, progress: WaitProgress, policy: WaitPolicy) -> Decision:
         """One look at the fax. Transient errors are a "wait"; fatal ones fail the task at once."""
         from airflow_provider_faxplus import protocol
-        from airflow_provider_faxplus.exceptions import (
-            FaxPlusAuthError,
-            FaxPlusConfigError,
-            FaxPlusInputError,
-            FaxPlusNotFoundError,
-            FaxPlusRequestError,
-        )
+        from airflow_provider_faxplus.exceptions import FaxPlusError, FaxPlusNotFoundError
         from airflow_provider_faxplus.waiting import Decision, observe_not_found, observe_record
 
         try:
             record = self.hook.get_outbox_fax(self.outbox_fax_id, user_id=self.user_id)
         except FaxPlusNotFoundError:
             return observe_not_found(self.outbox_fax_id, progress, policy, time.time(), self.user_id)
-        except (FaxPlusAuthError, FaxPlusConfigError, FaxPlusInputError) as exc:  # no retry can fix these
-            raise AirflowFailException(str(exc)) from exc
-        except FaxPlusRequestError as exc:
+        except FaxPlusError as exc:
+            if protocol.is_permanent(exc):  # no retry of the task can fix it
+                raise AirflowFailException(str(exc)) from exc
             if protocol.is_retryable(exc):
                 return Decision("wait", f"transient error, will look again at the next poke: {exc}")
-            raise
+            raise  # e.g. a malformed response: the task's retries apply
         return observe_record(record, progress, policy, time.time(), self.user_id)
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
@@ -245,6 +241,6 @@ class OutboxFaxSensor(BaseSensorOperator):
             log.info("%s", event.get("message"))
             return event["result"]
         message = str(event.get("message") or event)
-        if event.get("kind") in ("auth", "config", "input", "never_seen"):
+        if event.get("kind") in FATAL_EVENT_KINDS:
             raise AirflowFailException(message)
         raise FaxPlusError(message)

@@ -138,11 +138,19 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     return config_from_airflow_connection(conn_id, conn, extra)
 
 
+def _error_kind(exc: FaxPlusRequestError) -> str:
+    if isinstance(exc, FaxPlusAuthError):
+        return "auth"
+    return "rejected" if protocol.is_permanent(exc) else "api"
+
+
 class OutboxFaxTrigger(BaseTrigger):
     """Polls *Get outgoing fax* every ``poke_interval`` seconds until the fax has left the outbox.
 
     Yields exactly one event: ``{"status": "success", "result": {...}}`` or
-    ``{"status": "error", "kind": ..., "message": ...}``. Transient errors (429, 5xx, network) back off
+    ``{"status": "error", "kind": ..., "message": ...}``, where ``kind`` is ``auth``, ``rejected`` (another
+    3xx/4xx answer), ``config``, ``input`` or ``never_seen``, which no retry can fix, or ``api`` (a
+    malformed response), which a retry of the task may. Transient errors (429, 5xx, network) back off
     exponentially, never faster than ``poke_interval`` and never sooner than ``Retry-After``.
     The token is never part of the serialized kwargs: the connection is read again in the triggerer.
     """
@@ -230,8 +238,7 @@ class OutboxFaxTrigger(BaseTrigger):
                 )
             except FaxPlusRequestError as exc:
                 if not protocol.is_retryable(exc):
-                    kind = "auth" if isinstance(exc, FaxPlusAuthError) else "api"
-                    yield TriggerEvent({"status": "error", "kind": kind, "message": str(exc)})
+                    yield TriggerEvent({"status": "error", "kind": _error_kind(exc), "message": str(exc)})
                     return
                 failures += 1
                 wait = max(
