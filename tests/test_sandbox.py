@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
@@ -169,6 +171,21 @@ def test_poll_counted_lifecycle_moves_on_each_get(sandbox, control):
     control.create_fax(id="f2", lifecycle=[{"status": "submitted", "polls": 1}])
     requests.put(url(sandbox, "f2"), headers=AUTH, json={"comment": "x"}, timeout=5)
     assert control.fax("f2")["in_outbox"] is True
+
+
+def test_a_request_delayed_across_a_reset_does_not_touch_the_new_state(sandbox, control):
+    import threading
+
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 1}])
+    control.add_fault(delay=0.5)
+    late = threading.Thread(target=lambda: requests.get(url(sandbox), headers=AUTH, timeout=5))
+    late.start()
+    time.sleep(0.2)  # the request is now inside its delay
+    control.reset()
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 1}])
+    late.join()
+    assert control.fax("f1")["in_outbox"] is True  # the stale GET did not count as a look
+    assert requests.get(url(sandbox), headers=AUTH, timeout=5).json()["status"] == "sending"
 
 
 def test_lifecycle_units_cannot_be_mixed(control):

@@ -314,7 +314,10 @@ class ApiLayer:
         if fault is not None:
             entry["fault"] = fault.id
             if fault.delay:
+                generation = self.state.generation
                 await asyncio.sleep(fault.delay)
+                if generation != self.state.generation:
+                    raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
             if fault.drop:
                 await record(
                     {

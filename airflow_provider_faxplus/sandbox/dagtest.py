@@ -31,7 +31,7 @@ with create_session() as session:
     run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
     rows = [] if run is None else session.query(TaskInstance).filter(
         TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id).all()
-    print(json.dumps({"run_id": run and run.run_id, "state": run and str(run.state),
+    print("FAXPLUS-STATES:", json.dumps({"run_id": run and run.run_id, "state": run and str(run.state),
         "tasks": sorted([[ti.task_id, ti.map_index, str(ti.state)] for ti in rows])}))
 """
 
@@ -87,7 +87,9 @@ class AirflowHome:
 
     def _environ(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
-        return {**base, **self.env}
+        # Executors start `airflow tasks run` by name: this airflow must come first on the PATH.
+        path = os.pathsep.join([str(Path(self._airflow_bin()).parent), base.get("PATH", "")])
+        return {**base, "PATH": path, **self.env}
 
     def _airflow_bin(self) -> str:
         found = shutil.which("airflow", path=str(Path(sys.executable).parent)) or shutil.which("airflow")
@@ -125,5 +127,7 @@ class AirflowHome:
             timeout=120,
             check=True,
         )
-        states: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        # Airflow may log to stdout around it (DEBUG logging): take the marked line.
+        [line] = [line for line in result.stdout.splitlines() if line.startswith("FAXPLUS-STATES:")]
+        states: dict[str, Any] = json.loads(line.partition(":")[2])
         return states

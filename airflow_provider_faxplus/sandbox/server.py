@@ -144,6 +144,7 @@ class SandboxServer:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
+            http="httptools",  # h11 refuses to send some faults (a body on a 204); httptools sends them
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -237,6 +237,8 @@ class SandboxState:
         self.faxes: dict[str, Fax] = {}
         self.faults: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
+        # Bumped by reset(): a request delayed by a fault across a reset must not touch the new state.
+        self.generation = 0
         self._fault_ids = 0
 
     # Accounts
@@ -349,6 +351,7 @@ class SandboxState:
         return None
 
     def reset(self) -> None:
+        self.generation += 1
         self.faxes.clear()
         self.faults.clear()
         self.requests.clear()
