@@ -6,6 +6,7 @@ python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest 
 python3 scripts/dev.py demo              # the sandbox demo (see README)
 python3 scripts/dev.py lint              # ruff + mypy
 python3 scripts/dev.py bench             # the benchmarks (docs/benchmarks.md)
+python3 scripts/dev.py docs              # rewrite the fault table of docs/reliability.md from the tests
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def demo(line: str) -> None:
     _run([python, str(ROOT / "scripts" / "demo.py")], cwd=ROOT)
 
 
+def docs() -> None:
+    _run([str(ensure_env(DEFAULT_LINE)), "-m", "tests.fault_matrix"], cwd=ROOT)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,6 +104,7 @@ def main() -> int:
     sub.add_parser("lint", help="ruff and mypy")
     p_bench = sub.add_parser("bench", help="run the benchmarks and print their tables")
     p_bench.add_argument("bench_args", nargs="*", help="passed to bench/run_all.py (after --)")
+    sub.add_parser("docs", help="rewrite the fault table of docs/reliability.md from tests/fault_matrix.py")
     args = parser.parse_args()
     try:
         if args.command == "test":
@@ -107,6 +113,8 @@ def main() -> int:
             demo(args.airflow)
         elif args.command == "bench":
             bench(args.bench_args)
+        elif args.command == "docs":
+            docs()
         else:
             lint()
     except subprocess.CalledProcessError as exc:
