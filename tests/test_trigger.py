@@ -114,6 +114,18 @@ def test_never_seen_fails_after_the_grace_period(faxplus_conn, control):
     assert time.monotonic() - started >= 1
     assert (event["status"], event["kind"]) == ("error", "never_seen")
     assert "'typo' was never found" in event["message"]
+    assert "this trigger first looked" not in event["message"]  # watched from the start: the id is suspect
+
+
+def test_never_seen_after_an_unwatched_gap_says_the_fax_may_have_left_unseen(faxplus_conn, control):
+    """A trigger rebuilt long after the sensor's look (a triggerer restart) cannot know what an earlier
+    trigger saw: its "never found" says so instead of blaming the id."""
+    progress = {"started_at": time.time() - 120, "ever_seen": False}
+    [event] = run(make(outbox_fax_id="gone", not_found_grace_period=60, progress=progress))
+    assert (event["status"], event["kind"]) == ("error", "never_seen")
+    assert "first looked 120 s after the sensor did" in event["message"]
+    assert "may have been in the outbox and left meanwhile" in event["message"]
+    assert len(control.requests()) == 1
 
 
 def test_never_seen_can_count_as_left(faxplus_conn, control):

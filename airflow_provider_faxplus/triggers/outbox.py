@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # TCP connections per shared session: all triggers of one connection in one triggerer share the pool.
 POOL_MAX_CONNECTIONS = 32
+# A trigger that first polls later than this after the sensor's look (beyond one poke interval) was
+# rebuilt after a triggerer restart, or waited for a busy triggerer: nobody watched the fax meanwhile.
+HANDOVER_SECONDS = 30.0
 
 
 class _Lease:
@@ -138,6 +141,16 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     return config_from_airflow_connection(conn_id, conn, extra)
 
 
+def _unwatched_note(seconds: float) -> str:
+    if not seconds:
+        return ""
+    return (
+        f". Note: this trigger first looked {seconds:.0f} s after the sensor did (a triggerer restart, or a "
+        "busy triggerer) and what an earlier trigger saw is lost, so the fax may have been in the outbox "
+        "and left meanwhile"
+    )
+
+
 def _error_kind(exc: FaxPlusRequestError) -> str:
     if isinstance(exc, FaxPlusAuthError):
         return "auth"
@@ -227,6 +240,9 @@ class OutboxFaxTrigger(BaseTrigger):
         """Poll until there is an event to yield (exactly one)."""
         failures = 0
         logged: tuple[object, ...] | None = None
+        unwatched = time.time() - self.progress.started_at
+        if self.progress.ever_seen or unwatched <= self.poke_interval + HANDOVER_SECONDS:
+            unwatched = 0.0
         while True:
             decision: Decision
             try:
@@ -258,7 +274,8 @@ class OutboxFaxTrigger(BaseTrigger):
                 )
                 return
             if decision.action == "fail":
-                yield TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
+                message = decision.message + _unwatched_note(unwatched)
+                yield TriggerEvent({"status": "error", "kind": "never_seen", "message": message})
                 return
             # INFO when what we know changes, DEBUG for the same again: a triggerer may hold thousands.
             known = (decision.action, self.progress.last_status, self.progress.ever_seen)
