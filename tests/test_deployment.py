@@ -1,0 +1,250 @@
+"""A real deployment on 127.0.0.1: a real ``airflow triggerer`` (and on Airflow 3 a real ``airflow
+api-server``), started and stopped here, running DAGs through ``airflow dags test --use-executor``, so
+every task runs supervised by an executor and writes its log files under ``$AIRFLOW_HOME/logs``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from airflow import __version__ as airflow_version
+
+from airflow_provider_faxplus.sandbox import SandboxServer
+from airflow_provider_faxplus.sandbox.dagtest import AirflowHome
+
+ROOT = Path(__file__).resolve().parent.parent
+AIRFLOW_3 = int(airflow_version.split(".")[0]) >= 3
+# Distinctive and used nowhere else, so any occurrence in a file is a leak.
+TOKEN = "alohi_pat_DEPLOYED-leakcheck-4d2e9a71"
+
+_XCOM = """
+import json, sys
+try:
+    from airflow.models.xcom import XComModel as XCom  # Airflow 3
+except ImportError:
+    from airflow.models import XCom
+from airflow.utils.session import create_session
+with create_session() as session:
+    rows = session.query(XCom).filter(XCom.dag_id == sys.argv[1], XCom.task_id == sys.argv[2]).all()
+    values = []
+    for row in rows:
+        value = row.value  # 2.11 loads it already
+        if isinstance(value, (bytes, str)):
+            value = XCom.deserialize_value(row)
+        if isinstance(value, (bytes, str)):
+            value = json.loads(value)
+        values.append(value)
+    print("RESULT:", json.dumps(values))
+"""
+_TIME_OUT_DEFERRALS = """
+from airflow.jobs.job import Job
+from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+SchedulerJobRunner(job=Job()).check_trigger_timeouts()
+print("RESULT: checked")
+"""
+_DEFERRED = """
+import sys
+from airflow.models import TaskInstance
+from airflow.utils.session import create_session
+with create_session() as session:
+    ti = session.query(TaskInstance).filter(TaskInstance.dag_id == sys.argv[1]).one_or_none()
+    print("RESULT:", ti is not None and str(ti.state) in ("deferred", "TaskInstanceState.DEFERRED"))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@dataclass
+class DagsTest:
+    process: subprocess.Popen[bytes]
+    output_file: Path
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        returncode = self.process.wait(timeout=timeout)
+        return returncode, self.output_file.read_text(errors="replace")
+
+
+@dataclass
+class Deployment:
+    home: AirflowHome
+    sandbox: SandboxServer
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> None:
+        with (self.home.path / f"{name}.out").open("ab") as output:
+            self.processes[name] = subprocess.Popen(
+                [self.home._airflow_bin(), *args], env=self.home._environ(), stdout=output, stderr=output
+            )
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def python(self, script: str, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            env=self.home._environ(),
+            timeout=120,
+            check=True,
+        )
+        # Airflow may log to stdout around it (DEBUG logging): take the marked line.
+        [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT:")]
+        return line.partition(":")[2].strip()
+
+    def dags_test(self, dag_id: str, conf: dict[str, str]) -> DagsTest:
+        """Start ``airflow dags test --use-executor`` in the background; its output goes to a file
+        (DEBUG logging fills a pipe that nobody reads while the test waits)."""
+        output = self.home.path / f"dags-test-{dag_id}.out"
+        with output.open("wb") as sink:
+            command = ["dags", "test", "--use-executor", dag_id, "--conf", json.dumps(conf)]
+            process = subprocess.Popen(
+                [self.home._airflow_bin(), *command],
+                env=self.home._environ(),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        return DagsTest(process, output)
+
+    def trigger_logs(self, dag_id: str) -> list[Path]:
+        return sorted((self.home.path / "logs").glob(f"dag_id={dag_id}/**/*.trigger.*.log"))
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory) -> Iterator[Deployment]:
+    dags = tmp_path_factory.mktemp("deployed-dags")
+    shutil.copy(ROOT / "example_dags" / "example_faxplus_tag_and_wait.py", dags)
+    shutil.copy(ROOT / "tests" / "dags" / "faxplus_deferral_timeout.py", dags)
+    port = _free_port()
+    with SandboxServer(token=TOKEN) as sandbox:
+        # The connection in AIRFLOW_CONN_* URI form, the token percent-encoded in the password.
+        uri = f"faxplus://:{quote(TOKEN, safe='')}@{quote(sandbox.base_url, safe='')}"
+        home = AirflowHome.create(
+            dags_folder=dags,
+            connections={"faxplus_default": uri},
+            extra_env={
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG",  # every request is logged by the provider
+                "FAXPLUS_EXAMPLE_POKE_INTERVAL": "1",
+            },
+            path=tmp_path_factory.mktemp("deployed-home"),
+        )
+        deployed = Deployment(home, sandbox)
+        if AIRFLOW_3:
+            deployed.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
+            wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/v2/monitor/health"), "the api-server")
+        deployed.start("triggerer", "triggerer")
+        try:
+            yield deployed
+        finally:
+            for name in list(deployed.processes):
+                deployed.stop(name)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def test_a_deferred_sensor_survives_a_triggerer_restart_and_no_token_reaches_any_file(deployment):
+    control = deployment.sandbox.client
+    assert control is not None
+    fax_id = control.create_fax(
+        lifecycle=[{"status": "submitted", "seconds": 40}, {"status": "sending", "seconds": 3}]
+    )["id"]
+    dag_id = "example_faxplus_tag_and_wait"
+    run = deployment.dags_test(dag_id, {"outbox_fax_id": fax_id})
+    # The sensor deferred and the triggerer is polling: restart the triggerer under it.
+    polling = lambda: any("is submitted" in p.read_text() for p in deployment.trigger_logs(dag_id))  # noqa: E731
+    wait_for(polling, "the trigger's first polls")
+    deployment.stop("triggerer")
+    deployment.start("triggerer", "triggerer")
+    returncode, output = run.finish(timeout=240)
+    assert returncode == 0, output[-5000:]
+    assert control.fax(fax_id)["in_outbox"] is False
+
+    # Two triggerers ran the trigger: the second one rebuilt it from its serialized kwargs.
+    trigger_logs = deployment.trigger_logs(dag_id)
+    assert len(trigger_logs) == 2, trigger_logs
+    assert "no longer resolves" in trigger_logs[-1].read_text()
+    states = deployment.home.task_states(dag_id)
+    assert {task: state for task, _, state in states["tasks"]} == {
+        "tag_comment": "success",
+        "wait_until_sent": "success",
+        "report": "success",
+    }
+    [xcom] = json.loads(deployment.python(_XCOM, dag_id, "wait_until_sent"))
+    assert (xcom["outbox_fax_id"], xcom["reason"], xcom["ever_seen"]) == (fax_id, "not_found", True)
+    assert xcom["last_status"] in ("submitted", "sending")
+
+    # Token hygiene: the supervised task logs (DEBUG, every request logged), the trigger logs, the
+    # metadata database (XComs, rendered template fields, trigger kwargs) and the servers' output.
+    files = [path for path in deployment.home.path.rglob("*") if path.is_file()]
+    task_logs = [path for path in files if path.suffix == ".log" and "dag_id=" in str(path)]
+    assert len(task_logs) >= 4  # three tasks and at least one trigger log
+    requests_logged = [p for p in task_logs if f"/outbox/{fax_id} -> HTTP" in p.read_text(errors="replace")]
+    assert requests_logged, "the DEBUG request lines must be in the task logs for this check to mean anything"
+    # `files` includes the dags-test, triggerer and api-server output kept in the home directory.
+    assert {path.name for path in files} >= {f"dags-test-{dag_id}.out", "triggerer.out"}
+    leaks = [str(path) for path in files if TOKEN.encode() in path.read_bytes()]
+    assert leaks == []
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "final_state"),
+    [("faxplus_deferral_timeout", "failed"), ("faxplus_deferral_timeout_soft_fail", "skipped")],
+)
+def test_a_deferral_that_outlives_the_timeout(deployment, dag_id, final_state):
+    """timeout=6 on a fax that never leaves: Airflow's scheduler times the deferral out (``dags test``
+    has no scheduler, so the test runs the scheduler's own check), the sensor times out, and
+    ``soft_fail=True`` turns that into skipped."""
+    control = deployment.sandbox.client
+    assert control is not None
+    fax_id = control.create_fax(lifecycle=[{"status": "submitted", "seconds": 3600}])["id"]
+    run = deployment.dags_test(dag_id, {"outbox_fax_id": fax_id})
+    wait_for(lambda: deployment.python(_DEFERRED, dag_id) == "True", "the deferral")
+    time.sleep(7)
+    deployment.python(_TIME_OUT_DEFERRALS)
+    _, output = run.finish(timeout=120)
+    [(_, _, state)] = deployment.home.task_states(dag_id)["tasks"]
+    assert state == final_state, output[-5000:]
+    [task_log] = (deployment.home.path / "logs").glob(f"dag_id={dag_id}/**/task_id=wait/attempt=1.log")
+    # Airflow 3 turns the deferral timeout into AirflowSensorTimeout; 2.11 fails with TaskDeferralError.
+    said = task_log.read_text()
+    if final_state == "skipped":
+        assert "soft_fail" in said
+    else:
+        assert "AirflowSensorTimeout" in said or "TaskDeferralError: Trigger/execution timeout" in said
