@@ -122,7 +122,7 @@ class Deployment:
         [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT:")]
         return line.partition(":")[2].strip()
 
-    def dags_test(self, dag_id: str, conf: dict[str, str]) -> DagsTest:
+    def dags_test(self, dag_id: str, conf: dict[str, object], **env: str) -> DagsTest:
         """Start ``airflow dags test --use-executor`` in the background; its output goes to a file
         (DEBUG logging fills a pipe that nobody reads while the test waits)."""
         output = self.home.path / f"dags-test-{dag_id}.out"
@@ -130,7 +130,7 @@ class Deployment:
             command = ["dags", "test", "--use-executor", dag_id, "--conf", json.dumps(conf)]
             process = subprocess.Popen(
                 [self.home._airflow_bin(), *command],
-                env=self.home._environ(),
+                env={**self.home._environ(), **env},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
@@ -143,7 +143,8 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory) -> Iterator[Deployment]:
     dags = tmp_path_factory.mktemp("deployed-dags")
-    shutil.copy(ROOT / "example_dags" / "example_faxplus_tag_and_wait.py", dags)
+    for example in ("example_faxplus_tag_and_wait.py", "example_faxplus_mapped.py"):
+        shutil.copy(ROOT / "example_dags" / example, dags)
     shutil.copy(ROOT / "tests" / "dags" / "faxplus_deferral_timeout.py", dags)
     port = _free_port()
     with SandboxServer(token=TOKEN) as sandbox:
@@ -210,17 +211,43 @@ def test_a_deferred_sensor_survives_a_triggerer_restart_and_no_token_reaches_any
     assert (xcom["outbox_fax_id"], xcom["reason"], xcom["ever_seen"]) == (fax_id, "not_found", True)
     assert xcom["last_status"] in ("submitted", "sending")
 
-    # Token hygiene: the supervised task logs (DEBUG, every request logged), the trigger logs, the
-    # metadata database (XComs, rendered template fields, trigger kwargs) and the servers' output.
+    assert_no_token_anywhere(deployment, dag_id, [fax_id])
+
+
+def assert_no_token_anywhere(
+    deployment: Deployment, dag_id: str, fax_ids: list[str], logged_calls: tuple[str, ...] = ("GET", "PUT")
+) -> None:
+    """The supervised task logs (DEBUG: every request logged), the trigger logs, the metadata database
+    (XComs, rendered template fields, trigger kwargs), the output of dags test, triggerer and api-server."""
     files = [path for path in deployment.home.path.rglob("*") if path.is_file()]
-    task_logs = [path for path in files if path.suffix == ".log" and "dag_id=" in str(path)]
-    assert len(task_logs) >= 4  # three tasks and at least one trigger log
-    requests_logged = [p for p in task_logs if f"/outbox/{fax_id} -> HTTP" in p.read_text(errors="replace")]
-    assert requests_logged, "the DEBUG request lines must be in the task logs for this check to mean anything"
-    # `files` includes the dags-test, triggerer and api-server output kept in the home directory.
+    task_logs = [path for path in files if path.suffix == ".log" and f"dag_id={dag_id}" in str(path)]
+    logged = "".join(path.read_text(errors="replace") for path in task_logs)
+    for fax_id in fax_ids:  # else finding no token would prove nothing
+        for method in logged_calls:
+            assert f"{method} /accounts/self/outbox/{fax_id} -> HTTP 2" in logged
     assert {path.name for path in files} >= {f"dags-test-{dag_id}.out", "triggerer.out"}
     leaks = [str(path) for path in files if TOKEN.encode() in path.read_bytes()]
     assert leaks == []
+
+
+def test_the_mapped_example_with_the_token_in_json_form(deployment):
+    """The other example, its tasks given the connection in JSON form (the triggerer keeps the URI form)."""
+    control = deployment.sandbox.client
+    assert control is not None
+    # Counted in looks, not seconds: 2.11's SequentialExecutor runs one task at a time, slowly.
+    lifecycle = [{"status": "submitted", "polls": 2}, {"status": "sending", "polls": 1}]
+    ids = [control.create_fax(lifecycle=lifecycle)["id"] for _ in range(3)]
+    dag_id = "example_faxplus_mapped"
+    run = deployment.dags_test(
+        dag_id, {"outbox_fax_ids": ids}, AIRFLOW_CONN_FAXPLUS_DEFAULT=deployment.sandbox.connection_json()
+    )
+    returncode, output = run.finish(timeout=240)
+    assert returncode == 0, output[-5000:]
+    tasks = deployment.home.task_states(dag_id)["tasks"]
+    assert len(tasks) == 8, tasks  # fax_ids, 3 x tag_comment, 3 x wait_until_sent, summarize
+    assert all(state == "success" for _, _, state in tasks), tasks
+    assert all(control.fax(fax_id)["comment"]["text"].startswith("batch run ") for fax_id in ids)
+    assert_no_token_anywhere(deployment, dag_id, ids)
 
 
 @pytest.mark.parametrize(
@@ -248,3 +275,4 @@ def test_a_deferral_that_outlives_the_timeout(deployment, dag_id, final_state):
         assert "soft_fail" in said
     else:
         assert "AirflowSensorTimeout" in said or "TaskDeferralError: Trigger/execution timeout" in said
+    assert_no_token_anywhere(deployment, dag_id, [fax_id], logged_calls=("GET",))  # exception text too
