@@ -24,7 +24,7 @@ for name, soft_fail in (("faxplus_deferral_timeout", False), ("faxplus_deferral_
             outbox_fax_id="{{ params.outbox_fax_id }}",
             deferrable=True,
             poke_interval=1,
-            timeout=6,
+            timeout=3,
             soft_fail=soft_fail,
         )
     globals()[dag.dag_id] = dag
