@@ -165,6 +165,20 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                 deployed.stop(name)
 
 
+@pytest.fixture(autouse=True)
+def deployed_traffic_conforms(deployment: Deployment) -> Iterator[None]:
+    """What the tasks and triggers sent, and what the sandbox answered, must conform to the spec."""
+    from tests.conformance import problems
+
+    yield
+    control = deployment.sandbox.client
+    assert control is not None
+    log = control.requests(clear=True)
+    assert log, "the run sent no request"
+    found = problems(deployment.sandbox.root_url, log)
+    assert not found, "spec conformance:\n" + "\n".join(found[:20])
+
+
 def _answers(url: str) -> bool:
     try:
         return requests.get(url, timeout=2).status_code < 500
