@@ -66,6 +66,22 @@ def test_sensor_succeeds_within_one_poke_interval_of_the_fax_leaving(test_dags_h
     assert [state for _, _, state in states["tasks"]] == ["success", "success"]
 
 
+def test_reschedule_mode_rides_out_a_burst_of_transient_errors(test_dags_home, control):
+    """Eight 503s and 429s in a row: more than one poke's retry budget (5 attempts), so at least one poke
+    gives up, is rescheduled, and a later one follows the fax to the end. (Retry-After: 0 keeps it fast.)"""
+    fax_id = control.create_fax(lifecycle=POLLED_STATES)["id"]
+    control.add_fault(status=503, retry_after="0", times=5, method="GET", path_contains=fax_id)
+    control.add_fault(status=429, retry_after="0", times=3, method="GET", path_contains=fax_id)
+    run = test_dags_home.dags_test("faxplus_sensor_reschedule", conf={"outbox_fax_id": fax_id})
+    assert run.succeeded, run.output[-5000:]
+    statuses = [e["status"] for e in control.requests() if e["path"].endswith(f"/{fax_id}")]
+    assert statuses[:8] == [503] * 5 + [429] * 3
+    assert statuses[8:] == [200, 200, 200, 200, 404]
+    assert "gave up after 5 attempt(s)" in run.output  # the first poke spent its budget, and waited
+    [line] = run.lines_with("FAXPLUS-RESULT:")
+    assert json.loads(line)["reason"] == "not_found"
+
+
 def test_sensor_with_a_wrong_id_fails_the_run_and_says_why(test_dags_home, control):
     run = test_dags_home.dags_test("faxplus_sensor_poke", conf={"outbox_fax_id": "no-such-fax"})
     assert not run.succeeded
