@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,13 +45,13 @@ with create_session() as session:
         if isinstance(value, (bytes, str)):
             value = json.loads(value)
         values.append(value)
-    print("RESULT:", json.dumps(values))
+    print("FAXPLUS-OUT:", json.dumps(values))
 """
 _TIME_OUT_DEFERRALS = """
 from airflow.jobs.job import Job
 from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
 SchedulerJobRunner(job=Job()).check_trigger_timeouts()
-print("RESULT: checked")
+print("FAXPLUS-OUT: checked")
 """
 
 
@@ -101,19 +100,6 @@ class Deployment:
             process.kill()
             process.wait()
 
-    def python(self, script: str, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-c", script, *args],
-            capture_output=True,
-            text=True,
-            env=self.home._environ(),
-            timeout=120,
-            check=True,
-        )
-        # Airflow may log to stdout around it (DEBUG logging): take the marked line.
-        [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT:")]
-        return line.partition(":")[2].strip()
-
     def dags_test(self, dag_id: str, conf: dict[str, object], **env: str) -> DagsTest:
         """Start ``airflow dags test --use-executor`` in the background; its output goes to a file
         (DEBUG logging fills a pipe that nobody reads while the test waits)."""
@@ -130,6 +116,11 @@ class Deployment:
 
     def trigger_logs(self, dag_id: str) -> list[Path]:
         return sorted((self.home.path / "logs").glob(f"dag_id={dag_id}/**/*.trigger.*.log"))
+
+    def polled(self, dag_id: str, triggerers: int = 1) -> bool:
+        """Whether the ``triggerers``-th triggerer to run the task's trigger has logged a poll."""
+        logs = self.trigger_logs(dag_id)
+        return len(logs) >= triggerers and "is submitted" in logs[triggerers - 1].read_text()
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +184,11 @@ def test_a_deferred_sensor_survives_a_triggerer_restart_and_no_token_reaches_any
     dag_id = "example_faxplus_tag_and_wait"
     run = deployment.dags_test(dag_id, {"outbox_fax_id": fax_id})
 
-    def polled_by(triggerers: int) -> bool:
-        logs = deployment.trigger_logs(dag_id)
-        return len(logs) >= triggerers and "is submitted" in logs[triggerers - 1].read_text()
-
     # The sensor deferred and the triggerer is polling: restart the triggerer under it.
-    wait_for(lambda: polled_by(1), "the first triggerer's polls")
+    wait_for(lambda: deployment.polled(dag_id), "the first triggerer's polls")
     deployment.stop("triggerer")
     deployment.start("triggerer", "triggerer")
-    wait_for(lambda: polled_by(2), "the second triggerer's polls")
+    wait_for(lambda: deployment.polled(dag_id, 2), "the second triggerer's polls")
     control.advance(3600)  # now the fax leaves the outbox
     returncode, output = run.finish(timeout=240)
     assert returncode == 0, output[-5000:]
@@ -217,7 +204,7 @@ def test_a_deferred_sensor_survives_a_triggerer_restart_and_no_token_reaches_any
         "wait_until_sent": "success",
         "report": "success",
     }
-    [xcom] = json.loads(deployment.python(_XCOM, dag_id, "wait_until_sent"))
+    [xcom] = json.loads(deployment.home.python(_XCOM, dag_id, "wait_until_sent"))
     assert (xcom["outbox_fax_id"], xcom["reason"], xcom["ever_seen"]) == (fax_id, "not_found", True)
     assert xcom["last_status"] == "submitted"
 
@@ -273,11 +260,9 @@ def test_a_deferral_that_outlives_the_timeout(deployment, dag_id, final_state):
     fax_id = control.create_fax(lifecycle=[{"status": "submitted", "seconds": 3600}])["id"]
     run = deployment.dags_test(dag_id, {"outbox_fax_id": fax_id})
     # A trigger log means the task has deferred (a file check: cheaper than asking the database).
-    wait_for(
-        lambda: any("is submitted" in p.read_text() for p in deployment.trigger_logs(dag_id)), "a trigger"
-    )
+    wait_for(lambda: deployment.polled(dag_id), "the trigger's polls")
     time.sleep(4)
-    deployment.python(_TIME_OUT_DEFERRALS)
+    deployment.home.python(_TIME_OUT_DEFERRALS)
     _, output = run.finish(timeout=120)
     [(_, _, state)] = deployment.home.task_states(dag_id)["tasks"]
     assert state == final_state, output[-5000:]

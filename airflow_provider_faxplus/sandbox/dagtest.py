@@ -31,7 +31,7 @@ with create_session() as session:
     run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
     rows = [] if run is None else session.query(TaskInstance).filter(
         TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id).all()
-    print("FAXPLUS-STATES:", json.dumps({"run_id": run and run.run_id, "state": run and str(run.state),
+    print("FAXPLUS-OUT:", json.dumps({"run_id": run and run.run_id, "state": run and str(run.state),
         "tasks": sorted([[ti.task_id, ti.map_index, str(ti.state)] for ti in rows])}))
 """
 
@@ -117,10 +117,10 @@ class AirflowHome:
         result = self.airflow(*args, timeout=timeout)
         return DagTestRun(dag_id, result.returncode, result.stdout + result.stderr)
 
-    def task_states(self, dag_id: str) -> dict[str, Any]:
-        """The latest run's state and ``[task_id, map_index, state]`` of each of its task instances."""
+    def python(self, script: str, *args: str) -> str:
+        """Run ``script`` with this home's environment; return what it printed after ``FAXPLUS-OUT:``."""
         result = subprocess.run(  # noqa: S603 - this interpreter, our own script
-            [sys.executable, "-c", _TASK_STATES, dag_id],
+            [sys.executable, "-c", script, *args],
             capture_output=True,
             text=True,
             env=self._environ(),
@@ -128,6 +128,10 @@ class AirflowHome:
             check=True,
         )
         # Airflow may log to stdout around it (DEBUG logging): take the marked line.
-        [line] = [line for line in result.stdout.splitlines() if line.startswith("FAXPLUS-STATES:")]
-        states: dict[str, Any] = json.loads(line.partition(":")[2])
+        [line] = [line for line in result.stdout.splitlines() if line.startswith("FAXPLUS-OUT:")]
+        return line.partition(":")[2].strip()
+
+    def task_states(self, dag_id: str) -> dict[str, Any]:
+        """The latest run's state and ``[task_id, map_index, state]`` of each of its task instances."""
+        states: dict[str, Any] = json.loads(self.python(_TASK_STATES, dag_id))
         return states
