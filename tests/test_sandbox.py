@@ -285,27 +285,33 @@ def test_a_body_over_the_limit_is_refused_and_not_stored(sandbox, control):
     assert len(requests.get(url(sandbox), headers=AUTH, timeout=5).content) < 2000
 
 
-def test_the_limit_holds_while_streaming_without_content_length():
-    with SandboxServer(token=TOKEN, max_body_bytes=1000) as server:
-        server.client.create_fax(id="f1")
-        chunks = iter([b'{"comment": "', b"x" * 600, b"x" * 600, b'"}'])
-        response = requests.put(url(server), headers=JSON_AUTH, data=chunks, timeout=5)  # chunked encoding
-        assert response.status_code == 413
-        assert server.client.fax("f1")["comment"]["text"] == ""
-        # Under the limit, chunked is fine.
-        response = requests.put(
-            url(server), headers=JSON_AUTH, data=iter([b'{"comment": ', b'"ok"}']), timeout=5
-        )
-        assert response.status_code == 204
+def test_the_limit_holds_while_streaming_without_content_length(sandbox, control):
+    control.create_fax(id="f1")
+    mib = b"x" * (1024 * 1024)
+    chunks = iter([b'{"comment": "', mib, mib, mib, b'"}'])  # chunked: no Content-Length to go by
+    response = requests.put(url(sandbox), headers=JSON_AUTH, data=chunks, timeout=10)
+    assert response.status_code == 413
+    assert control.fax("f1")["comment"]["text"] == ""
+    # Under the limit, chunked is fine.
+    response = requests.put(
+        url(sandbox), headers=JSON_AUTH, data=iter([b'{"comment": ', b'"ok"}']), timeout=5
+    )
+    assert response.status_code == 204
 
 
-def test_auth_comes_before_reading_the_body():
-    with SandboxServer(token=TOKEN, max_body_bytes=1000) as server:
+def test_a_smaller_limit_can_be_set():
+    with SandboxServer(token=TOKEN, max_body_bytes=100) as server:
         server.client.create_fax(id="f1")
-        big = b'{"comment": "' + b"x" * 5000 + b'"}'
-        assert requests.put(url(server), data=big, timeout=5).status_code == 401
-        [entry] = server.client.requests()
-        assert entry["body"] == ""  # the sandbox never read it
+        body = json.dumps({"comment": "x" * 100})
+        assert requests.put(url(server), headers=JSON_AUTH, data=body, timeout=5).status_code == 413
+
+
+def test_auth_comes_before_reading_the_body(sandbox, control):
+    control.create_fax(id="f1")
+    big = b'{"comment": "' + b"x" * 5000 + b'"}'
+    assert requests.put(url(sandbox), data=big, timeout=5).status_code == 401
+    [entry] = control.requests()
+    assert entry["body"] == ""  # the sandbox never read it
 
 
 def test_a_trailing_slash_is_an_unknown_path(sandbox, control):
