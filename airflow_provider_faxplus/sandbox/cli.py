@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import signal
+import sys
 import threading
 from urllib.parse import urlsplit
 
@@ -48,6 +49,10 @@ def _is_loopback(hostname: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Before anything is printed: a caller may send SIGTERM as soon as it has read the lines.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = SandboxServer(
         host=args.host,
         port=args.port,
@@ -78,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for fax_id in seeded:
         print(f"seeded outbox fax {fax_id}")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sys.stdout.flush()  # a pipe is block-buffered: whoever reads these lines must get them now
     stop.wait()
     server.stop()
     return 0
