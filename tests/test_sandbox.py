@@ -362,3 +362,10 @@ def test_a_created_fax_reports_itself_visible(control):
     assert control.create_fax(id="now")["visible"] is True
     assert control.create_fax(id="later", visible_after=5)["visible"] is False
     assert [fax["visible"] for fax in control.create_faxes([{"id": "a"}, {"id": "b"}])] == [True, True]
+
+
+def test_reset_forgets_clock_advances(sandbox, control):
+    control.advance(3600)
+    control.reset()
+    now = requests.post(control.root_url + "/_sandbox/clock", json={}, timeout=5).json()["now"]
+    assert abs(now - time.time()) < 60  # back on real time, not an hour ahead

@@ -348,13 +348,18 @@ class ApiLayer:
         self.state.requests.append(entry)
 
         received: list[bytes] = []
+        size = 0
         limit = self.state.max_body_bytes
 
         async def logged_receive() -> Message:
+            nonlocal size
             message = await receive()
-            if message["type"] == "http.request" and sum(map(len, received)) <= limit:
-                received.append(message.get("body", b""))
-                entry["body"] = b"".join(received).decode("utf-8", errors="replace")
+            if message["type"] == "http.request" and size <= limit:
+                chunk = message.get("body", b"")
+                received.append(chunk)
+                size += len(chunk)
+                if not message.get("more_body") or size > limit:  # the whole body, or all the log keeps
+                    entry["body"] = b"".join(received).decode("utf-8", errors="replace")
             return message
 
         response_body: list[bytes] = []

@@ -376,6 +376,7 @@ class SandboxState:
 
     def reset(self) -> None:
         self.generation += 1
+        self.clock = Clock(self.clock.pace)  # back on real time: advances would leak into the next test
         self.faxes.clear()
         self.faults.clear()
         self.requests.clear()
