@@ -65,10 +65,9 @@ class BodyTooLarge(Exception):
 
 
 def _too_large(limit: int) -> Response:
-    # Close the connection: the rest of the body is not worth reading.
-    return error(
-        413, "payload_too_large", f"The request body is larger than {limit} bytes", {"Connection": "close"}
-    )
+    # The connection stays open: the server discards the rest of the body unread, and a client still
+    # sending it then reads this answer (a close with unread data would reset the connection instead).
+    return error(413, "payload_too_large", f"The request body is larger than {limit} bytes")
 
 
 async def _read_body(request: Request) -> bytes:
