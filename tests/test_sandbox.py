@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import requests
 
 from airflow_provider_faxplus.sandbox import SandboxServer
-from airflow_provider_faxplus.sandbox.state import Clock, Fax
+from airflow_provider_faxplus.sandbox.spec import outbox_statuses
+from airflow_provider_faxplus.sandbox.state import OUTBOX_STATUSES, Clock, Fax
 from tests.conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 
 
 def url(sandbox, fax_id="f1", user="self"):
@@ -97,7 +100,7 @@ def test_member_accounts_own_their_faxes():
 )
 def test_put_body_must_be_exactly_a_comment(sandbox, control, body):
     control.create_fax(id="f1")
-    response = requests.put(url(sandbox), headers=AUTH, data=body, timeout=5)
+    response = requests.put(url(sandbox), headers=JSON_AUTH, data=body, timeout=5)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_payload"
     assert control.fax("f1")["comment"]["text"] == ""
@@ -203,3 +206,168 @@ def test_many_faxes_in_one_request(control):
     assert created[0]["created_at"] == created[1]["created_at"]
     with pytest.raises(RuntimeError, match="HTTP 400"):
         control.create_faxes([{"id": "c"}, "not an object"])
+
+
+# Issue 11: the sandbox answers as the spec, HTTP and Fax.Plus would ------------------------------------
+
+
+def test_405_lists_the_allowed_methods(sandbox, control):
+    control.create_fax(id="f1")
+    response = requests.post(url(sandbox), headers=AUTH, timeout=5)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, PUT"
+    assert response.json()["error"] == "method_not_allowed"
+
+
+def test_401_challenges_with_bearer(sandbox, control):
+    control.create_fax(id="f1")
+    missing = requests.get(url(sandbox), timeout=5)
+    assert missing.headers["www-authenticate"] == "Bearer"  # RFC 6750 3.1: no error code without a token
+    wrong = requests.put(url(sandbox), headers={"Authorization": "Bearer nope"}, json={}, timeout=5)
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+def test_403_names_the_missing_scope():
+    with SandboxServer(tokens={"reader": frozenset({"fax:fax:read"})}) as server:
+        server.client.create_fax(id="f1")
+        response = requests.put(url(server), headers={"Authorization": "Bearer reader"}, json={}, timeout=5)
+    assert response.status_code == 403
+    assert response.headers["www-authenticate"] == (
+        'Bearer error="insufficient_scope", scope="fax:all:edit fax:fax:edit"'
+    )
+
+
+def test_a_put_without_a_body_modifies_nothing(sandbox, control):
+    control.create_fax(id="f1", comment="kept")
+    response = requests.put(url(sandbox), headers=AUTH, timeout=5)
+    assert (response.status_code, response.content) == (204, b"")
+    assert control.fax("f1")["comment"]["text"] == "kept"
+    # Still a modification: the fax must exist.
+    assert requests.put(url(sandbox, "nope"), headers=AUTH, timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b'{"comment": "x"}'),
+        ("application/x-www-form-urlencoded", b"comment=x"),
+        ("application/x-www-form-urlencoded", b'{"comment": "x"}'),
+        (None, b'{"comment": "x"}'),
+    ],
+)
+def test_a_put_body_must_be_sent_as_json(sandbox, control, content_type, body):
+    control.create_fax(id="f1")
+    headers = dict(AUTH, **({"Content-Type": content_type} if content_type else {}))
+    response = requests.put(url(sandbox), headers=headers, data=body, timeout=5)
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_media_type"
+    assert control.fax("f1")["comment"]["text"] == ""
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"]
+)
+def test_json_with_parameters_is_accepted(sandbox, control, content_type):
+    control.create_fax(id="f1")
+    headers = dict(AUTH, **{"Content-Type": content_type})
+    assert requests.put(url(sandbox), headers=headers, data=b'{"comment": "x"}', timeout=5).status_code == 204
+    assert control.fax("f1")["comment"]["text"] == "x"
+
+
+def test_a_body_over_the_limit_is_refused_and_not_stored(sandbox, control):
+    control.create_fax(id="f1")
+    big = json.dumps({"comment": "x" * (5 * 1024 * 1024)})
+    with requests.Session() as session:
+        response = session.put(url(sandbox), headers=JSON_AUTH, data=big, timeout=10)
+        assert response.status_code == 413
+        assert response.json()["error"] == "payload_too_large"
+        assert control.fax("f1")["comment"]["text"] == ""
+        # The same connection answers the next request: the rest of the body was discarded, not parsed.
+        assert len(session.get(url(sandbox), headers=AUTH, timeout=5).content) < 2000
+
+
+def test_the_limit_holds_while_streaming_without_content_length(sandbox, control):
+    control.create_fax(id="f1")
+    mib = b"x" * (1024 * 1024)
+    chunks = iter([b'{"comment": "', mib, mib, mib, b'"}'])  # chunked: no Content-Length to go by
+    response = requests.put(url(sandbox), headers=JSON_AUTH, data=chunks, timeout=10)
+    assert response.status_code == 413
+    assert control.fax("f1")["comment"]["text"] == ""
+    # Under the limit, chunked is fine.
+    response = requests.put(
+        url(sandbox), headers=JSON_AUTH, data=iter([b'{"comment": ', b'"ok"}']), timeout=5
+    )
+    assert response.status_code == 204
+
+
+def test_a_smaller_limit_can_be_set():
+    with SandboxServer(token=TOKEN, max_body_bytes=100) as server:
+        server.client.create_fax(id="f1")
+        body = json.dumps({"comment": "x" * 100})
+        assert requests.put(url(server), headers=JSON_AUTH, data=body, timeout=5).status_code == 413
+
+
+def test_auth_comes_before_reading_the_body(sandbox, control):
+    control.create_fax(id="f1")
+    big = b'{"comment": "' + b"x" * 5000 + b'"}'
+    assert requests.put(url(sandbox), data=big, timeout=5).status_code == 401
+    [entry] = control.requests()
+    assert entry["body"] == ""  # the sandbox never read it
+
+
+def test_a_trailing_slash_is_an_unknown_path(sandbox, control):
+    control.create_fax(id="f1")
+    for path in (url(sandbox) + "/", sandbox.base_url + "/accounts/self/outbox/"):
+        response = requests.get(path, headers=AUTH, timeout=5, allow_redirects=False)
+        assert response.status_code == 404
+        assert response.json()["error"] == "not_found"
+
+
+def test_head_answers_like_get_but_moves_no_lifecycle(sandbox, control):
+    control.create_fax(
+        id="f1", lifecycle=[{"status": "submitted", "polls": 1}, {"status": "sending", "polls": 1}]
+    )
+    for _ in range(3):
+        head = requests.head(url(sandbox), headers=AUTH, timeout=5)
+        assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["content-type"] == "application/json"
+    assert control.fax("f1")["status"] == "submitted"
+    assert requests.get(url(sandbox), headers=AUTH, timeout=5).json()["status"] == "submitted"
+    assert control.fax("f1")["status"] == "sending"
+    assert requests.head(url(sandbox), timeout=5).status_code == 401
+
+
+def test_lifecycle_statuses_are_the_specs():
+    assert outbox_statuses() == OUTBOX_STATUSES
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ({"lifecycle": [{"status": "sent", "seconds": 1}]}, "'sent'"),
+        ({"fields": {"status": "archived"}}, "'archived'"),
+        ({"fields": {"surprise": 1}}, "'surprise'"),
+        ({"fields": {"page_count": -1}}, "page_count"),
+        ({"fields": {"retry": {"count": 9}}}, "retry.count"),
+        ({"fields": {"status_changes": [{"at": "yesterday", "status": "submitted"}]}}, "status_changes.0.at"),
+    ],
+)
+def test_control_api_refuses_faxes_outside_the_spec(control, spec, named):
+    with pytest.raises(RuntimeError, match="HTTP 400") as info:
+        control.create_fax(**spec)
+    assert named in str(info.value)
+    assert requests.get(control.root_url + "/_sandbox/faxes", timeout=5).json() == []
+
+
+def test_a_created_fax_reports_itself_visible(control):
+    assert control.create_fax(id="now")["visible"] is True
+    assert control.create_fax(id="later", visible_after=5)["visible"] is False
+    assert [fax["visible"] for fax in control.create_faxes([{"id": "a"}, {"id": "b"}])] == [True, True]
+
+
+def test_reset_forgets_clock_advances(sandbox, control):
+    control.advance(3600)
+    control.reset()
+    now = requests.post(control.root_url + "/_sandbox/clock", json={}, timeout=5).json()["now"]
+    assert abs(now - time.time()) < 60  # back on real time, not an hour ahead

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import requests
 
+from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+
 
 def test_console_script_serves_seeded_faxes_and_stops_on_sigterm():
     command = shutil.which("faxplus-sandbox", path=str(Path(sys.executable).parent))
@@ -35,6 +37,35 @@ def test_console_script_serves_seeded_faxes_and_stops_on_sigterm():
                 timeout=5,
             )
             assert response.json()["status"] == "submitted"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
+
+
+def test_bound_to_every_interface_it_prints_a_connection_the_provider_accepts(monkeypatch):
+    command = shutil.which("faxplus-sandbox", path=str(Path(sys.executable).parent))
+    proc = subprocess.Popen(
+        [command, "--host", "0.0.0.0", "--port", "0", "--seed", "1"],  # noqa: S104 - the case under test
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        while not any(line.startswith("seeded outbox fax") for line in lines):
+            line = proc.stdout.readline()
+            assert line, f"the sandbox exited early: {lines}"
+            lines.append(line.strip())
+        [export] = [line for line in lines if line.startswith("export AIRFLOW_CONN_FAXPLUS_DEFAULT=")]
+        conn = json.loads(export.split("=", 1)[1].strip("'"))
+        assert conn["host"].startswith("http://127.0.0.1:")
+        assert any("TLS" in line and "https" in line for line in lines)
+        fax_id = lines[-1].rsplit(" ", 1)[1]
+        monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", json.dumps(conn))
+        hook = FaxPlusHook()  # the provider's own config rules
+        assert hook.get_outbox_fax(fax_id).status == "submitted"
+        hook.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

@@ -7,9 +7,13 @@ Behaviour and where it comes from (see also the README's sandbox section):
   ``{"comment": <string>}``), 500 ``internal_server_error``;
 - Fax.Plus docs: Bearer tokens with per-operation scopes, the ``x-fax-clientid`` header for OAuth2
   clients, faxes leaving the outbox once sent, ids briefly unknown right after submission;
+- HTTP (RFC 9110 / 6750): 405 with ``Allow``, 401 with ``WWW-Authenticate: Bearer``, HEAD answered like
+  GET without a body and without counting as a poll, 415 for a PUT body that is not JSON, 413 for a body
+  over the limit (checked after auth, from Content-Length and while reading), no slash redirects;
 - assumptions: 401 ``invalid_token`` / 403 ``insufficient_scope``; a fax that left the outbox answers
   404 ``fax_not_found`` (or 400, configurable); a PUT on a fax in ``sending`` answers 409
-  ``fax_not_modifiable`` (configurable).
+  ``fax_not_modifiable`` (configurable); a PUT without a body modifies nothing (204); the body limit
+  (``max_body_bytes``, 2 MiB).
 """
 
 from __future__ import annotations
@@ -52,8 +56,39 @@ class _QuietDrops(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
 
 
-def error(status: int, code: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": code, "description": description}, status_code=status)
+def error(status: int, code: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "description": description}, status_code=status, headers=headers)
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the sandbox's limit."""
+
+
+def _too_large(limit: int) -> Response:
+    # The connection stays open: the server discards the rest of the body unread, and a client still
+    # sending it then reads this answer (a close with unread data would reset the connection instead).
+    return error(413, "payload_too_large", f"The request body is larger than {limit} bytes")
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused by Content-Length before reading and while reading once over the limit."""
+    limit = _state(request).max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str | None) -> bool:
+    """``application/json``, parameters (charset) allowed."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
 
 
 def _state(request: Request) -> SandboxState:
@@ -72,12 +107,22 @@ def _authorize(request: Request, scopes: frozenset[str]) -> Response | None:
             if hmac.compare_digest(candidate.encode(), token.encode()):
                 known, granted = True, candidate_scopes
     if not known:
-        return error(401, "invalid_token", "Missing or invalid access token")
+        # RFC 6750 3.1: no error code when the request carried no token at all.
+        challenge = 'Bearer error="invalid_token"' if token else "Bearer"
+        return error(401, "invalid_token", "Missing or invalid access token", {"WWW-Authenticate": challenge})
     if state.client_id is not None and request.headers.get("x-fax-clientid") != state.client_id:
-        return error(401, "invalid_client", "Missing or invalid x-fax-clientid header")
+        return error(
+            401,
+            "invalid_client",
+            "Missing or invalid x-fax-clientid header",
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
     if granted is not None and not (granted & scopes):
         return error(
-            403, "insufficient_scope", f"The token needs one of the scopes {', '.join(sorted(scopes))}"
+            403,
+            "insufficient_scope",
+            f"The token needs one of the scopes {', '.join(sorted(scopes))}",
+            {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(sorted(scopes))}"'},
         )
     return None
 
@@ -102,7 +147,8 @@ async def get_outbox_fax(request: Request) -> Response:
         return fax
     now = _state(request).clock.now()
     outbox = fax.to_outbox(now)
-    fax.record_poll(now)
+    if request.method == "GET":  # a HEAD (a health check) shows nothing, so moves no lifecycle
+        fax.record_poll(now)
     request.state.fax_status = outbox["status"]  # for the request log
     return JSONResponse(outbox)
 
@@ -112,9 +158,22 @@ async def update_outbox_fax(request: Request) -> Response:
     if denied is not None:
         return denied
     try:
-        payload = json.loads(await request.body())
-    except ValueError:
-        return error(400, "invalid_payload", "The request body is not valid JSON")
+        body = await _read_body(request)
+    except BodyTooLarge:
+        return _too_large(_state(request).max_body_bytes)
+    if not body:
+        payload: Any = {}  # the spec's request body is optional: nothing to modify
+    elif not _is_json(request.headers.get("content-type")):
+        return error(
+            415,
+            "unsupported_media_type",
+            f"The request body must be application/json, not {request.headers.get('content-type')!r}",
+        )
+    else:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return error(400, "invalid_payload", "The request body is not valid JSON")
     if not isinstance(payload, dict):
         return error(400, "invalid_payload", "The request body must be a JSON object")
     unknown = sorted(set(payload) - {"comment"})
@@ -171,8 +230,8 @@ async def create_fax(request: Request) -> Any:
     data = await _json(request, allow_list=True)
     now = state.clock.now()
     if isinstance(data, list):
-        return [state.create_fax(item).summary(now) for item in data]
-    return state.create_fax(data).summary(now)
+        return [state.create_fax(item, now).summary(now) for item in data]
+    return state.create_fax(data, now).summary(now)
 
 
 async def list_faxes(request: Request) -> Any:
@@ -274,28 +333,33 @@ class ApiLayer:
         if scope["type"] != "http" or not path.startswith(API_PREFIX + "/"):
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
         entry: dict[str, Any] = {
             "method": scope["method"],
             "path": path,
             "raw_path": scope.get("raw_path", b"").decode("latin-1"),
             "query": scope.get("query_string", b"").decode("latin-1"),
             "headers": _redacted_headers(scope),
-            "body": body.decode("utf-8", errors="replace"),
+            "body": "",  # what the handler read of it: auth and size limits come before reading
             "at": self.state.clock.now(),
             "client_port": (scope.get("client") or (None, None))[1],
             "status": None,
         }
         self.state.requests.append(entry)
 
-        async def replay() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
+        received: list[bytes] = []
+        size = 0
+        limit = self.state.max_body_bytes
+
+        async def logged_receive() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request" and size <= limit:
+                chunk = message.get("body", b"")
+                received.append(chunk)
+                size += len(chunk)
+                if not message.get("more_body") or size > limit:  # the whole body, or all the log keeps
+                    entry["body"] = b"".join(received).decode("utf-8", errors="replace")
+            return message
 
         response_body: list[bytes] = []
 
@@ -318,6 +382,9 @@ class ApiLayer:
                 await asyncio.sleep(fault.delay)
                 if generation != self.state.generation:
                     raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
+            if fault.drop or fault.status is not None:
+                # The fault answers instead of the handler: read the body for the log all the same.
+                await self._drain(logged_receive, limit)
             if fault.drop:
                 await record(
                     {
@@ -331,8 +398,18 @@ class ApiLayer:
             if fault.status is not None:
                 await self._fault_response(fault.status, fault, record)
                 return
-        await self.app(scope, replay, record)
+        await self.app(scope, logged_receive, record)
         entry["fax_status"] = scope.get("state", {}).get("fax_status")
+
+    @staticmethod
+    async def _drain(receive: Receive, limit: int) -> None:
+        """Read the body (up to the limit) so a faulted request is logged whole."""
+        size = 0
+        while size <= limit:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
 
     @staticmethod
     async def _fault_response(status: int, fault: Any, send: Send) -> None:
@@ -359,7 +436,17 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    # RFC 9110 15.5.6: list every method of the path, across the routes that share it.
+    allowed: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.path_regex.match(request.scope["path"]) and route.methods:
+            allowed |= route.methods
+    return error(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed on {request.url.path}",
+        {"Allow": ", ".join(sorted(allowed))},
+    )
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -385,5 +472,7 @@ def create_app(state: SandboxState) -> ASGIApp:
     app = Starlette(
         routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error}
     )
+    # A path with a trailing slash is another path: answered 404, not redirected (before auth) to ours.
+    app.router.redirect_slashes = False
     app.state.sandbox = state
     return ApiLayer(app, state)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import signal
+import sys
 import threading
+from urllib.parse import urlsplit
 
 from airflow_provider_faxplus.sandbox import DEFAULT_TOKEN, SandboxServer
 
@@ -36,8 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_loopback(hostname: str) -> bool:
+    # config.is_loopback's rule, not imported: that module pulls in Airflow, slow for a CLI start.
+    try:
+        return hostname == "localhost" or ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Before anything is printed: a caller may send SIGTERM as soon as it has read the lines.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = SandboxServer(
         host=args.host,
         port=args.port,
@@ -58,12 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         conn["extra"] = {"client_id": args.client_id}
     print(f"Fax.Plus sandbox listening on {server.base_url}", flush=True)
     print(f"Control API: {server.root_url}/_sandbox (faxes, faults, requests, clock, settings, reset)")
-    print(f"export AIRFLOW_CONN_FAXPLUS_DEFAULT='{json.dumps(conn)}'")
+    if _is_loopback(urlsplit(server.root_url).hostname or ""):
+        print(f"export AIRFLOW_CONN_FAXPLUS_DEFAULT='{json.dumps(conn)}'")
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        # The provider sends a token over plain http only to a loopback host (config.normalize_base_url).
+        print(
+            "From other hosts, serve it over https (a TLS-terminating proxy in front) and use that https:// "
+            "base URL: the provider refuses to send a token over plain http to a non-loopback host."
+        )
     for fax_id in seeded:
         print(f"seeded outbox fax {fax_id}")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sys.stdout.flush()  # a pipe is block-buffered: whoever reads these lines must get them now
     stop.wait()
     server.stop()
     return 0

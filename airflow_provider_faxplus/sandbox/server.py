@@ -13,9 +13,10 @@ import requests
 import uvicorn
 
 from airflow_provider_faxplus.sandbox.app import API_PREFIX, CONTROL_PREFIX, create_app
-from airflow_provider_faxplus.sandbox.state import DEFAULT_UID, SandboxState
+from airflow_provider_faxplus.sandbox.state import DEFAULT_MAX_BODY_BYTES, DEFAULT_UID, SandboxState
 
 DEFAULT_TOKEN = "sandbox-token"  # noqa: S105 - the sandbox's public demo token, not a secret
+WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - a mapping, not a bind
 
 
 class SandboxClient:
@@ -101,6 +102,7 @@ class SandboxServer:
         pace: float = 1.0,
         not_found_status: int = 404,
         sending_modify_status: int = 409,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.state = SandboxState(
             tokens=tokens if tokens is not None else {token: None},
@@ -110,6 +112,7 @@ class SandboxServer:
             pace=pace,
             not_found_status=not_found_status,
             sending_modify_status=sending_modify_status,
+            max_body_bytes=max_body_bytes,
         )
         # The token connection_json() hands out: the first one it accepts.
         self.token = token if tokens is None else next(iter(tokens))
@@ -124,6 +127,8 @@ class SandboxServer:
     def root_url(self) -> str:
         assert self._socket is not None, "the sandbox is not started"
         host, port = self._socket.getsockname()[:2]
+        # Bound to every interface: connect over loopback, the one plain-http host the provider accepts.
+        host = WILDCARD_TO_LOOPBACK.get(host, host)
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}"
 

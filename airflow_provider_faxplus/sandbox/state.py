@@ -15,9 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow_provider_faxplus.sandbox.spec import schema_errors
+
+# The spec's OutboxStatus enum (tests/test_sandbox.py checks they agree).
 OUTBOX_STATUSES = ("submitted", "converting", "scheduled_for_sending", "sending")
 DEFAULT_LIFECYCLE: tuple[tuple[str, float], ...] = tuple((status, 2.0) for status in OUTBOX_STATUSES)
 DEFAULT_UID = "53a1afb8585345a39033857e1f36bf8d"
+# Assumed (Fax.Plus documents no limit for a PUT body or a comment): large enough for a 1 MiB comment,
+# small enough that a runaway client cannot make every later GET carry megabytes.
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
 class SandboxInputError(ValueError):
@@ -127,12 +133,16 @@ class Fax:
         position = self.position(now)
         return None if position is None else self.lifecycle[position[0]][0]
 
-    def to_outbox(self, now: float) -> dict[str, Any]:
-        """The ``Outbox`` object of the spec (no property outside its schema)."""
-        position = self.position(now)
-        assert position is not None
-        index, stage_start = position
+    def to_outbox(self, now: float, stage: int | None = None) -> dict[str, Any]:
+        """The ``Outbox`` object of the spec (no property outside its schema); ``stage`` forces a stage."""
         starts = self._stage_starts()
+        if stage is None:
+            position = self.position(now)
+            assert position is not None
+            index, stage_start = position
+        else:
+            index, stage_start = stage, now
+            starts = [now] * (stage + 1)
         changes = [{"at": fmt_plain(starts[i]), "status": self.lifecycle[i][0]} for i in range(index + 1)]
         record: dict[str, Any] = {
             "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
@@ -226,8 +236,10 @@ class SandboxState:
         pace: float = 1.0,
         not_found_status: int = 404,
         sending_modify_status: int = 409,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.tokens = tokens
+        self.max_body_bytes = max_body_bytes
         self.client_id = client_id
         self.uid = uid
         self.members = set(members)
@@ -250,7 +262,8 @@ class SandboxState:
         return None
 
     # Faxes
-    def create_fax(self, data: dict[str, Any]) -> Fax:
+    def create_fax(self, data: dict[str, Any], now: float | None = None) -> Fax:
+        """A fax created at ``now`` (default: the clock's now), its answers checked against the spec."""
         fax_id = _string(data, "id") or uuid.uuid4().hex
         if fax_id in self.faxes:
             raise SandboxInputError(f"fax {fax_id!r} exists already")
@@ -272,6 +285,11 @@ class SandboxState:
             for stage in raw:
                 if not isinstance(stage, dict) or not isinstance(stage.get("status"), str):
                     raise SandboxInputError("each lifecycle stage needs a string status")
+                if stage["status"] not in OUTBOX_STATUSES:
+                    raise SandboxInputError(
+                        f"lifecycle status {stage['status']!r} is not an outbox status of the spec "
+                        f"({', '.join(OUTBOX_STATUSES)})"
+                    )
                 if unit == "polls":
                     polls = stage["polls"]
                     if isinstance(polls, bool) or not isinstance(polls, int) or polls < 1:
@@ -289,7 +307,7 @@ class SandboxState:
         fax = Fax(
             id=fax_id,
             owner=resolved,
-            created_at=self.clock.now(),
+            created_at=self.clock.now() if now is None else now,
             lifecycle=lifecycle,
             visible_after=_number(data, "visible_after", 0.0),
             comment_text=_string(data, "comment", "") or "",
@@ -297,6 +315,12 @@ class SandboxState:
             fields=extra_fields,
             unit=unit,
         )
+        # Every answer this fax can give must be an Outbox of the spec: check each stage's.
+        for index in range(len(lifecycle)):
+            record = fax.to_outbox(fax.created_at, stage=index)
+            problems = schema_errors("Outbox", record)
+            if problems:
+                raise SandboxInputError("fields break the spec's Outbox schema: " + "; ".join(problems))
         self.faxes[fax_id] = fax
         return fax
 
@@ -352,6 +376,7 @@ class SandboxState:
 
     def reset(self) -> None:
         self.generation += 1
+        self.clock = Clock(self.clock.pace)  # back on real time: advances would leak into the next test
         self.faxes.clear()
         self.faults.clear()
         self.requests.clear()
