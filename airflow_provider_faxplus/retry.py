@@ -36,7 +36,7 @@ def backoff_seconds(attempt: int, initial: float, retry_after: float | None = No
     if retry_after is not None:
         if retry_after > MAX_RETRY_AFTER:
             log.warning(
-                "Fax.Plus asked to wait %.0f s (Retry-After); waiting at most %.0f s",
+                "Fax.Plus asked to wait %.0f s (Retry-After); waiting at most %g s",
                 retry_after,
                 MAX_RETRY_AFTER,
             )

@@ -229,7 +229,7 @@ def test_one_retry_after_can_impose_at_most_the_cap_and_says_so(caplog):
     week = 7 * 24 * 3600.0
     with caplog.at_level("WARNING", logger="airflow_provider_faxplus.retry"):
         assert backoff_seconds(1, 1.0, retry_after=week) == MAX_RETRY_AFTER
-    assert f"asked to wait {week:.0f} s (Retry-After); waiting at most {MAX_RETRY_AFTER:.0f} s" in caplog.text
+    assert f"asked to wait {week:.0f} s (Retry-After); waiting at most {MAX_RETRY_AFTER:g} s" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="airflow_provider_faxplus.retry"):
         assert backoff_seconds(1, 1.0, retry_after=MAX_RETRY_AFTER) == MAX_RETRY_AFTER
