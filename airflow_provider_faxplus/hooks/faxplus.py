@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -302,27 +305,26 @@ class _Deadline:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.at = 0.0
         self.expired = False
+        self.done = False
         self.connection: Any = None
         self._lock = threading.Lock()
-        self._done = False
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> _Deadline:
         _ACTIVE.deadline = self
-        self._timer.start()
+        self.at = time.monotonic() + self.seconds
+        _WATCHDOG.watch(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         with self._lock:
-            self._done = True
-        self._timer.cancel()
+            self.done = True
         _ACTIVE.deadline = None
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
-            if self._done:
+            if self.done:
                 return
             self.expired = True
             sock = getattr(self.connection, "sock", None)
@@ -332,6 +334,43 @@ class _Deadline:
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+class _Watchdog:
+    """One thread per process that expires deadlines; a thread per request would double a call's cost.
+
+    Finished deadlines stay in the heap until they reach its top, so watching one costs a heap push."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # Airflow forks task processes
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._cond:
+            earliest = not self._heap or deadline.at < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="faxplus-deadlines", daemon=True)
+                self._thread.start()
+            elif earliest:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    deadline = heapq.heappop(self._heap)[2]
+                    if not deadline.done:
+                        deadline.expire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
 _ACTIVE = threading.local()
 
 
