@@ -173,8 +173,8 @@ def tls_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSandbox
 @pytest.fixture
 def tls(tls_sandbox: TlsSandbox) -> TlsSandbox:
     tls_sandbox.control("POST", "/reset")
-    # Seen by up to three looks, then gone: each test's last look is the trigger's.
-    tls_sandbox.control("POST", "/faxes", {"id": "f1", "lifecycle": [{"status": "sending", "polls": 4}]})
+    # Seen by up to four looks, then gone: each test's last look is the trigger's.
+    tls_sandbox.control("POST", "/faxes", {"id": "f1", "lifecycle": [{"status": "sending", "polls": 5}]})
     return tls_sandbox
 
 
@@ -247,6 +247,8 @@ def test_a_ca_directory_works_for_hook_and_trigger(tls, monkeypatch, tmp_path):
     set_connection(monkeypatch, tls.base_url, ca_bundle=str(tmp_path))
     assert FaxPlusHook().get_outbox_fax("f1").id == "f1"
     assert fetch_once(tls.base_url, ca_bundle=str(tmp_path)).id == "f1"
+    # The same directory as an older connection's verify path.
+    assert fetch_once(tls.base_url, verify=str(tmp_path)).id == "f1"
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
