@@ -4,8 +4,11 @@ Connection fields:
 
 - password: the API token (Personal Access Token or OAuth2 access token), sent as ``Authorization: Bearer``;
 - host: the whole base URL (scheme, host, port, path prefix); empty means ``https://restapi.fax.plus/v3``;
-- extra: ``client_id`` (sent as ``x-fax-clientid`` only when set), ``timeout``, ``verify``,
-  ``max_attempts``, ``max_retry_seconds``, ``initial_backoff``. Any other key is an error.
+- extra: ``client_id`` (sent as ``x-fax-clientid`` only when set), ``timeout``, ``verify`` (yes/no),
+  ``ca_bundle``, ``max_attempts``, ``max_retry_seconds``, ``initial_backoff``. Any other key is an error.
+
+The rules that depend on the environment (which CA bundle, which proxy) are here too, so that the sync
+hook and the async trigger apply exactly the same ones.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+from urllib.request import getproxies
+
+from requests.utils import should_bypass_proxies
 
 from airflow_provider_faxplus.constants import CONN_TYPE
 from airflow_provider_faxplus.exceptions import FaxPlusConfigError
@@ -27,7 +34,25 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_RETRY_SECONDS = 120.0
 DEFAULT_INITIAL_BACKOFF = 1.0
 
-EXTRA_FIELDS = ("client_id", "timeout", "verify", "max_attempts", "max_retry_seconds", "initial_backoff")
+EXTRA_FIELDS = (
+    "client_id",
+    "timeout",
+    "verify",
+    "ca_bundle",
+    "max_attempts",
+    "max_retry_seconds",
+    "initial_backoff",
+)
+# Upper bounds keep every number usable by the stdlib, tenacity, asyncio and aiohttp.
+MAX_TIMEOUT = 3600.0
+MAX_ATTEMPTS = 100
+MAX_RETRY_SECONDS = 86400.0
+MAX_INITIAL_BACKOFF = 3600.0
+# Environment variables naming a CA bundle, in the order requests reads them.
+CA_BUNDLE_ENV_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# How a yes/no extra may arrive: JSON booleans, or the spellings of forms (2.11's checkbox sends "y").
+_TRUE = frozenset({"true", "1", "yes", "y", "on"})
+_FALSE = frozenset({"false", "0", "no", "n", "off"})
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,9 @@ class FaxPlusConfig:
     token: str = field(default="", repr=False)
     client_id: str | None = None
     timeout: float = DEFAULT_TIMEOUT
-    verify: bool | str = True
+    verify: bool = True
+    # A CA bundle file or directory; None: the environment's (REQUESTS_CA_BUNDLE...) or the system's.
+    ca_bundle: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
     initial_backoff: float = DEFAULT_INITIAL_BACKOFF
@@ -48,6 +75,11 @@ class FaxPlusConfig:
         if self.client_id is not None:
             _check_header_value("client_id", self.client_id)
         object.__setattr__(self, "base_url", normalize_base_url(self.base_url))
+        if self.ca_bundle is not None and not self.verify:
+            raise FaxPlusConfigError(
+                "extra 'verify' is false but extra 'ca_bundle' is set: a CA bundle is used only to "
+                "verify certificates; remove one of them"
+            )
 
     def with_overrides(self, **overrides: Any) -> FaxPlusConfig:
         """A copy with some settings replaced (``None`` values are ignored), validated again."""
@@ -56,6 +88,82 @@ class FaxPlusConfig:
             if value is not None:
                 values[name] = _EXTRA_PARSERS[name](name, value) if name in _EXTRA_PARSERS else value
         return FaxPlusConfig(**values)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How to verify the server: ``verify`` false, or a CA bundle (``None``: the system's) and the name
+    of the setting that chose it, for messages."""
+
+    verify: bool
+    ca_bundle: str | None
+    source: str
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An SSL context that verifies with the CA bundle; a bad bundle is a configuration error."""
+        if not self.verify:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        try:
+            if self.ca_bundle is None:
+                return ssl.create_default_context()
+            if os.path.isdir(self.ca_bundle):
+                return ssl.create_default_context(capath=self.ca_bundle)
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        except (ssl.SSLError, OSError) as exc:
+            raise FaxPlusConfigError(
+                f"the CA bundle {self.ca_bundle!r} from {self.source} cannot be used to verify TLS "
+                f"certificates: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def requests_verify(self) -> bool | str:
+        """The ``verify`` argument of requests: false, the bundle path, or true (the system's)."""
+        return self.ca_bundle if self.verify and self.ca_bundle else self.verify
+
+
+def tls_settings(config: FaxPlusConfig, environ: Mapping[str, str] | None = None) -> TlsSettings:
+    """One rule for the hook and the trigger: ``verify`` false wins; then the connection's
+    ``ca_bundle``; then ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` (as requests reads them); then the
+    system's CA store."""
+    if not config.verify:
+        return TlsSettings(False, None, "extra 'verify'")
+    if config.ca_bundle:
+        return TlsSettings(True, config.ca_bundle, "the connection's extra 'ca_bundle'")
+    env = os.environ if environ is None else environ
+    for name in CA_BUNDLE_ENV_VARS:
+        if env.get(name):
+            return TlsSettings(True, env[name], f"the environment variable {name}")
+    return TlsSettings(True, None, "the system's CA store")
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy to use for ``url``, read from the environment (``https_proxy``, ``all_proxy``,
+    ``no_proxy``...), for both the hook and the trigger.
+
+    Only an https target ever goes through a proxy, and then as a CONNECT tunnel: the token stays inside
+    TLS. A plain-http base URL is loopback by construction and never goes through a proxy, whatever the
+    environment says, so the token is never sent in clear to a proxy.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or is_loopback(parts.hostname):
+        return None
+    if should_bypass_proxies(url, no_proxy=None):
+        return None
+    proxies = getproxies()
+    proxy = proxies.get("https") or proxies.get("all")
+    if not proxy:
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    scheme = urlsplit(proxy).scheme
+    if scheme not in ("http", "https"):
+        raise FaxPlusConfigError(
+            f"the environment's proxy for https ({safe_url(proxy)}) has scheme {scheme!r}; "
+            "only http:// and https:// proxies are supported"
+        )
+    return proxy
 
 
 def is_loopback(hostname: str) -> bool:
@@ -77,18 +185,22 @@ def normalize_base_url(value: str) -> str:
         hostname = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise FaxPlusConfigError(f"the base URL {url!r} is not a valid URL: {exc}") from None
+        raise FaxPlusConfigError(f"the base URL {safe_url(url)!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not hostname:
         raise FaxPlusConfigError(
-            f"the base URL {_safe_url(url)!r} must start with https:// (or http:// for a loopback "
+            f"the base URL {safe_url(url)!r} must start with https:// (or http:// for a loopback "
             f"sandbox) and name a host, for example {DEFAULT_BASE_URL}"
         )
     if parts.username is not None or parts.password is not None:
         raise FaxPlusConfigError(
-            "the base URL must not contain credentials; put the API token in the connection's password"
+            f"the base URL {safe_url(url)!r} must not contain credentials (user:password@); put the API "
+            "token in the connection's API token field (password)"
         )
     if parts.query or parts.fragment:
-        raise FaxPlusConfigError(f"the base URL {url!r} must not have a query or fragment")
+        raise FaxPlusConfigError(
+            f"the base URL {safe_url(url)!r} must not have a query or fragment (not shown here: it may "
+            "hold a secret); put the API token in the connection's API token field (password)"
+        )
     if parts.scheme == "http" and not is_loopback(hostname):
         raise FaxPlusConfigError(
             f"refusing to send the API token over plain http:// to {hostname!r}; use https:// "
@@ -97,10 +209,15 @@ def normalize_base_url(value: str) -> str:
     return url
 
 
-def _safe_url(url: str) -> str:
-    # Drop anything that looks like userinfo before quoting a URL in an error.
-    head, sep, tail = url.partition("@")
-    return f"***@{tail}" if sep else head
+def safe_url(url: str) -> str:
+    """``scheme://host[:port]/path`` of a URL, for messages: no userinfo, query or fragment (any of
+    them can hold a secret)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparseable URL)"
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _has_control_chars(value: str) -> bool:
@@ -110,12 +227,16 @@ def _has_control_chars(value: str) -> bool:
 def _check_token(token: object) -> None:
     if not isinstance(token, str) or not token.strip():
         raise FaxPlusConfigError(
-            "the API token is empty: set the connection's password to a Fax.Plus Personal Access Token "
-            "or an OAuth2 access token"
+            "the API token is empty: put a Fax.Plus Personal Access Token or an OAuth2 access token in "
+            "the connection's API token field (password)"
         )
+    # Never echo the token itself.
     if token != token.strip() or _has_control_chars(token) or " " in token:
-        # Never echo the token itself.
         raise FaxPlusConfigError("the API token contains whitespace or control characters")
+    if not token.isascii():
+        raise FaxPlusConfigError(
+            "the API token contains non-ASCII characters; Fax.Plus tokens are ASCII: copy the token again"
+        )
 
 
 def _check_header_value(name: str, value: object) -> None:
@@ -123,53 +244,86 @@ def _check_header_value(name: str, value: object) -> None:
         raise FaxPlusConfigError(f"extra {name!r} must be a non-empty string")
     if _has_control_chars(value):
         raise FaxPlusConfigError(f"extra {name!r} contains control characters")
+    if not value.isascii():
+        raise FaxPlusConfigError(f"extra {name!r} contains non-ASCII characters (it is sent as a header)")
 
 
-def _parse_number(name: str, value: object, *, minimum: float, allow_equal: bool) -> float:
+def _shown(value: object) -> str:
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {len(str(value)) if value.bit_length() < 10_000 else 'thousands of'} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _parse_number(name: str, value: object, *, minimum: float, allow_equal: bool, maximum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise FaxPlusConfigError(f"extra {name!r} must be a number, got {type(value).__name__}")
     try:
-        number = float(value)
+        number = float(value.strip() if isinstance(value, str) else value)
     except ValueError:
-        raise FaxPlusConfigError(f"extra {name!r} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < minimum or (number == minimum and not allow_equal):
-        bound = f">= {minimum:g}" if allow_equal else f"> {minimum:g}"
-        raise FaxPlusConfigError(f"extra {name!r} must be {bound}, got {value!r}")
+        raise FaxPlusConfigError(f"extra {name!r} must be a number, got {_shown(value)}") from None
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    bound = f">= {minimum:g}" if allow_equal else f"> {minimum:g}"
+    if not math.isfinite(number) or number > maximum:
+        raise FaxPlusConfigError(f"extra {name!r} must be {bound} and <= {maximum:g}, got {_shown(value)}")
+    if number < minimum or (number == minimum and not allow_equal):
+        raise FaxPlusConfigError(f"extra {name!r} must be {bound}, got {_shown(value)}")
     return number
 
 
 def _parse_timeout(name: str, value: object) -> float:
-    return _parse_number(name, value, minimum=0, allow_equal=False)
+    return _parse_number(name, value, minimum=0, allow_equal=False, maximum=MAX_TIMEOUT)
 
 
-def _parse_non_negative(name: str, value: object) -> float:
-    return _parse_number(name, value, minimum=0, allow_equal=True)
+def _parse_retry_seconds(name: str, value: object) -> float:
+    return _parse_number(name, value, minimum=0, allow_equal=True, maximum=MAX_RETRY_SECONDS)
+
+
+def _parse_initial_backoff(name: str, value: object) -> float:
+    return _parse_number(name, value, minimum=0, allow_equal=True, maximum=MAX_INITIAL_BACKOFF)
 
 
 def _parse_attempts(name: str, value: object) -> int:
-    number = _parse_number(name, value, minimum=1, allow_equal=True)
+    number = _parse_number(name, value, minimum=1, allow_equal=True, maximum=MAX_ATTEMPTS)
     if not number.is_integer():
-        raise FaxPlusConfigError(f"extra {name!r} must be a whole number, got {value!r}")
+        raise FaxPlusConfigError(f"extra {name!r} must be a whole number, got {_shown(value)}")
     return int(number)
 
 
-def _parse_verify(name: str, value: object) -> bool | str:
+def _parse_bool(name: str, value: object) -> bool | None:
+    """A yes/no value as JSON or a form sends it; ``None`` if it is not one."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
+def _parse_verify(name: str, value: object) -> bool | str:
+    """Yes/no; a path (the older way to name a CA bundle) is still read as the CA bundle."""
+    flag = _parse_bool(name, value)
+    if flag is not None:
+        return flag
     if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        if os.path.exists(value):
-            return value
+        return _parse_ca_bundle(name, value)
+    raise FaxPlusConfigError(f"extra {name!r} must be true or false, got {type(value).__name__}")
+
+
+def _parse_ca_bundle(name: str, value: object) -> str:
+    if not isinstance(value, str):
         raise FaxPlusConfigError(
-            f"extra {name!r} must be true, false or the path of a CA bundle; {value!r} does not exist"
+            f"extra {name!r} must be the path of a CA bundle file or directory, got {type(value).__name__}"
         )
-    raise FaxPlusConfigError(
-        f"extra {name!r} must be a boolean or a CA bundle path, got {type(value).__name__}"
-    )
+    path = value.strip()
+    if not os.path.exists(path):
+        raise FaxPlusConfigError(
+            f"extra {name!r} must be true, false or the path of a CA bundle file or directory; "
+            f"{path!r} does not exist"
+            if name == "verify"
+            else f"extra {name!r}: the CA bundle {path!r} does not exist (a file or a directory)"
+        )
+    return path
 
 
 def _parse_client_id(name: str, value: object) -> str:
@@ -182,24 +336,44 @@ _EXTRA_PARSERS = {
     "client_id": _parse_client_id,
     "timeout": _parse_timeout,
     "verify": _parse_verify,
+    "ca_bundle": _parse_ca_bundle,
     "max_attempts": _parse_attempts,
-    "max_retry_seconds": _parse_non_negative,
-    "initial_backoff": _parse_non_negative,
+    "max_retry_seconds": _parse_retry_seconds,
+    "initial_backoff": _parse_initial_backoff,
 }
 
 
 def _normalize_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept both ``key`` and the UI form's ``extra__faxplus__key``; drop empty form values."""
+    """Accept both ``key`` and the UI form's ``extra__faxplus__key`` (Airflow 2.11's form sends both,
+    with the same value); drop empty form values. The same setting with two different values is an
+    error: neither can be preferred silently."""
     prefix = f"extra__{CONN_TYPE}__"
     normalized: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     for key, value in extra.items():
         name = key[len(prefix) :] if key.startswith(prefix) else key
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty form field means "not set"
         if name in normalized:
-            raise FaxPlusConfigError(f"extra {name!r} is given twice (with and without the {prefix} prefix)")
+            if not _same_setting(name, normalized[name], value):
+                raise FaxPlusConfigError(
+                    f"extra {keys[name]!r} and extra {key!r} name the same setting with different values; "
+                    "keep one of them"
+                )
+            continue
         normalized[name] = value
+        keys[name] = key
     return normalized
+
+
+def _same_setting(name: str, first: object, second: object) -> bool:
+    parser = _EXTRA_PARSERS.get(name)
+    if parser is None:
+        return first == second
+    try:
+        return bool(parser(name, first) == parser(name, second))
+    except FaxPlusConfigError:
+        return first == second
 
 
 def config_from_connection(
@@ -227,6 +401,15 @@ def config_from_connection(
                 f"unknown extra field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(EXTRA_FIELDS)}"
             )
         parsed: dict[str, Any] = {name: _EXTRA_PARSERS[name](name, value) for name, value in values.items()}
+        if isinstance(parsed.get("verify"), str):
+            # An older connection: verify holds the CA bundle's path.
+            path = parsed.pop("verify")
+            if parsed.get("ca_bundle", path) != path:
+                raise FaxPlusConfigError(
+                    f"extra 'verify' is the CA bundle path {path!r} and extra 'ca_bundle' is "
+                    f"{parsed['ca_bundle']!r}; keep one of them (verify true plus ca_bundle)"
+                )
+            parsed["verify"], parsed["ca_bundle"] = True, path
         return FaxPlusConfig(
             base_url=host.strip() if host and host.strip() else DEFAULT_BASE_URL,
             token=password or "",

@@ -64,6 +64,11 @@ class FaxPlusTransportError(FaxPlusRequestError):
     """No usable HTTP response: connection refused or dropped, timeout, redirect refused."""
 
 
+class FaxPlusTLSError(FaxPlusRequestError):
+    """The server's TLS certificate could not be verified with the configured CA bundle: no retry can
+    fix it (the connection's ``verify`` / ``ca_bundle`` or the environment's CA bundle must change)."""
+
+
 class FaxPlusResponseError(FaxPlusRequestError):
     """The response could not be understood: not JSON, or missing required fields."""
 

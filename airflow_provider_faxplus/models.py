@@ -74,7 +74,10 @@ def parse_utc_datetime(value: object) -> DateTime | None:
         offset_minutes = int(off_h) * 60 + int(off_m)
         if offset_minutes >= 24 * 60:
             return None
-        naive -= timedelta(minutes=offset_minutes if sign == "+" else -offset_minutes)
+        try:
+            naive -= timedelta(minutes=offset_minutes if sign == "+" else -offset_minutes)
+        except OverflowError:  # the offset moves it past year 1 or 9999
+            return None
     return DateTime(
         naive.year,
         naive.month,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from airflow_provider_faxplus import __version__
-from airflow_provider_faxplus.config import FaxPlusConfig
+from airflow_provider_faxplus.config import FaxPlusConfig, TlsSettings
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
     FaxPlusAuthError,
@@ -28,12 +29,19 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusRequestError,
     FaxPlusResponseError,
     FaxPlusServerError,
+    FaxPlusTLSError,
     FaxPlusTransportError,
 )
 from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
 
 MAX_PATH_PARAM_LENGTH = 256
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 408 (Request Timeout) is transient by definition, like 429 and these 5xx.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Error fields are cut to these lengths in messages.
+MAX_ERROR_CHARS = 200
+MAX_DESCRIPTION_CHARS = 500
+# Path segments that URL normalisation (RFC 3986 dot segments) would remove or turn into "go up".
+DOT_SEGMENTS = frozenset({".", ".."})
 # A 400 with one of these codes means the outbox id does not resolve. Fax.Plus does not document the
 # code it uses once a fax has left the outbox; these are the plausible spellings (an assumption).
 NOT_FOUND_ERROR_CODES = frozenset(
@@ -85,6 +93,8 @@ def validate_path_param(name: str, value: object) -> str:
         raise FaxPlusInputError(f"{name} {value!r} has leading or trailing whitespace")
     if len(value) > MAX_PATH_PARAM_LENGTH:
         raise FaxPlusInputError(f"{name} is {len(value)} characters long; at most {MAX_PATH_PARAM_LENGTH}")
+    if value in DOT_SEGMENTS:
+        raise FaxPlusInputError(f"{name} {value!r} must not be '.' or '..': it would change the request path")
     if "/" in value or "\\" in value or ".." in value:
         raise FaxPlusInputError(f"{name} {value!r} must not contain '/', '\\' or '..'")
     if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
@@ -154,8 +164,18 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
+def redact_and_cut(text: str, secret: str, limit: int) -> str:
+    """``text`` without ``secret``, cut to ``limit`` characters. Redacts before cutting, then redacts
+    what a cut can leave of the secret: its first characters at the very end."""
+    if secret:
+        text = text.replace(secret, "***")
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    for length in range(min(len(secret) - 1, len(cut)), 0, -1):
+        if cut.endswith(secret[:length]):
+            return cut[:-length] + "***"
+    return cut
 
 
 def _error_fields(body: bytes, token: str) -> tuple[str | None, str | None]:
@@ -169,11 +189,13 @@ def _error_fields(body: bytes, token: str) -> tuple[str | None, str | None]:
         error = decoded.get("error")
         description = decoded.get("description")
         return (
-            _redact(str(error), token)[:200] if error is not None else None,
-            _redact(str(description), token)[:500] if description is not None else None,
+            redact_and_cut(str(error), token, MAX_ERROR_CHARS) if error is not None else None,
+            redact_and_cut(str(description), token, MAX_DESCRIPTION_CHARS)
+            if description is not None
+            else None,
         )
-    excerpt = " ".join(text.split())[:200]
-    return None, (_redact(excerpt, token) or None)
+    excerpt = redact_and_cut(" ".join(text.split()), token, MAX_ERROR_CHARS)
+    return None, (excerpt or None)
 
 
 def error_from_response(
@@ -196,7 +218,7 @@ def error_from_response(
     }
     if status in (401, 403):
         message += (
-            f". Check the token in the connection's password: it needs one of the scopes "
+            f". Check the API token of the connection: it needs one of the scopes "
             f"{' or '.join(call.operation.scopes)}"
             + (" (an OAuth2 token also needs the connection's client_id)" if not config.client_id else "")
         )
@@ -221,6 +243,8 @@ def error_from_response(
         return FaxPlusRateLimitError(message, retry_after=retry_after, **kwargs)
     if status >= 500:
         return FaxPlusServerError(message, retry_after=retry_after, **kwargs)
+    if status == 408:
+        return FaxPlusAPIError(message + " (request timeout: transient)", retry_after=retry_after, **kwargs)
     return FaxPlusAPIError(message, **kwargs)
 
 
@@ -234,6 +258,37 @@ def _location_host(location: str) -> str:
 def transport_error(call: ApiCall, reason: str) -> FaxPlusTransportError:
     return FaxPlusTransportError(
         f"{call.describe()} failed for outbox fax {call.outbox_fax_id!r}: {reason}",
+        operation=call.operation.name,
+        method=call.method,
+        path=call.path,
+        outbox_fax_id=call.outbox_fax_id,
+    )
+
+
+def is_certificate_failure(exc: BaseException) -> bool:
+    """Whether an exception of requests or aiohttp comes from a failed certificate check (anywhere in
+    its chain of causes): no retry can fix that, unlike a dropped TLS handshake."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return True
+        pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None)))
+        pending.extend(getattr(item, "args", ()))
+        pending.append(getattr(item, "certificate_error", None))  # aiohttp's certificate error
+    return False
+
+
+def tls_error(call: ApiCall, tls: TlsSettings, reason: str) -> FaxPlusTLSError:
+    return FaxPlusTLSError(
+        f"{call.describe()} failed for outbox fax {call.outbox_fax_id!r}: the server's TLS certificate "
+        f"could not be verified with {tls.source} ({reason}). No retry can fix this: set the "
+        "connection's CA bundle (extra 'ca_bundle') to the CA that signed the server's certificate "
+        "(or REQUESTS_CA_BUNDLE for every connection), or, for a test server only, set 'verify' to false",
         operation=call.operation.name,
         method=call.method,
         path=call.path,
@@ -282,9 +337,10 @@ def check_update_response(
 
 def is_permanent(exc: BaseException) -> bool:
     """Failures that no retry, of the call or of the task, can fix: bad configuration or input, a
-    rejected token, any other 3xx/4xx answer except 429. A malformed response is not one of them (it
-    can come from a proxy in between); nor is a not-found, which callers interpret themselves."""
-    if isinstance(exc, FaxPlusConfigError | FaxPlusInputError | FaxPlusAuthError):
+    rejected token, a certificate that does not verify, any other 3xx/4xx answer except 408 and 429.
+    A malformed response is not one of them (it can come from a proxy in between); nor is a not-found,
+    which callers interpret themselves."""
+    if isinstance(exc, FaxPlusConfigError | FaxPlusInputError | FaxPlusAuthError | FaxPlusTLSError):
         return True
     if isinstance(exc, FaxPlusNotFoundError) or not isinstance(exc, FaxPlusAPIError):
         return False
@@ -292,7 +348,8 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Transient failures: connection problems, timeouts, 429 and 500/502/503/504. Never other 4xx."""
+    """Transient failures: connection problems, timeouts, 408, 429 and 500/502/503/504. Never other
+    4xx, nor a failed certificate check."""
     if isinstance(exc, FaxPlusTransportError):
         return True
-    return isinstance(exc, FaxPlusRateLimitError | FaxPlusServerError) and exc.status in RETRYABLE_STATUSES
+    return isinstance(exc, FaxPlusAPIError) and exc.status in RETRYABLE_STATUSES

@@ -17,18 +17,32 @@ from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import FaxPlusRequestError
 from airflow_provider_faxplus.protocol import is_retryable
 
+log = logging.getLogger(__name__)
+
 MAX_BACKOFF = 30.0
+# The longest wait one answer's Retry-After can impose (the trigger never polls faster than its
+# poke_interval, so there the cap is max(poke_interval, this)).
+MAX_RETRY_AFTER = 300.0
+# 2 ** 60 times any initial backoff is past MAX_BACKOFF; a larger exponent would overflow a float.
+_MAX_EXPONENT = 60
 
 
 def backoff_seconds(attempt: int, initial: float, retry_after: float | None = None) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+    """Seconds to wait after failed attempt number ``attempt`` (1-based), for any attempt number.
 
-    ``Retry-After`` wins when given; otherwise "equal jitter": half of the exponential step fixed,
-    half random, so many clients that failed together do not retry together.
+    ``Retry-After`` wins when given, capped at ``MAX_RETRY_AFTER``; otherwise "equal jitter": half of
+    the exponential step fixed, half random, so many clients that failed together do not retry together.
     """
     if retry_after is not None:
-        return float(retry_after)
-    step = min(MAX_BACKOFF, initial * 2.0 ** (attempt - 1))
+        if retry_after > MAX_RETRY_AFTER:
+            log.warning(
+                "Fax.Plus asked to wait %.0f s (Retry-After); waiting at most %g s",
+                retry_after,
+                MAX_RETRY_AFTER,
+            )
+            return MAX_RETRY_AFTER
+        return max(0.0, float(retry_after))
+    step = min(MAX_BACKOFF, initial * 2.0 ** min(max(attempt - 1, 0), _MAX_EXPONENT))
     return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not crypto
 
 

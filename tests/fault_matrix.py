@@ -123,6 +123,17 @@ FAULTS: list[Fault] = [
     ),
     *TRANSIENT_SERVER,
     Fault(
+        "408",
+        "HTTP 408 (request timeout)",
+        {"status": 408},
+        transient=True,
+        get_error=FaxPlusAPIError,
+        put_error=FaxPlusAPIError,
+        says=("HTTP 408",),
+        operator="raises",
+        notes="transient by definition: retried like 429 and 5xx",
+    ),
+    Fault(
         "dropped",
         "connection dropped mid-response",
         {"drop": True},

@@ -282,7 +282,7 @@ def test_odd_but_valid_ids_are_encoded_on_the_wire(hook, control):
 def test_test_connection_proves_the_token(hook, monkeypatch, sandbox):
     ok, message = hook.test_connection()
     assert ok, message
-    assert "accepted the token" in message
+    assert "accepted the API token" in message
     monkeypatch.setenv(
         "AIRFLOW_CONN_FAXPLUS_DEFAULT",
         json.dumps({"conn_type": "faxplus", "host": sandbox.base_url, "password": "alohi_pat_nope"}),
@@ -293,10 +293,16 @@ def test_test_connection_proves_the_token(hook, monkeypatch, sandbox):
     assert "alohi_pat_nope" not in message
 
 
-def test_unknown_extra_fails_at_hook_construction(sandbox, monkeypatch):
+def test_unknown_extra_fails_before_any_request(sandbox, control, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", sandbox.connection_json(headers={"X-A": "1"}))
-    with pytest.raises(FaxPlusConfigError, match=r"unknown extra field.*'headers'"):
-        FaxPlusHook()
+    hook = FaxPlusHook()
+    for use in (lambda: hook.config, lambda: hook.get_outbox_fax("f1"), lambda: hook.session):
+        with pytest.raises(
+            FaxPlusConfigError, match=r"connection 'faxplus_default'.*unknown extra.*'headers'"
+        ):
+            use()
+    assert "faxplus_default" in repr(hook)
+    assert control.requests() == []
 
 
 def test_wrong_connection_type_is_refused(sandbox, monkeypatch):
@@ -305,7 +311,32 @@ def test_wrong_connection_type_is_refused(sandbox, monkeypatch):
         json.dumps({"conn_type": "http", "host": sandbox.base_url, "password": TOKEN}),
     )
     with pytest.raises(Exception, match="expected 'faxplus'"):
-        FaxPlusHook()
+        FaxPlusHook().get_outbox_fax("f1")
+
+
+@pytest.mark.parametrize(
+    ("connection", "says"),
+    [
+        (
+            {"password": ""},
+            "This Fax.Plus connection: the API token is empty: put a Fax.Plus Personal Access",
+        ),
+        ({"password": TOKEN, "extra": {"timeout": "soon"}}, "extra 'timeout' must be a number"),
+        ({"password": "alohi_pat_bad"}, "Check the API token of the connection"),
+    ],
+)
+def test_test_connection_speaks_of_this_connection_not_its_temporary_id(
+    sandbox, monkeypatch, connection, says
+):
+    # Airflow tests a form under a random id such as 'amNz2fne'.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AMNZ2FNE", json.dumps({"conn_type": "faxplus", "host": sandbox.base_url, **connection})
+    )
+    ok, message = FaxPlusHook(faxplus_conn_id="amNz2fne").test_connection()
+    assert not ok
+    assert says in message
+    assert "amNz2fne" not in message
+    assert "password" not in message.replace("API token field (password)", "")
 
 
 def test_uri_form_connection(sandbox, control, monkeypatch):

@@ -19,7 +19,8 @@ REFUSED_IDS = {
     "padded": (" f1", "leading or trailing whitespace"),
     "slash": ("a/b", "must not contain"),
     "backslash": ("a\\b", "must not contain"),
-    "dot-dot": ("..", "must not contain"),
+    "dot": (".", "must not be '.' or '..'"),
+    "dot-dot": ("..", "must not be '.' or '..'"),
     "traversal": ("../../accounts", "must not contain"),
     "nul": ("a\x00b", "control characters"),
     "newline": ("a\nb", "control characters"),
@@ -35,6 +36,12 @@ ENCODED_IDS = {
     "question-mark": "a?b",
     "hash": "a#b",
     "encoded-slash": "a%2Fb",
+    # Percent-encoded dots are sent as "%252e": no client or server decodes them into a dot segment.
+    "encoded-dot": "%2e",
+    "encoded-dot-dot": "%2e%2e",
+    "encoded-dot-dot-upper": "%2E%2E",
+    "dot-encoded-dot": ".%2e",
+    "three-dots-apart": ".a.",
     "non-ascii": "fäx",
     "emoji": "fax📠",
     "256-chars": "y" * 256,
@@ -98,4 +105,53 @@ def test_sensor_and_operator_fail_at_once_on_a_bad_id(faxplus_conn, control, val
     operator = UpdateOutboxCommentOperator(task_id="tag", outbox_fax_id=value, comment="c")
     with pytest.raises(AirflowFailException, match="outbox_fax_id"):
         operator.execute({})
+    assert control.requests() == []
+
+
+@pytest.mark.parametrize("value", ENCODED_IDS.values(), ids=ENCODED_IDS.keys())
+def test_odd_ids_reach_the_server_exactly_from_the_trigger_too(faxplus_conn, control, value):
+    """aiohttp (yarl) must send the same bytes as requests: a dot segment or an encoded one never
+    collapses the path."""
+    import asyncio
+
+    from airflow_provider_faxplus.config import config_from_connection
+    from airflow_provider_faxplus.triggers.outbox import fetch_outbox_fax, shared_session
+
+    conn = json.loads(faxplus_conn)
+    config = config_from_connection(
+        conn_id="c",
+        host=conn["host"],
+        password=conn["password"],
+        login=None,
+        schema=None,
+        port=None,
+        extra={},
+    )
+
+    async def fetch() -> None:
+        async with shared_session(config) as lease:
+            with pytest.raises(FaxPlusNotFoundError):
+                await fetch_outbox_fax(lease, config, value, "self")
+
+    asyncio.run(fetch())
+    [entry] = control.requests()
+    assert entry["raw_path"] == f"/v3/accounts/self/outbox/{quote(value, safe='')}"
+    assert entry["path"] == f"/v3/accounts/self/outbox/{value}"
+
+
+@pytest.mark.parametrize("value", [".", ".."])
+def test_dot_ids_are_refused_by_the_trigger_before_any_request(faxplus_conn, control, value):
+    import asyncio
+
+    from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
+
+    async def first_event():
+        async for event in OutboxFaxTrigger(outbox_fax_id=value, poke_interval=0.1).run():
+            return event.payload
+        return None
+
+    event = asyncio.run(first_event())
+    assert event["status"] == "error"
+    assert event["kind"] == "input"
+    assert "must not be '.' or '..'" in event["message"]
     assert control.requests() == []

@@ -63,6 +63,8 @@ def test_datetimes_of_both_spec_formats_parse_to_utc(text, expected):
         "2017-13-01 00:00:00",
         "2017-02-30 10:00:00",
         "2017-09-24 06:43:04 +2500",
+        "0001-01-01 00:30:00 +0100",
+        "9999-12-31 23:30:00 -0100",
         1506235384,
         None,
     ],
@@ -131,3 +133,15 @@ def test_bad_optional_fields_become_none_with_a_warning_and_raw_kept():
 def test_missing_or_wrong_required_fields_raise_parse_error(body):
     with pytest.raises(OutboxParseError):
         parse_outbox(body)
+
+
+def test_a_datetime_pushed_past_the_calendar_by_its_offset_is_a_parse_warning():
+    body = {
+        **SPEC_EXAMPLE,
+        "send_time": "0001-01-01 00:30:00 +0100",
+        "submit_time": "9999-12-31 23:30:00 -0100",
+    }
+    record = parse_outbox(body)
+    assert (record.send_time, record.submit_time) == (None, None)
+    assert any("send_time" in warning for warning in record.parse_warnings)
+    assert any("submit_time" in warning for warning in record.parse_warnings)

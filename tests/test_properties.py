@@ -123,3 +123,71 @@ def test_datetimes_round_trip_through_both_spec_formats(moment, offset_minutes):
 def test_any_retry_after_gives_non_negative_seconds_or_none(value):
     seconds = protocol.parse_retry_after(value)
     assert seconds is None or seconds >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(
+        min_value=pendulum.datetime(1, 1, 1).naive(), max_value=pendulum.datetime(9999, 12, 31).naive()
+    ),
+    st.sampled_from(["", " +0000", "Z"]) | st.from_regex(r"\A [+-][0-2][0-9][0-5][0-9]\Z"),
+)
+def test_any_datetime_at_any_edge_of_the_calendar_gives_utc_or_none(moment, zone):
+    test_any_datetime_value_gives_utc_or_none.hypothesis.inner_test(
+        moment.strftime("%Y-%m-%d %H:%M:%S").rjust(19, "0") + zone
+    )
+
+
+extra_values = (
+    st.integers()
+    | st.integers(min_value=10**15, max_value=10**400)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.from_regex(r"\A-?[0-9]{1,400}(\.[0-9]+)?(e[+-]?[0-9]{1,4})?\Z")
+    | st.booleans()
+    | st.none()
+    | st.lists(st.integers(), max_size=2)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(
+        ["timeout", "max_attempts", "max_retry_seconds", "initial_backoff", "verify", "client_id"]
+    ),
+    extra_values,
+)
+def test_any_extra_value_gives_a_config_or_a_config_error(name, value):
+    from airflow_provider_faxplus.config import config_from_connection
+    from airflow_provider_faxplus.exceptions import FaxPlusConfigError
+
+    try:
+        config = config_from_connection(
+            conn_id="fx",
+            host=None,
+            password="alohi_pat_x",
+            login=None,
+            schema=None,
+            port=None,
+            extra={name: value},
+        )
+    except FaxPlusConfigError as exc:
+        message = str(exc)
+    else:
+        message = name
+        assert config.timeout <= 3600
+        assert config.max_attempts <= 100
+    assert name in message
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=-(10**6), max_value=10**40),
+    st.floats(min_value=0, max_value=3600),
+    st.none() | st.floats(min_value=0, allow_infinity=False),
+)
+def test_backoff_is_a_bounded_number_for_any_attempt(attempt, initial, retry_after):
+    from airflow_provider_faxplus.retry import MAX_BACKOFF, MAX_RETRY_AFTER, backoff_seconds
+
+    wait = backoff_seconds(attempt, initial, retry_after)
+    assert 0 <= wait <= max(MAX_BACKOFF, MAX_RETRY_AFTER)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 
 import pytest
@@ -64,7 +65,8 @@ def test_update_call_refuses_non_string_comments(comment):
         ("   ", "empty"),
         (" abc", "whitespace"),
         ("a/b", "'/'"),
-        ("..", "'/'"),
+        ("..", "change the request path"),
+        (".", "change the request path"),
         ("a..b", "'/'"),
         ("a\\b", "'/'"),
         ("a\x00b", "control"),
@@ -205,3 +207,103 @@ def test_backoff_grows_is_jittered_capped_and_yields_to_retry_after():
         assert all(step / 2 <= wait <= step for wait in waits)
         assert len(waits) > 1
     assert backoff_seconds(1, 1.0, retry_after=9) == 9
+
+
+def test_408_is_transient_like_429_and_5xx():
+    exc = protocol.error_from_response(CONFIG, CALL, 408, {"Retry-After": "2"}, b"")
+    assert protocol.is_retryable(exc)
+    assert not protocol.is_permanent(exc)
+    assert exc.retry_after == 2
+
+
+@pytest.mark.parametrize("attempt", [1024, 1025, 10**6, 10**30])
+def test_backoff_is_total_for_any_attempt_number(attempt):
+    assert MAX_BACKOFF / 2 <= backoff_seconds(attempt, 1.0) <= MAX_BACKOFF
+    assert backoff_seconds(attempt, 0.0) == 0.0
+    assert backoff_seconds(attempt, 3600.0) <= MAX_BACKOFF
+
+
+def test_one_retry_after_can_impose_at_most_the_cap_and_says_so(caplog):
+    from airflow_provider_faxplus.retry import MAX_RETRY_AFTER
+
+    week = 7 * 24 * 3600.0
+    with caplog.at_level("WARNING", logger="airflow_provider_faxplus.retry"):
+        assert backoff_seconds(1, 1.0, retry_after=week) == MAX_RETRY_AFTER
+    assert f"asked to wait {week:.0f} s (Retry-After); waiting at most {MAX_RETRY_AFTER:g} s" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="airflow_provider_faxplus.retry"):
+        assert backoff_seconds(1, 1.0, retry_after=MAX_RETRY_AFTER) == MAX_RETRY_AFTER
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("value", [".", ".."])
+@pytest.mark.parametrize("field", ["outbox_fax_id", "user_id"])
+def test_dot_segments_are_refused_as_ids(field, value):
+    kwargs = {"outbox_fax_id": "f1", "user_id": "self", field: value}
+    with pytest.raises(FaxPlusInputError, match=f"{field} '{re.escape(value)}' must not be"):
+        protocol.get_outbox_fax_call(CONFIG, kwargs["outbox_fax_id"], kwargs["user_id"])
+
+
+def _token_leaks(text: str, token: str, shortest: int = 4) -> list[str]:
+    """Every piece of ``token`` of at least ``shortest`` characters that appears in ``text``."""
+    return [
+        token[start : start + length]
+        for length in range(shortest, len(token) + 1)
+        for start in range(len(token) - length + 1)
+        if token[start : start + length] in text
+    ]
+
+
+LONG_TOKEN = "alohi_pat_" + "Zq8Kx3Vw9Ty2Lm4Np6Rs1Uv5Wx7Yz0AbCdEfGhIjKlMnOpQrStUvWx"[:60]
+
+
+@pytest.mark.parametrize("limit_name", ["MAX_ERROR_CHARS", "MAX_DESCRIPTION_CHARS"])
+def test_a_token_at_any_offset_around_the_cut_never_leaks_in_part(limit_name):
+    limit = getattr(protocol, limit_name)
+    config = FaxPlusConfig(base_url="https://api.example.com/v3", token=LONG_TOKEN)
+    checked = 0
+    for offset in range(limit - len(LONG_TOKEN) - 2, limit + 3):
+        text = "x" * offset + LONG_TOKEN + " y" * 200
+        bodies = []
+        if limit_name == "MAX_ERROR_CHARS":
+            # A non-JSON page (cut to MAX_ERROR_CHARS) and the JSON error field.
+            bodies += [text.encode(), err({"error": text, "description": "d"})]
+        else:
+            bodies += [err({"error": "e", "description": text})]
+        for body in bodies:
+            exc = protocol.error_from_response(config, CALL, 403, {}, body)
+            for part in (str(exc), exc.error or "", exc.description or ""):
+                assert _token_leaks(part, LONG_TOKEN) == [], (offset, part[-80:])
+            checked += 1
+    assert checked > 60
+
+
+def test_redaction_leaves_text_that_only_resembles_the_token_alone():
+    assert protocol.redact_and_cut("short text", LONG_TOKEN, 200) == "short text"
+    assert protocol.redact_and_cut("x" * 300, LONG_TOKEN, 200) == "x" * 200
+    assert protocol.redact_and_cut("x" * 195 + LONG_TOKEN[:10], LONG_TOKEN, 200) == "x" * 195 + "***"
+
+
+def test_certificate_failures_are_told_apart_from_other_tls_trouble():
+    import ssl
+
+    cert = ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate")
+    wrapped = OSError("wrapper")
+    wrapped.__cause__ = cert
+    assert protocol.is_certificate_failure(cert)
+    assert protocol.is_certificate_failure(wrapped)
+    assert protocol.is_certificate_failure(Exception(Exception(cert)))
+    assert not protocol.is_certificate_failure(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
+    assert not protocol.is_certificate_failure(ConnectionResetError())
+
+
+def test_a_tls_error_is_permanent_and_names_the_ca_bundle_setting():
+    from airflow_provider_faxplus.config import TlsSettings
+
+    exc = protocol.tls_error(
+        CALL, TlsSettings(True, "/etc/ca.pem", "the connection's extra 'ca_bundle'"), "x"
+    )
+    assert protocol.is_permanent(exc)
+    assert not protocol.is_retryable(exc)
+    assert "extra 'ca_bundle'" in str(exc)
+    assert "'verify'" in str(exc)

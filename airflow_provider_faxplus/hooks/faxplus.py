@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Mapping
 from functools import cached_property
@@ -13,11 +18,19 @@ import requests
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from requests.adapters import HTTPAdapter
 from tenacity import Retrying
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from airflow_provider_faxplus import protocol
-from airflow_provider_faxplus.config import DEFAULT_BASE_URL, FaxPlusConfig, config_from_airflow_connection
+from airflow_provider_faxplus.config import (
+    DEFAULT_BASE_URL,
+    FaxPlusConfig,
+    TlsSettings,
+    config_from_airflow_connection,
+    proxy_for,
+    tls_settings,
+)
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
-from airflow_provider_faxplus.exceptions import FaxPlusAuthError, FaxPlusError, FaxPlusNotFoundError
+from airflow_provider_faxplus.exceptions import FaxPlusConfigError, FaxPlusError, FaxPlusNotFoundError
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import retry_kwargs
 
@@ -46,8 +59,10 @@ class FaxPlusHook(BaseHook):
     """Interact with the Fax.Plus REST API v3 outbox.
 
     :param faxplus_conn_id: The ``faxplus`` connection: API token in the password, optional base URL
-        in the host, optional ``client_id``, ``timeout``, ``verify`` and retry settings in the extra.
-    :param timeout: Seconds per request; overrides the connection's ``timeout``.
+        in the host, optional ``client_id``, ``timeout``, ``verify``, ``ca_bundle`` and retry settings
+        in the extra.
+    :param timeout: Seconds per request, whole request (connect, headers, body); overrides the
+        connection's ``timeout``.
     :param max_attempts: Attempts per call, first one included; overrides the connection.
     :param max_retry_seconds: Total time budget for the retries of one call; overrides the connection.
     """
@@ -56,6 +71,7 @@ class FaxPlusHook(BaseHook):
     default_conn_name = DEFAULT_CONN_ID
     conn_type = CONN_TYPE
     hook_name = "Fax.Plus"
+    _tls: TlsSettings
 
     def __init__(
         self,
@@ -68,9 +84,24 @@ class FaxPlusHook(BaseHook):
     ) -> None:
         super().__init__(**kwargs)
         self.faxplus_conn_id = faxplus_conn_id
-        self.config = self._load_config().with_overrides(
-            timeout=timeout, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds
-        )
+        # A configuration error is raised on first use rather than here, so that test_connection() can
+        # word it for the connection form (where Airflow gives the connection a random id).
+        self._config: FaxPlusConfig | None = None
+        self._config_error: FaxPlusConfigError | None = None
+        try:
+            self._config = self._load_config().with_overrides(
+                timeout=timeout, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds
+            )
+        except FaxPlusConfigError as exc:
+            self._config_error = exc
+
+    @property
+    def config(self) -> FaxPlusConfig:
+        """The validated connection; raises its :class:`FaxPlusConfigError` if it is not valid."""
+        if self._config is None:
+            assert self._config_error is not None
+            raise self._config_error
+        return self._config
 
     def _load_config(self) -> FaxPlusConfig:
         conn = self.get_connection(self.faxplus_conn_id)
@@ -80,25 +111,30 @@ class FaxPlusHook(BaseHook):
 
     def __repr__(self) -> str:
         name = type(self).__name__
-        return f"{name}(faxplus_conn_id={self.faxplus_conn_id!r}, base_url={self.config.base_url!r})"
+        base_url = self._config.base_url if self._config else "(invalid connection)"
+        return f"{name}(faxplus_conn_id={self.faxplus_conn_id!r}, base_url={base_url!r})"
 
     @cached_property
     def session(self) -> requests.Session:
         """One keep-alive session per hook. Retries are ours (tenacity), not urllib3's."""
+        config = self.config
+        # The same TLS and proxy rules as the trigger (config.py); a bad CA bundle fails here, at once.
+        tls = tls_settings(config)
+        if tls.ca_bundle is not None:
+            tls.ssl_context()
+        proxy = proxy_for(config.base_url)
         session = requests.Session()
-        adapter = HTTPAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
+        adapter = _DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.auth = BearerAuth(self.config.token)
-        session.headers.update(protocol.base_headers(self.config))
+        session.auth = BearerAuth(config.token)
+        session.headers.update(protocol.base_headers(config))
         # requests re-reads the environment (proxies, CA bundle) on every request when trust_env is on,
         # about a fifth of a call's cost here: read it once per session instead.
         session.trust_env = False
-        session.proxies = requests.utils.get_environ_proxies(self.config.base_url)
-        verify = self.config.verify
-        if verify is True:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        session.verify = verify
+        session.proxies = {"https": proxy} if proxy else {}
+        session.verify = tls.requests_verify()
+        self._tls = tls
         return session
 
     def get_conn(self) -> requests.Session:
@@ -147,16 +183,19 @@ class FaxPlusHook(BaseHook):
             )
 
     def test_connection(self) -> tuple[bool, str]:
-        """Prove the token with *Get outgoing fax* on an id that cannot exist (needs only read scope)."""
+        """Prove the token with *Get outgoing fax* on an id that cannot exist (needs only read scope).
+
+        Airflow tests a connection under a random temporary id, so messages say "this connection"."""
         try:
             self.get_outbox_fax(CONNECTION_TEST_FAX_ID)
         except FaxPlusNotFoundError:
-            return True, f"Connection works: {self.config.base_url} accepted the token (read scope)."
-        except FaxPlusAuthError as exc:
-            return False, str(exc)
+            pass
         except FaxPlusError as exc:
-            return False, str(exc)
-        return True, f"Connection works: {self.config.base_url} accepted the token (read scope)."
+            message = str(exc).replace(
+                f"Fax.Plus connection {self.faxplus_conn_id!r}", "this Fax.Plus connection"
+            )
+            return False, message[:1].upper() + message[1:]
+        return True, f"Connection works: {self.config.base_url} accepted the API token (read scope)."
 
     # Transport -----------------------------------------------------------------------------------
 
@@ -165,6 +204,7 @@ class FaxPlusHook(BaseHook):
 
         Retryable statuses are raised inside the loop so that tenacity can retry them.
         """
+        self.session  # noqa: B018 - a bad CA bundle or proxy is a configuration error, never retried
         for attempt in Retrying(**retry_kwargs(self.config, log)):
             with attempt:
                 status, headers, body = self._send_once(call)
@@ -174,21 +214,30 @@ class FaxPlusHook(BaseHook):
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _send_once(self, call: protocol.ApiCall) -> tuple[int, dict[str, str], bytes]:
+        timeout = self.config.timeout
         started = time.monotonic()
+        # requests' timeout bounds each socket operation; the deadline bounds the whole request
+        # (connect, headers and body), as aiohttp's total timeout does in the trigger.
+        deadline = _Deadline(timeout)
         try:
-            response = self.session.request(
-                call.method,
-                call.url,
-                # The session carries the headers common to every call; only the rest go per request.
-                headers=_per_call_headers(call.headers, self.session.headers) or None,
-                data=call.body,
-                timeout=self.config.timeout,
-                allow_redirects=False,
-            )
-            body = response.content
+            with deadline:
+                response = self.session.request(
+                    call.method,
+                    call.url,
+                    # The session carries the headers common to every call; only the rest go per request.
+                    headers=_per_call_headers(call.headers, self.session.headers) or None,
+                    data=call.body,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+                body = response.content
         except requests.Timeout:
-            raise protocol.transport_error(call, f"no answer within {self.config.timeout:g} s") from None
+            raise protocol.transport_error(call, f"no answer within {timeout:g} s") from None
         except requests.RequestException as exc:
+            if deadline.expired:
+                raise protocol.transport_error(call, f"no answer within {timeout:g} s") from None
+            if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
+                raise protocol.tls_error(call, self._tls, _short(exc)) from None
             raise protocol.transport_error(call, _short(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
@@ -247,6 +296,111 @@ class FaxPlusHook(BaseHook):
                 "max_retry_seconds": "120",
             },
         }
+
+
+class _Deadline:
+    """Bounds a whole request: when ``seconds`` pass, shuts down the socket the request is using, so a
+    server that trickles its answer cannot keep the call alive (each byte would reset requests'
+    per-operation timeout)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = 0.0
+        self.expired = False
+        self.done = False
+        self.connection: Any = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Deadline:
+        _ACTIVE.deadline = self
+        self.at = time.monotonic() + self.seconds
+        _WATCHDOG.watch(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.done = True
+        _ACTIVE.deadline = None
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.expired = True
+            sock = getattr(self.connection, "sock", None)
+            if sock is not None:
+                # The plain socket's shutdown (not SSLSocket's): the reading thread sees EOF.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread per process that expires deadlines; a thread per request would double a call's cost.
+
+    Finished deadlines stay in the heap until they reach its top, so watching one costs a heap push."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # Airflow forks task processes
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._cond:
+            earliest = not self._heap or deadline.at < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="faxplus-deadlines", daemon=True)
+                self._thread.start()
+            elif earliest:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    deadline = heapq.heappop(self._heap)[2]
+                    if not deadline.done:
+                        deadline.expire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+_ACTIVE = threading.local()
+
+
+def _track(pool_class: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+    class Tracked(pool_class):  # type: ignore[valid-type,misc]
+        def _get_conn(self, timeout: float | None = None) -> Any:
+            conn = super()._get_conn(timeout)
+            deadline = getattr(_ACTIVE, "deadline", None)
+            if deadline is not None:
+                deadline.connection = conn
+            return conn
+
+    Tracked.__name__ = f"Tracked{pool_class.__name__}"
+    return Tracked
+
+
+_TRACKED_POOLS = {"http": _track(HTTPConnectionPool), "https": _track(HTTPSConnectionPool)}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """Lets a :class:`_Deadline` find the connection its request uses."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _TRACKED_POOLS
+        return manager
 
 
 def _per_call_headers(headers: Mapping[str, str], common: Mapping[str, str | bytes]) -> dict[str, str]:

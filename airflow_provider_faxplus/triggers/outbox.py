@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_faxplus import protocol
-from airflow_provider_faxplus.config import FaxPlusConfig, config_from_airflow_connection
+from airflow_provider_faxplus.config import (
+    FaxPlusConfig,
+    TlsSettings,
+    config_from_airflow_connection,
+    proxy_for,
+    tls_settings,
+)
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAuthError,
     FaxPlusError,
@@ -47,22 +50,21 @@ HANDOVER_SECONDS = 30.0
 
 
 class _Lease:
-    def __init__(self, session: aiohttp.ClientSession, proxy: str | None) -> None:
+    def __init__(self, session: aiohttp.ClientSession, proxy: str | None, tls: TlsSettings) -> None:
         self.session = session
         self.proxy = proxy
+        self.tls = tls
         self.holders = 0
 
 
 def environment_proxy(url: str) -> str | None:
-    """The proxy the environment (``https_proxy``, ``no_proxy``...) sets for ``url``, read once.
+    """The proxy for ``url``, by the rule the hook follows too (:func:`config.proxy_for`), read once per
+    session: never one for a loopback or plain-http base URL.
 
     With ``trust_env=True`` aiohttp reads the environment and ``~/.netrc`` in a worker thread on every
     request, which dominated the trigger's cost with thousands of triggers.
     """
-    parts = urlsplit(url)
-    if parts.hostname is None or proxy_bypass(parts.hostname):
-        return None
-    return getproxies().get(parts.scheme)
+    return proxy_for(url)
 
 
 _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Lease]] = (
@@ -70,12 +72,13 @@ _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, 
 )
 
 
-def _new_session(config: FaxPlusConfig) -> aiohttp.ClientSession:
-    verify: ssl.SSLContext | bool = (
-        ssl.create_default_context(cafile=config.verify) if isinstance(config.verify, str) else config.verify
-    )
+def _new_session(config: FaxPlusConfig, tls: TlsSettings) -> aiohttp.ClientSession:
+    # Certificates are checked by the same rule as the hook's (config.tls_settings); a CA directory
+    # works as it does with requests (capath).
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=POOL_MAX_CONNECTIONS, ssl=verify),
+        connector=aiohttp.TCPConnector(
+            limit=POOL_MAX_CONNECTIONS, ssl=tls.ssl_context() if tls.verify else False
+        ),
         timeout=aiohttp.ClientTimeout(total=config.timeout),
         trust_env=False,
     )
@@ -86,17 +89,20 @@ async def shared_session(config: FaxPlusConfig) -> AsyncIterator[_Lease]:
     """The event loop's session for this connection, shared by every trigger holding a lease on it;
     closed when the last one lets go."""
     loop = asyncio.get_running_loop()
+    tls = tls_settings(config)
+    proxy = environment_proxy(config.base_url)
     key = (
         config.base_url,
         hashlib.sha256(config.token.encode()).hexdigest(),
         config.client_id,
-        config.verify,
+        tls,
+        proxy,
         config.timeout,
     )
     leases = _SESSIONS.setdefault(loop, {})
     lease = leases.get(key)
     if lease is None or lease.session.closed:
-        lease = leases[key] = _Lease(_new_session(config), environment_proxy(config.base_url))
+        lease = leases[key] = _Lease(_new_session(config, tls), proxy, tls)
     lease.holders += 1
     try:
         yield lease
@@ -122,7 +128,10 @@ async def fetch_outbox_fax(
     except TimeoutError:
         raise protocol.transport_error(call, f"no answer within {config.timeout:g} s") from None
     except aiohttp.ClientError as exc:
-        raise protocol.transport_error(call, f"{type(exc).__name__}: {exc}"[:300]) from None
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        if protocol.is_certificate_failure(exc):
+            raise protocol.tls_error(call, lease.tls, reason) from None
+        raise protocol.transport_error(call, reason) from None
     log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
     return protocol.parse_get_response(config, call, status, response_headers, body)
 
@@ -138,7 +147,13 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
 
     conn = await get_async_connection(conn_id)
     extra = await get_async_extra_dejson(conn)
-    return config_from_airflow_connection(conn_id, conn, extra)
+    config = config_from_airflow_connection(conn_id, conn, extra)
+    # A bad CA bundle or proxy setting is a configuration error, found before the first poll.
+    tls = tls_settings(config)
+    if tls.verify:
+        tls.ssl_context()
+    environment_proxy(config.base_url)
+    return config
 
 
 def _unwatched_note(seconds: float) -> str:
