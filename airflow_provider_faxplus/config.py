@@ -3,8 +3,10 @@
 Connection fields:
 
 - password: the API token (Personal Access Token or OAuth2 access token), sent as ``Authorization: Bearer``;
+  optional with OAuth2 (``client_id`` + ``client_secret`` + ``refresh_token``: access tokens are fetched);
 - host: the whole base URL (scheme, host, port, path prefix); empty means ``https://restapi.fax.plus/v3``;
-- extra: ``client_id`` (sent as ``x-fax-clientid`` only when set), ``timeout``, ``verify`` (yes/no),
+- extra: ``client_id`` (sent as ``x-fax-clientid`` only when set), ``client_secret``, ``refresh_token``,
+  ``token_url`` (OAuth2, see oauth.py), ``timeout``, ``verify`` (yes/no),
   ``ca_bundle``, ``max_attempts``, ``max_retry_seconds``, ``initial_backoff``. Any other key is an error.
 
 The rules that depend on the environment (which CA bundle, which proxy) are here too, so that the sync
@@ -29,6 +31,7 @@ from airflow_provider_faxplus.constants import CONN_TYPE
 from airflow_provider_faxplus.exceptions import FaxPlusConfigError
 
 DEFAULT_BASE_URL = "https://restapi.fax.plus/v3"
+DEFAULT_TOKEN_URL = "https://accounts.fax.plus/token"  # noqa: S105 - a URL, not a secret
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_RETRY_SECONDS = 120.0
@@ -36,6 +39,9 @@ DEFAULT_INITIAL_BACKOFF = 1.0
 
 EXTRA_FIELDS = (
     "client_id",
+    "client_secret",
+    "refresh_token",
+    "token_url",
     "timeout",
     "verify",
     "ca_bundle",
@@ -57,11 +63,15 @@ _FALSE = frozenset({"false", "0", "no", "n", "off"})
 
 @dataclass(frozen=True)
 class FaxPlusConfig:
-    """Everything a request needs, validated. ``token`` is kept out of ``repr``."""
+    """Everything a request needs, validated. Secrets (``token``, ``client_secret``, ``refresh_token``)
+    are kept out of ``repr``. With a refresh token, ``token`` may be empty: access tokens are fetched."""
 
     base_url: str = DEFAULT_BASE_URL
     token: str = field(default="", repr=False)
     client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    token_url: str = DEFAULT_TOKEN_URL
     timeout: float = DEFAULT_TIMEOUT
     verify: bool = True
     # A CA bundle file or directory; None: the environment's (REQUESTS_CA_BUNDLE...) or the system's.
@@ -71,10 +81,31 @@ class FaxPlusConfig:
     initial_backoff: float = DEFAULT_INITIAL_BACKOFF
 
     def __post_init__(self) -> None:
-        _check_token(self.token)
+        if self.refresh_token is not None:
+            missing = [n for n in ("client_id", "client_secret") if not getattr(self, n)]
+            if missing:
+                raise FaxPlusConfigError(
+                    f"extra 'refresh_token' is set but extra {' and '.join(map(repr, missing))} "
+                    "is not: refreshing an OAuth2 access token needs client_id, client_secret and "
+                    "refresh_token"
+                )
+            _check_secret("refresh_token", self.refresh_token)
+            if self.token:
+                _check_token(self.token)
+        else:
+            if self.client_secret is not None:
+                raise FaxPlusConfigError(
+                    "extra 'client_secret' is set but extra 'refresh_token' is not: the client secret is "
+                    "used only to refresh OAuth2 access tokens; add the refresh token (faxplus-oauth "
+                    "prints it) or remove the client secret"
+                )
+            _check_token(self.token)
+        if self.client_secret is not None:
+            _check_secret("client_secret", self.client_secret)
         if self.client_id is not None:
             _check_header_value("client_id", self.client_id)
         object.__setattr__(self, "base_url", normalize_base_url(self.base_url))
+        object.__setattr__(self, "token_url", normalize_base_url(self.token_url, what="token URL"))
         if self.ca_bundle is not None and not self.verify:
             raise FaxPlusConfigError(
                 "extra 'verify' is false but extra 'ca_bundle' is set: a CA bundle is used only to "
@@ -88,6 +119,11 @@ class FaxPlusConfig:
             if value is not None:
                 values[name] = _EXTRA_PARSERS[name](name, value) if name in _EXTRA_PARSERS else value
         return FaxPlusConfig(**values)
+
+    @property
+    def uses_oauth_refresh(self) -> bool:
+        """Whether access tokens are fetched with the refresh token (else ``token`` is used as is)."""
+        return self.refresh_token is not None
 
 
 @dataclass(frozen=True)
@@ -175,35 +211,38 @@ def is_loopback(hostname: str) -> bool:
         return False
 
 
-def normalize_base_url(value: str) -> str:
-    """Validate a base URL; refuse plain HTTP to a host other than loopback (the token would be exposed)."""
+def normalize_base_url(value: str, what: str = "base URL") -> str:
+    """Validate a base URL (or the token URL: same rules); refuse plain HTTP to a host other than
+    loopback (the token would be exposed)."""
     if not isinstance(value, str) or not value.strip():
-        raise FaxPlusConfigError("the base URL is empty")
+        raise FaxPlusConfigError(f"the {what} is empty")
     url = value.strip().rstrip("/")
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise FaxPlusConfigError(f"the base URL {safe_url(url)!r} is not a valid URL: {exc}") from None
+        raise FaxPlusConfigError(f"the {what} {safe_url(url)!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not hostname:
+        example = DEFAULT_TOKEN_URL if what == "token URL" else DEFAULT_BASE_URL
         raise FaxPlusConfigError(
-            f"the base URL {safe_url(url)!r} must start with https:// (or http:// for a loopback "
-            f"sandbox) and name a host, for example {DEFAULT_BASE_URL}"
+            f"the {what} {safe_url(url)!r} must start with https:// (or http:// for a loopback "
+            f"sandbox) and name a host, for example {example}"
         )
     if parts.username is not None or parts.password is not None:
         raise FaxPlusConfigError(
-            f"the base URL {safe_url(url)!r} must not contain credentials (user:password@); put the API "
+            f"the {what} {safe_url(url)!r} must not contain credentials (user:password@); put the API "
             "token in the connection's API token field (password)"
         )
     if parts.query or parts.fragment:
         raise FaxPlusConfigError(
-            f"the base URL {safe_url(url)!r} must not have a query or fragment (not shown here: it may "
+            f"the {what} {safe_url(url)!r} must not have a query or fragment (not shown here: it may "
             "hold a secret); put the API token in the connection's API token field (password)"
         )
     if parts.scheme == "http" and not is_loopback(hostname):
         raise FaxPlusConfigError(
-            f"refusing to send the API token over plain http:// to {hostname!r}; use https:// "
+            f"refusing to send {'OAuth2 secrets' if what == 'token URL' else 'the API token'} over plain "
+            f"http:// to {hostname!r} (the {what}); use https:// "
             "(plain http is allowed only for a loopback host such as the local sandbox)"
         )
     return url
@@ -236,6 +275,16 @@ def _check_token(token: object) -> None:
     if not token.isascii():
         raise FaxPlusConfigError(
             "the API token contains non-ASCII characters; Fax.Plus tokens are ASCII: copy the token again"
+        )
+
+
+def _check_secret(name: str, value: object) -> None:
+    """A secret extra: non-empty printable ASCII, never echoed."""
+    if not isinstance(value, str) or not value.strip():
+        raise FaxPlusConfigError(f"extra {name!r} must be a non-empty string")
+    if value != value.strip() or _has_control_chars(value) or " " in value or not value.isascii():
+        raise FaxPlusConfigError(
+            f"extra {name!r} contains whitespace, control or non-ASCII characters: copy it again"
         )
 
 
@@ -332,8 +381,23 @@ def _parse_client_id(name: str, value: object) -> str:
     return value.strip()
 
 
+def _parse_secret(name: str, value: object) -> str:
+    _check_secret(name, value)
+    assert isinstance(value, str)
+    return value
+
+
+def _parse_token_url(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise FaxPlusConfigError(f"extra {name!r} must be a URL string, got {type(value).__name__}")
+    return normalize_base_url(value, what="token URL")
+
+
 _EXTRA_PARSERS = {
     "client_id": _parse_client_id,
+    "client_secret": _parse_secret,
+    "refresh_token": _parse_secret,
+    "token_url": _parse_token_url,
     "timeout": _parse_timeout,
     "verify": _parse_verify,
     "ca_bundle": _parse_ca_bundle,

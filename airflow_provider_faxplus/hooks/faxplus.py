@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -13,6 +14,7 @@ import time
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
@@ -20,7 +22,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import Retrying
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from airflow_provider_faxplus import protocol
+from airflow_provider_faxplus import oauth, protocol
 from airflow_provider_faxplus.config import (
     DEFAULT_BASE_URL,
     FaxPlusConfig,
@@ -88,10 +90,13 @@ class FaxPlusHook(BaseHook):
         # word it for the connection form (where Airflow gives the connection a random id).
         self._config: FaxPlusConfig | None = None
         self._config_error: FaxPlusConfigError | None = None
+        self._overrides = {
+            "timeout": timeout,
+            "max_attempts": max_attempts,
+            "max_retry_seconds": max_retry_seconds,
+        }
         try:
-            self._config = self._load_config().with_overrides(
-                timeout=timeout, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds
-            )
+            self._config = self._load_config().with_overrides(**self._overrides)
         except FaxPlusConfigError as exc:
             self._config_error = exc
 
@@ -106,7 +111,9 @@ class FaxPlusHook(BaseHook):
     def _load_config(self) -> FaxPlusConfig:
         conn = self.get_connection(self.faxplus_conn_id)
         config = config_from_airflow_connection(self.faxplus_conn_id, conn, conn.extra_dejson)
-        mask_secret(config.token)
+        for secret in (config.token, config.client_secret, config.refresh_token):
+            if secret:
+                mask_secret(secret)
         return config
 
     def __repr__(self) -> str:
@@ -127,7 +134,6 @@ class FaxPlusHook(BaseHook):
         adapter = _DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.auth = BearerAuth(config.token)
         session.headers.update(protocol.base_headers(config))
         # requests re-reads the environment (proxies, CA bundle) on every request when trust_env is on,
         # about a fifth of a call's cost here: read it once per session instead.
@@ -205,15 +211,103 @@ class FaxPlusHook(BaseHook):
         Retryable statuses are raised inside the loop so that tenacity can retry them.
         """
         self.session  # noqa: B018 - a bad CA bundle or proxy is a configuration error, never retried
+        renewed = False
         for attempt in Retrying(**retry_kwargs(self.config, log)):
             with attempt:
-                status, headers, body = self._send_once(call)
+                token = self._access_token()
+                status, headers, body = self._send_once(call, token)
+                if status == 401 and not renewed and self._renew_after_401(token):
+                    # Once per call: a refreshed or rotated token gets one more try.
+                    renewed = True
+                    call = _rebased(call, self.config)
+                    status, headers, body = self._send_once(call, self._access_token())
                 if status in protocol.RETRYABLE_STATUSES:
                     raise protocol.error_from_response(self.config, call, status, headers, body)
                 return status, headers, body
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    def _send_once(self, call: protocol.ApiCall) -> tuple[int, dict[str, str], bytes]:
+    # Tokens ----------------------------------------------------------------------------------------
+
+    def _access_token(self) -> str:
+        """The connection's token, or with OAuth2 refresh the process's current access token."""
+        config = self.config
+        if not config.uses_oauth_refresh:
+            return config.token
+        return oauth.source_for(config).token_sync(self._fetch_grant)
+
+    def _fetch_grant(self, refresh_token: str) -> oauth.TokenGrant:
+        """One refresh at the token endpoint; transient failures retry like API calls."""
+        config = self.config
+        call = oauth.refresh_call(config, refresh_token)
+        proxy = proxy_for(config.token_url)
+        for attempt in Retrying(**retry_kwargs(config, log)):
+            with attempt:
+                status, headers, body = self._exchange(
+                    "POST",
+                    call.url,
+                    headers=dict(call.headers),
+                    data=call.body,
+                    auth=None,
+                    proxies={"https": proxy},  # None removes the API's proxy: the rule is per URL
+                    transport_error=lambda reason: oauth.transport_error(call, reason),
+                    tls_error=lambda reason: oauth.tls_error(call, self._tls, reason),
+                )
+                grant = oauth.parse_token_response(call, status, headers, body)
+                log.info("Fax.Plus OAuth2 access token refreshed at %s", call.describe())
+                return grant
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _renew_after_401(self, token: str) -> bool:
+        """After a 401: with a refresh token, drop the refused access token (the next call refreshes);
+        without one, read the connection once more (a token rotated in the connection or a secrets
+        backend). Whether a new try is worth it."""
+        config = self.config
+        if config.uses_oauth_refresh:
+            oauth.source_for(config).invalidate(token)
+            log.info("Fax.Plus refused the OAuth2 access token (HTTP 401): refreshing it once")
+            return True
+        try:
+            fresh = self._load_config().with_overrides(**self._overrides)
+        except FaxPlusConfigError as exc:
+            log.warning("Reading connection %r again after HTTP 401 failed: %s", self.faxplus_conn_id, exc)
+            return False
+        if fresh == config:
+            return False
+        log.info(
+            "Connection %r changed since it was read: trying its new settings once", self.faxplus_conn_id
+        )
+        self.close()
+        self._config = fresh
+        self.session  # noqa: B018
+        return True
+
+    # Transport -----------------------------------------------------------------------------------
+
+    def _send_once(self, call: protocol.ApiCall, token: str) -> tuple[int, dict[str, str], bytes]:
+        return self._exchange(
+            call.method,
+            call.url,
+            # The session carries the headers common to every call; only the rest go per request.
+            headers=_per_call_headers(call.headers, self.session.headers) or None,
+            data=call.body,
+            auth=BearerAuth(token),
+            proxies=None,
+            transport_error=lambda reason: protocol.transport_error(call, reason),
+            tls_error=lambda reason: protocol.tls_error(call, self._tls, reason),
+        )
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None,
+        data: bytes | None,
+        auth: BearerAuth | None,
+        proxies: dict[str, str | None] | None,
+        transport_error: Any,
+        tls_error: Any,
+    ) -> tuple[int, dict[str, str], bytes]:
         timeout = self.config.timeout
         started = time.monotonic()
         # requests' timeout bounds each socket operation; the deadline bounds the whole request
@@ -222,27 +316,28 @@ class FaxPlusHook(BaseHook):
         try:
             with deadline:
                 response = self.session.request(
-                    call.method,
-                    call.url,
-                    # The session carries the headers common to every call; only the rest go per request.
-                    headers=_per_call_headers(call.headers, self.session.headers) or None,
-                    data=call.body,
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    auth=auth,
+                    proxies=proxies,  # type: ignore[arg-type]
                     timeout=timeout,
                     allow_redirects=False,
                 )
                 body = response.content
         except requests.Timeout:
-            raise protocol.transport_error(call, f"no answer within {timeout:g} s") from None
+            raise transport_error(f"no answer within {timeout:g} s") from None
         except requests.RequestException as exc:
             if deadline.expired:
-                raise protocol.transport_error(call, f"no answer within {timeout:g} s") from None
+                raise transport_error(f"no answer within {timeout:g} s") from None
             if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
-                raise protocol.tls_error(call, self._tls, _short(exc)) from None
-            raise protocol.transport_error(call, _short(exc)) from None
+                raise tls_error(_short(exc)) from None
+            raise transport_error(_short(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
-            call.method,
-            call.path,
+            method,
+            urlsplit(url).path,
             response.status_code,
             len(body),
             (time.monotonic() - started) * 1000,
@@ -401,6 +496,14 @@ class _DeadlineAdapter(HTTPAdapter):
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         manager.pool_classes_by_scheme = _TRACKED_POOLS
         return manager
+
+
+def _rebased(call: protocol.ApiCall, config: FaxPlusConfig) -> protocol.ApiCall:
+    """The same call against a connection read again (its base URL or client id may have changed)."""
+    headers = {**call.headers, **protocol.base_headers(config)}
+    if not config.client_id:
+        headers.pop("x-fax-clientid", None)
+    return dataclasses.replace(call, url=config.base_url + call.path, headers=headers)
 
 
 def _per_call_headers(headers: Mapping[str, str], common: Mapping[str, str | bytes]) -> dict[str, str]:

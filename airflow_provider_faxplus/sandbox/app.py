@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from airflow_provider_faxplus.sandbox import oauth
 from airflow_provider_faxplus.sandbox.state import Fax, SandboxInputError, SandboxState
 
 Scope = MutableMapping[str, Any]
@@ -106,6 +107,13 @@ def _authorize(request: Request, scopes: frozenset[str]) -> Response | None:
         for candidate, candidate_scopes in state.tokens.items():
             if hmac.compare_digest(candidate.encode(), token.encode()):
                 known, granted = True, candidate_scopes
+    if not known and token:
+        issued = oauth.check_access_token(
+            state.oauth, token, request.headers.get("x-fax-clientid"), state.clock.now()
+        )
+        if isinstance(issued, Response):
+            return issued
+        known = issued
     if not known:
         # RFC 6750 3.1: no error code when the request carried no token at all.
         challenge = 'Bearer error="invalid_token"' if token else "Bearer"
@@ -330,7 +338,8 @@ class ApiLayer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(API_PREFIX + "/"):
+        is_token = path == oauth.TOKEN_PATH
+        if scope["type"] != "http" or not (path.startswith(API_PREFIX + "/") or is_token):
             await self.app(scope, receive, send)
             return
         entry: dict[str, Any] = {
@@ -398,7 +407,13 @@ class ApiLayer:
             if fault.status is not None:
                 await self._fault_response(fault.status, fault, record)
                 return
-        await self.app(scope, logged_receive, record)
+        try:
+            await self.app(scope, logged_receive, record)
+        finally:
+            if is_token:  # the form holds the code or refresh token; the answer the access token
+                entry["body"] = oauth.redacted_form(entry["body"])
+                entry["grant_type"] = scope.get("state", {}).get("grant_type")
+                entry["response_body"] = "<redacted>"
         entry["fax_status"] = scope.get("state", {}).get("fax_status")
 
     @staticmethod
@@ -468,6 +483,7 @@ def create_app(state: SandboxState) -> ASGIApp:
         Route(CONTROL_PREFIX + "/clock", _control(clock), methods=["POST"]),
         Route(CONTROL_PREFIX + "/settings", _control(settings), methods=["POST"]),
         Route(CONTROL_PREFIX + "/reset", _control(reset), methods=["POST"]),
+        *oauth.routes(CONTROL_PREFIX, _control, _json),
     ]
     app = Starlette(
         routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error}

@@ -13,6 +13,7 @@ import requests
 import uvicorn
 
 from airflow_provider_faxplus.sandbox.app import API_PREFIX, CONTROL_PREFIX, create_app
+from airflow_provider_faxplus.sandbox.oauth import DEFAULT_ACCESS_TOKEN_LIFETIME, TOKEN_PATH, OAuthState
 from airflow_provider_faxplus.sandbox.state import DEFAULT_MAX_BODY_BYTES, DEFAULT_UID, SandboxState
 
 DEFAULT_TOKEN = "sandbox-token"  # noqa: S105 - the sandbox's public demo token, not a secret
@@ -78,6 +79,31 @@ class SandboxClient:
     def reset(self) -> None:
         self._call("POST", "/reset")
 
+    def oauth_settings(self, **values: Any) -> dict[str, Any]:
+        """``access_token_lifetime`` (seconds of the sandbox clock), ``rotate_refresh_tokens``,
+        ``clients`` ({client_id: client_secret}, added)."""
+        result: dict[str, Any] = self._call("POST", "/oauth", values)
+        return result
+
+    def mint_code(self, client_id: str, redirect_uri: str) -> str:
+        """An authorization code, as the browser step would return it to ``redirect_uri``."""
+        code: str = self._call(
+            "POST", "/oauth/codes", {"client_id": client_id, "redirect_uri": redirect_uri}
+        )["code"]
+        return code
+
+    def mint_refresh_token(self, client_id: str) -> str:
+        token: str = self._call("POST", "/oauth/refresh_tokens", {"client_id": client_id})["refresh_token"]
+        return token
+
+    def revoke(self, refresh_token: str) -> bool:
+        revoked: bool = self._call("POST", "/oauth/revoke", {"refresh_token": refresh_token})["revoked"]
+        return revoked
+
+    def token_requests(self) -> list[dict[str, Any]]:
+        """The request log's entries for the token endpoint."""
+        return [entry for entry in self.requests() if entry["path"] == TOKEN_PATH]
+
     def close(self) -> None:
         self._session.close()
 
@@ -103,6 +129,9 @@ class SandboxServer:
         not_found_status: int = 404,
         sending_modify_status: int = 409,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        oauth_clients: dict[str, str] | None = None,
+        access_token_lifetime: float = DEFAULT_ACCESS_TOKEN_LIFETIME,
+        rotate_refresh_tokens: bool = False,
     ) -> None:
         self.state = SandboxState(
             tokens=tokens if tokens is not None else {token: None},
@@ -113,6 +142,7 @@ class SandboxServer:
             not_found_status=not_found_status,
             sending_modify_status=sending_modify_status,
             max_body_bytes=max_body_bytes,
+            oauth=OAuthState(oauth_clients, access_token_lifetime, rotate_refresh_tokens),
         )
         # The token connection_json() hands out: the first one it accepts.
         self.token = token if tokens is None else next(iter(tokens))
@@ -180,6 +210,24 @@ class SandboxServer:
         return json.dumps(
             {"conn_type": "faxplus", "host": self.base_url, "password": self.token, "extra": extra}
         )
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint, for a connection's ``token_url`` extra."""
+        return self.root_url + TOKEN_PATH
+
+    def oauth_connection_json(
+        self, client_id: str, client_secret: str, refresh_token: str, **extra: Any
+    ) -> str:
+        """The JSON for ``AIRFLOW_CONN_<ID>``: OAuth2 with a refresh token, no access token."""
+        extra = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "refresh_token": refresh_token,
+            "token_url": self.token_url,
+            **extra,
+        }
+        return json.dumps({"conn_type": "faxplus", "host": self.base_url, "extra": extra})
 
     def __enter__(self) -> SandboxServer:
         return self.start()

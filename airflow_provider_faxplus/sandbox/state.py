@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow_provider_faxplus.sandbox.oauth import OAuthState
 from airflow_provider_faxplus.sandbox.spec import schema_errors
 
 # The spec's OutboxStatus enum (tests/test_sandbox.py checks they agree).
@@ -237,8 +238,10 @@ class SandboxState:
         not_found_status: int = 404,
         sending_modify_status: int = 409,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        oauth: OAuthState | None = None,
     ) -> None:
         self.tokens = tokens
+        self.oauth = oauth or OAuthState()
         self.max_body_bytes = max_body_bytes
         self.client_id = client_id
         self.uid = uid
@@ -380,3 +383,4 @@ class SandboxState:
         self.faxes.clear()
         self.faults.clear()
         self.requests.clear()
+        self.oauth.reset()

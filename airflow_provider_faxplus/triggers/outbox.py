@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_faxplus import protocol
+from airflow_provider_faxplus import oauth, protocol
 from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
@@ -114,11 +114,12 @@ async def shared_session(config: FaxPlusConfig) -> AsyncIterator[_Lease]:
 
 
 async def fetch_outbox_fax(
-    lease: _Lease, config: FaxPlusConfig, outbox_fax_id: str, user_id: str
+    lease: _Lease, config: FaxPlusConfig, outbox_fax_id: str, user_id: str, token: str | None = None
 ) -> OutboxFax:
-    """One *Get outgoing fax*, no retries: the trigger's poll loop does the waiting."""
+    """One *Get outgoing fax*, no retries: the trigger's poll loop does the waiting. ``token``: the
+    access token to send (default: the connection's)."""
     call = protocol.get_outbox_fax_call(config, outbox_fax_id, user_id)
-    headers = {**call.headers, "Authorization": f"Bearer {config.token}"}
+    headers = {**call.headers, "Authorization": f"Bearer {token or config.token}"}
     try:
         async with lease.session.request(
             call.method, call.url, headers=headers, allow_redirects=False, proxy=lease.proxy
@@ -134,6 +135,49 @@ async def fetch_outbox_fax(
         raise protocol.transport_error(call, reason) from None
     log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
     return protocol.parse_get_response(config, call, status, response_headers, body)
+
+
+async def fetch_token_grant(lease: _Lease, config: FaxPlusConfig, refresh_token: str) -> oauth.TokenGrant:
+    """One refresh at the token endpoint, no retries (the poll loop backs off on transient errors)."""
+    call = oauth.refresh_call(config, refresh_token)
+    try:
+        async with lease.session.post(
+            call.url,
+            data=call.body,
+            headers=dict(call.headers),
+            allow_redirects=False,
+            proxy=proxy_for(config.token_url),
+        ) as response:
+            body = await response.read()
+            status, response_headers = response.status, dict(response.headers)
+    except TimeoutError:
+        raise oauth.transport_error(call, f"no answer within {config.timeout:g} s") from None
+    except aiohttp.ClientError as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        if protocol.is_certificate_failure(exc):
+            raise oauth.tls_error(call, lease.tls, reason) from None
+        raise oauth.transport_error(call, reason) from None
+    grant = oauth.parse_token_response(call, status, response_headers, body)
+    log.info("Fax.Plus OAuth2 access token refreshed at %s", call.describe())
+    return grant
+
+
+async def access_token(lease: _Lease, config: FaxPlusConfig) -> str:
+    """The connection's token, or with OAuth2 refresh the process's current access token (one refresh
+    in flight per event loop for every trigger of the same identity)."""
+    if not config.uses_oauth_refresh:
+        return config.token
+    return await oauth.source_for(config).token_async(
+        lambda refresh_token: fetch_token_grant(lease, config, refresh_token)
+    )
+
+
+class _Reconnect(Exception):
+    """The connection changed after a 401: poll again with its new settings."""
+
+    def __init__(self, config: FaxPlusConfig) -> None:
+        super().__init__("the connection changed")
+        self.config = config
 
 
 _LOADING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[FaxPlusConfig]]] = (
@@ -153,6 +197,9 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     if tls.verify:
         tls.ssl_context()
     environment_proxy(config.base_url)
+    if config.uses_oauth_refresh:
+        environment_proxy(config.token_url)
+    oauth.mask(config.token, config.client_secret, config.refresh_token)
     return config
 
 
@@ -244,15 +291,39 @@ class OutboxFaxTrigger(BaseTrigger):
             not_found_grace_period=self.not_found_grace_period,
             fail_if_never_seen=self.fail_if_never_seen,
         )
-        async with shared_session(config) as lease:
-            async for event in self._poll(lease, config, policy):
-                yield event
-                return
+        renewed = False
+        while True:
+            try:
+                async with shared_session(config) as lease:
+                    async for event in self._poll(lease, config, policy, renewed):
+                        yield event
+                        return
+            except _Reconnect as reconnect:
+                config, renewed = reconnect.config, True
+
+    async def _renew_after_401(self, config: FaxPlusConfig, token: str) -> bool:
+        """After a 401: with a refresh token, drop the refused access token (the next poll refreshes,
+        once for all triggers of the identity); without one, read the connection once more and poll
+        with it if it changed (raises :class:`_Reconnect`). Whether a new try is worth it."""
+        if config.uses_oauth_refresh:
+            oauth.source_for(config).invalidate(token)
+            log.info("Fax.Plus refused the OAuth2 access token (HTTP 401): refreshing it once")
+            return True
+        try:
+            fresh = await self._load_config()
+        except FaxPlusError as exc:
+            log.warning("Reading connection %r again after HTTP 401 failed: %s", self.faxplus_conn_id, exc)
+            return False
+        if fresh == config:
+            return False
+        log.info("Connection %r changed since it was read: polling with it", self.faxplus_conn_id)
+        raise _Reconnect(fresh)
 
     async def _poll(
-        self, lease: _Lease, config: FaxPlusConfig, policy: WaitPolicy
+        self, lease: _Lease, config: FaxPlusConfig, policy: WaitPolicy, renewed: bool = False
     ) -> AsyncIterator[TriggerEvent]:
-        """Poll until there is an event to yield (exactly one)."""
+        """Poll until there is an event to yield (exactly one). ``renewed``: a 401 already made it
+        refresh or re-read the connection, and no call has succeeded since."""
         failures = 0
         logged: tuple[object, ...] | None = None
         unwatched = time.time() - self.progress.started_at
@@ -260,14 +331,27 @@ class OutboxFaxTrigger(BaseTrigger):
             unwatched = 0.0
         while True:
             decision: Decision
+            token = ""
             try:
-                record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id)
+                token = await access_token(lease, config)
+                record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
+                renewed = False
                 decision = observe_record(record, self.progress, policy, time.time(), self.user_id)
             except FaxPlusNotFoundError:
+                renewed = False
                 decision = observe_not_found(
                     self.outbox_fax_id, self.progress, policy, time.time(), self.user_id
                 )
             except FaxPlusRequestError as exc:
+                if (
+                    isinstance(exc, FaxPlusAuthError)
+                    and exc.status == 401
+                    and not oauth.is_token_error(exc)
+                    and not renewed
+                ):
+                    renewed = True
+                    if await self._renew_after_401(config, token):
+                        continue
                 if not protocol.is_retryable(exc):
                     yield TriggerEvent({"status": "error", "kind": _error_kind(exc), "message": str(exc)})
                     return

@@ -1,0 +1,379 @@
+"""OAuth2 for Fax.Plus: token requests without I/O, and the process-wide access-token cache.
+
+With ``client_id``, ``client_secret`` and ``refresh_token`` in the connection, access tokens come from the
+token endpoint (``grant_type=refresh_token``, form body, HTTP Basic ``client_id:client_secret``). One
+:class:`TokenSource` per OAuth2 identity per process holds the current access token: every hook (thread)
+and every trigger (event loop) of that identity shares it and at most one refresh is in flight. The
+identity is a hash of the token URL, client id and secrets, never the secrets themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
+
+from airflow_provider_faxplus.config import FaxPlusConfig, TlsSettings, safe_url
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAPIError,
+    FaxPlusAuthError,
+    FaxPlusRateLimitError,
+    FaxPlusRequestError,
+    FaxPlusResponseError,
+    FaxPlusServerError,
+    FaxPlusTLSError,
+    FaxPlusTransportError,
+)
+
+LOGIN_URL = "https://accounts.fax.plus/login"
+TOKEN_OPERATION = "OAuth2 token request"  # noqa: S105 - a name, not a secret
+# Fax.Plus access tokens last an hour; used when an answer has no expires_in.
+DEFAULT_EXPIRES_IN = 3600.0
+# A token is renewed this long before it expires (at most a fifth of its life, for short-lived tokens).
+REFRESH_MARGIN = 60.0
+# A refused client secret or refresh token is remembered this long: other callers fail without a request.
+PERMANENT_FAILURE_MEMORY = 60.0
+_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_ERROR_CHARS = 200
+
+
+@dataclass(frozen=True)
+class TokenCall:
+    """One request to the token endpoint, ready to send. Headers and body hold secrets: not in repr."""
+
+    url: str
+    grant_type: str
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path or "/"
+
+    def describe(self) -> str:
+        return f"{TOKEN_OPERATION} (grant_type={self.grant_type}, POST {safe_url(self.url)})"
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """A token endpoint's answer. ``refresh_token`` is set when the endpoint rotated it."""
+
+    access_token: str = field(repr=False)
+    expires_in: float
+    refresh_token: str | None = field(default=None, repr=False)
+
+
+def _token_call(
+    token_url: str, client_id: str, client_secret: str, form: dict[str, str], secrets: tuple[str, ...]
+) -> TokenCall:
+    basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+    headers = {
+        "Authorization": f"Basic {basic}",
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "application/json",
+    }
+    return TokenCall(
+        token_url, form["grant_type"], headers, urlencode(form).encode("ascii"), (client_secret, *secrets)
+    )
+
+
+def refresh_call(config: FaxPlusConfig, refresh_token: str) -> TokenCall:
+    """``grant_type=refresh_token`` for the connection's client."""
+    assert config.client_id
+    assert config.client_secret
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return _token_call(config.token_url, config.client_id, config.client_secret, form, (refresh_token,))
+
+
+def authorization_code_call(
+    token_url: str, client_id: str, client_secret: str, code: str, redirect_uri: str
+) -> TokenCall:
+    """``grant_type=authorization_code``: the one exchange after the browser step."""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    return _token_call(token_url, client_id, client_secret, form, (code,))
+
+
+def authorization_url(client_id: str, redirect_uri: str, login_url: str = LOGIN_URL) -> str:
+    """Where a person signs in and allows the client; Fax.Plus then redirects with ``?code=...``."""
+    query = urlencode(
+        {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "scope": "all"}
+    )
+    return f"{login_url}?{query}"
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+def _fields_hint(error: str | None) -> str:
+    if error == "invalid_client":
+        return "The client was refused: check the connection's client_id and client_secret (and token_url)"
+    if error == "invalid_grant":
+        return (
+            "The refresh token (or code) was refused: it was revoked, already used, or belongs to another "
+            "client; run faxplus-oauth for a new refresh_token and check client_id and token_url"
+        )
+    return "Check the connection's client_id, client_secret, refresh_token and token_url"
+
+
+def parse_token_response(call: TokenCall, status: int, headers: Mapping[str, str], body: bytes) -> TokenGrant:
+    """The grant of a successful answer, or the matching exception (never showing a secret)."""
+    kwargs: dict[str, object] = {"operation": TOKEN_OPERATION, "method": "POST", "path": call.path}
+    text = body.decode("utf-8", errors="replace")
+    try:
+        decoded = json.loads(text) if text else None
+    except ValueError:
+        decoded = None
+    if status == 200:
+        access = decoded.get("access_token") if isinstance(decoded, dict) else None
+        if not isinstance(access, str) or not access.strip() or not access.isascii() or " " in access:
+            raise FaxPlusResponseError(
+                f"{call.describe()}: HTTP 200 without a usable access_token ({len(body)} bytes)",
+                status=status,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        assert isinstance(decoded, dict)
+        token_type = decoded.get("token_type", "bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise FaxPlusResponseError(
+                f"{call.describe()}: token_type {_redact(str(token_type), (access,))!r} is not Bearer",
+                status=status,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        expires = decoded.get("expires_in", DEFAULT_EXPIRES_IN)
+        try:
+            expires_in = float(expires)
+        except (TypeError, ValueError):
+            expires_in = DEFAULT_EXPIRES_IN
+        if not math.isfinite(expires_in) or expires_in <= 0:
+            expires_in = DEFAULT_EXPIRES_IN
+        rotated = decoded.get("refresh_token")
+        rotated = rotated if isinstance(rotated, str) and rotated.strip() else None
+        return TokenGrant(access, expires_in, rotated)
+    secrets = call.secrets
+    error = description = None
+    if isinstance(decoded, dict):
+        error = _redact(str(decoded["error"]), secrets) if "error" in decoded else None
+        if "error_description" in decoded or "description" in decoded:
+            raw = decoded.get("error_description", decoded.get("description"))
+            description = _redact(str(raw), secrets)
+    elif text.strip():
+        description = _redact(" ".join(text.split()), secrets)
+    said = " ".join(part for part in (error, f"- {description}" if description else None) if part)
+    message = f"{call.describe()} failed: HTTP {status}" + (f" {said}" if said else "")
+    details = {**kwargs, "status": status, "error": error, "description": description}
+    if status in _RETRYABLE:
+        from airflow_provider_faxplus.protocol import parse_retry_after
+
+        retry_after = parse_retry_after(_header(headers, "retry-after"))
+        cls = (
+            FaxPlusRateLimitError
+            if status == 429
+            else FaxPlusServerError
+            if status >= 500
+            else FaxPlusAPIError
+        )
+        raise cls(message, retry_after=retry_after, **details)  # type: ignore[arg-type]
+    if 200 < status < 300:
+        raise FaxPlusResponseError(message + ": expected HTTP 200 with a token", **details)  # type: ignore[arg-type]
+    if status in (400, 401, 403):
+        raise FaxPlusAuthError(f"{message}. {_fields_hint(error)}", **details)  # type: ignore[arg-type]
+    if 300 <= status < 400:
+        raise FaxPlusAPIError(
+            f"{message}. Redirects are not followed (secrets must not leave the configured host); check "
+            "the connection's token_url",
+            **details,  # type: ignore[arg-type]
+        )
+    raise FaxPlusAPIError(f"{message}. Check the connection's token_url", **details)  # type: ignore[arg-type]
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def transport_error(call: TokenCall, reason: str) -> FaxPlusTransportError:
+    return FaxPlusTransportError(
+        f"{call.describe()} failed: {_redact(reason, call.secrets)}",
+        operation=TOKEN_OPERATION,
+        method="POST",
+        path=call.path,
+    )
+
+
+def tls_error(call: TokenCall, tls: TlsSettings, reason: str) -> FaxPlusTLSError:
+    return FaxPlusTLSError(
+        f"{call.describe()} failed: the token endpoint's TLS certificate could not be verified with "
+        f"{tls.source} ({_redact(reason, call.secrets)}). No retry can fix this: check token_url and the "
+        "connection's ca_bundle / verify",
+        operation=TOKEN_OPERATION,
+        method="POST",
+        path=call.path,
+    )
+
+
+def is_token_error(exc: BaseException) -> bool:
+    """Whether an error came from the token endpoint (not from the API)."""
+    return isinstance(exc, FaxPlusRequestError) and exc.operation == TOKEN_OPERATION
+
+
+def renewal_margin(expires_in: float) -> float:
+    return min(REFRESH_MARGIN, expires_in / 5)
+
+
+def mask(*values: str | None) -> None:
+    """Register secrets with Airflow's log masker (where Airflow runs)."""
+    try:
+        from airflow.providers.common.compat.sdk import mask_secret
+    except ImportError:  # pragma: no cover - outside Airflow
+        return
+    for value in values:
+        if value:
+            mask_secret(value)
+
+
+class TokenSource:
+    """The current access token of one OAuth2 identity in this process, renewed shortly before it
+    expires; one refresh at a time (a thread lock for hooks, one shared task per event loop for
+    triggers). A refresh token rotated by the endpoint is used for later refreshes."""
+
+    def __init__(self, refresh_token: str) -> None:
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refresh_token = refresh_token
+        self._access_token: str | None = None
+        self._valid_until = 0.0
+        self._failure: tuple[float, FaxPlusRequestError] | None = None
+        self._inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.refreshes = 0
+
+    def valid_token(self) -> str | None:
+        """The access token if it is still good for a while, else ``None``."""
+        with self._lock:
+            if self._access_token and time.monotonic() < self._valid_until:
+                return self._access_token
+            return None
+
+    def invalidate(self, token: str) -> None:
+        """The API refused ``token``: the next caller refreshes (unless someone already has)."""
+        with self._lock:
+            if self._access_token == token:
+                self._access_token = None
+
+    def _remembered_failure(self) -> None:
+        with self._lock:
+            if self._failure and time.monotonic() - self._failure[0] < PERMANENT_FAILURE_MEMORY:
+                raise self._failure[1]
+
+    def _store(self, grant: TokenGrant, sent_at: float) -> str:
+        mask(grant.access_token, grant.refresh_token)
+        with self._lock:
+            self.refreshes += 1
+            self._failure = None
+            self._access_token = grant.access_token
+            # Counted from when the request was sent: never later than the server's own clock.
+            self._valid_until = sent_at + grant.expires_in - renewal_margin(grant.expires_in)
+            if grant.refresh_token:
+                self._refresh_token = grant.refresh_token
+            return grant.access_token
+
+    def _fail(self, exc: BaseException) -> None:
+        from airflow_provider_faxplus.protocol import is_permanent
+
+        if isinstance(exc, FaxPlusRequestError) and is_permanent(exc):
+            with self._lock:
+                self._failure = (time.monotonic(), exc)
+
+    def token_sync(self, fetch: Callable[[str], TokenGrant]) -> str:
+        """The access token, refreshed with ``fetch(refresh_token)`` if needed (blocking)."""
+        token = self.valid_token()
+        if token:
+            return token
+        with self._refresh_lock:
+            token = self.valid_token()
+            if token:  # another thread refreshed meanwhile
+                return token
+            self._remembered_failure()
+            sent_at = time.monotonic()
+            try:
+                grant = fetch(self._refresh_token)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            return self._store(grant, sent_at)
+
+    async def token_async(self, fetch: Callable[[str], Awaitable[TokenGrant]]) -> str:
+        """The access token; every coroutine of the loop that needs a refresh awaits the same one."""
+        token = self.valid_token()
+        if token:
+            return token
+        loop = asyncio.get_running_loop()
+        future = self._inflight.get(loop)
+        if future is None:
+            future = loop.create_task(self._refresh_async(fetch))
+            self._inflight[loop] = future
+            future.add_done_callback(lambda done: self._done(loop, done))
+        return await asyncio.shield(future)
+
+    def _done(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[str]) -> None:
+        if self._inflight.get(loop) is future:
+            del self._inflight[loop]
+        if not future.cancelled():
+            future.exception()  # retrieved: waiters that were cancelled must not leave a warning
+
+    async def _refresh_async(self, fetch: Callable[[str], Awaitable[TokenGrant]]) -> str:
+        self._remembered_failure()
+        sent_at = time.monotonic()
+        try:
+            grant = await fetch(self._refresh_token)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        return self._store(grant, sent_at)
+
+
+def identity_key(config: FaxPlusConfig) -> str:
+    """A hash naming the OAuth2 identity: token URL, client id and secrets (never kept in clear)."""
+    parts = (config.token_url, config.client_id or "", config.client_secret or "", config.refresh_token or "")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+_SOURCES: dict[str, TokenSource] = {}
+_SOURCES_LOCK = threading.Lock()
+
+
+def source_for(config: FaxPlusConfig) -> TokenSource:
+    """This process's token source for the connection's OAuth2 identity."""
+    assert config.refresh_token is not None
+    key = identity_key(config)
+    with _SOURCES_LOCK:
+        source = _SOURCES.get(key)
+        if source is None:
+            source = _SOURCES[key] = TokenSource(config.refresh_token)
+        return source
+
+
+def _reset_after_fork() -> None:
+    global _SOURCES_LOCK
+    _SOURCES_LOCK = threading.Lock()
+    _SOURCES.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
