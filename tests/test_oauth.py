@@ -1,0 +1,528 @@
+"""OAuth2 against the sandbox's token endpoint over real HTTP: refresh, single flight, rotation, errors,
+the faxplus-oauth command, and a rotated PAT picked up by a waiting hook or trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException
+
+from airflow_provider_faxplus import oauth
+from airflow_provider_faxplus.config import FaxPlusConfig, config_from_connection
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAuthError,
+    FaxPlusConfigError,
+    FaxPlusServerError,
+)
+from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+from airflow_provider_faxplus.sandbox import SandboxServer
+from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor
+from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
+
+CLIENT_ID = "APIK-oauth-client-7"
+CLIENT_SECRET = "csecret-SENTINEL-4d2a"
+REDIRECT_URI = "https://airflow.example/oauth/callback"
+
+
+@pytest.fixture
+def oauth_sandbox(sandbox, control):
+    """The shared sandbox with an OAuth2 client; a fresh refresh token per test (and so a fresh token
+    source: the cache is keyed by the secrets)."""
+    control.oauth_settings(clients={CLIENT_ID: CLIENT_SECRET})
+    return sandbox
+
+
+@pytest.fixture
+def refresh_token(oauth_sandbox, control) -> str:
+    return control.mint_refresh_token(CLIENT_ID)
+
+
+def use_oauth(
+    monkeypatch, sandbox: SandboxServer, refresh: str, secret: str = CLIENT_SECRET, **extra
+) -> None:
+    extra.setdefault("initial_backoff", 0.05)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FAXPLUS_DEFAULT", sandbox.oauth_connection_json(CLIENT_ID, secret, refresh, **extra)
+    )
+
+
+def issued_tokens(sandbox: SandboxServer) -> list[str]:
+    return list(sandbox.state.oauth.access_tokens)
+
+
+def assert_no_secret(text: str, sandbox: SandboxServer, *secrets: str) -> None:
+    for secret in (*secrets, CLIENT_SECRET, *issued_tokens(sandbox)):
+        assert secret not in text
+
+
+# Configuration --------------------------------------------------------------------------------------
+
+
+def conn(**extra):
+    return config_from_connection(
+        conn_id="c",
+        host=None,
+        password=extra.pop("password", None),
+        login=None,
+        schema=None,
+        port=None,
+        extra=extra,
+    )
+
+
+def test_with_a_refresh_token_the_access_token_is_optional_and_secrets_stay_out_of_repr():
+    config = conn(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token="rt-SENTINEL")
+    assert config.uses_oauth_refresh
+    assert config.token == ""
+    assert config.token_url == "https://accounts.fax.plus/token"
+    assert CLIENT_SECRET not in repr(config)
+    assert "rt-SENTINEL" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"client_id": CLIENT_ID, "refresh_token": "rt"}, "extra 'client_secret' is not"),
+        ({"client_secret": "s", "refresh_token": "rt"}, "extra 'client_id' is not"),
+        ({"client_id": CLIENT_ID, "client_secret": "s", "password": "pat"}, "'refresh_token' is not"),
+        (
+            {
+                "client_id": CLIENT_ID,
+                "client_secret": "s",
+                "refresh_token": "rt",
+                "token_url": "http://x.example/t",
+            },
+            "refusing to send OAuth2 secrets over plain http://",
+        ),
+        (
+            {"client_id": CLIENT_ID, "client_secret": "s", "refresh_token": "rt", "token_url": "ftp://x/t"},
+            "the token URL 'ftp://x/t' must start with https://",
+        ),
+        (
+            {"client_id": CLIENT_ID, "client_secret": "s", "refresh_token": "r t"},
+            "extra 'refresh_token' contains",
+        ),
+    ],
+)
+def test_incomplete_or_unsafe_oauth_settings_are_named(extra, message):
+    with pytest.raises(FaxPlusConfigError, match=message) as info:
+        conn(**extra)
+    assert "r t" not in str(info.value)
+
+
+def test_loopback_token_url_may_be_plain_http():
+    config = conn(
+        client_id=CLIENT_ID, client_secret="s", refresh_token="rt", token_url="http://127.0.0.1:9/token"
+    )
+    assert config.token_url == "http://127.0.0.1:9/token"
+
+
+# Sans-I/O token calls ---------------------------------------------------------------------------------
+
+
+def test_refresh_call_is_a_form_with_basic_client_auth():
+    config = FaxPlusConfig(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token="rt-1")
+    call = oauth.refresh_call(config, "rt-1")
+    assert call.url == "https://accounts.fax.plus/token"
+    assert call.body == b"grant_type=refresh_token&refresh_token=rt-1"
+    assert call.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    import base64
+
+    assert (
+        call.headers["Authorization"]
+        == "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    )
+    assert CLIENT_SECRET not in repr(call)
+    assert "rt-1" not in repr(call)
+
+
+def test_token_answers_map_to_grants_and_errors():
+    call = oauth.authorization_code_call(
+        "https://t.example/token", CLIENT_ID, CLIENT_SECRET, "the-code", REDIRECT_URI
+    )
+    grant = oauth.parse_token_response(
+        call,
+        200,
+        {},
+        b'{"access_token": "at", "token_type": "bearer", "expires_in": 5, "refresh_token": "rt2"}',
+    )
+    assert (grant.access_token, grant.expires_in, grant.refresh_token) == ("at", 5.0, "rt2")
+    echo = json.dumps(
+        {"error": "invalid_client", "error_description": f"bad {CLIENT_SECRET} for the-code"}
+    ).encode()
+    with pytest.raises(FaxPlusAuthError) as info:
+        oauth.parse_token_response(call, 401, {}, echo)
+    assert "client_id and client_secret" in str(info.value)
+    assert CLIENT_SECRET not in str(info.value)
+    assert "the-code" not in str(info.value)
+    with pytest.raises(FaxPlusServerError) as server:
+        oauth.parse_token_response(call, 503, {"Retry-After": "3"}, b"")
+    assert server.value.retry_after == 3
+    assert oauth.authorization_url(CLIENT_ID, REDIRECT_URI) == (
+        "https://accounts.fax.plus/login?response_type=code&client_id=APIK-oauth-client-7"
+        "&redirect_uri=https%3A%2F%2Fairflow.example%2Foauth%2Fcallback&scope=all"
+    )
+
+
+# Sandbox token endpoint -------------------------------------------------------------------------------
+
+
+def test_sandbox_token_endpoint_speaks_rfc_6749(oauth_sandbox, control, refresh_token):
+    import requests
+
+    url = oauth_sandbox.token_url
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    ok = requests.post(url, data=form, auth=(CLIENT_ID, CLIENT_SECRET), timeout=10)
+    assert ok.status_code == 200
+    assert ok.headers["cache-control"] == "no-store"
+    assert ok.json()["token_type"] == "Bearer"
+    assert ok.json()["expires_in"] == 3600
+    bad_client = requests.post(url, data=form, auth=(CLIENT_ID, "wrong"), timeout=10)
+    assert (bad_client.status_code, bad_client.json()["error"]) == (401, "invalid_client")
+    assert bad_client.headers["www-authenticate"].startswith("Basic")
+    assert control.revoke(refresh_token) is True
+    revoked = requests.post(url, data=form, auth=(CLIENT_ID, CLIENT_SECRET), timeout=10)
+    assert (revoked.status_code, revoked.json()["error"]) == (400, "invalid_grant")
+    other = requests.post(url, data={"grant_type": "password"}, auth=(CLIENT_ID, CLIENT_SECRET), timeout=10)
+    assert (other.status_code, other.json()["error"]) == (400, "unsupported_grant_type")
+    log = control.token_requests()
+    assert [entry["grant_type"] for entry in log] == ["refresh_token"] * 3 + ["password"]
+    assert refresh_token not in json.dumps(log)  # the log redacts the form
+
+
+def test_expired_access_token_is_401_invalid_token(oauth_sandbox, control, refresh_token):
+    import requests
+
+    control.oauth_settings(access_token_lifetime=5)
+    control.create_fax(id="f1")
+    answer = requests.post(
+        oauth_sandbox.token_url,
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+        auth=(CLIENT_ID, CLIENT_SECRET),
+        timeout=10,
+    ).json()
+    headers = {"Authorization": f"Bearer {answer['access_token']}", "x-fax-clientid": CLIENT_ID}
+    url = oauth_sandbox.base_url + "/accounts/self/outbox/f1"
+    assert requests.get(url, headers=headers, timeout=10).status_code == 200
+    control.advance(5)
+    expired = requests.get(url, headers=headers, timeout=10)
+    assert expired.status_code == 401
+    assert expired.json()["error"] == "invalid_token"
+    assert expired.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+
+
+# Hook -------------------------------------------------------------------------------------------------
+
+
+def test_hook_refreshes_once_and_retries_once_after_a_401(oauth_sandbox, control, refresh_token, monkeypatch):
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 100_000}])
+    hook = FaxPlusHook()
+    for _ in range(3):
+        assert hook.get_outbox_fax("f1").status.value == "sending"
+    assert len(control.token_requests()) == 1  # one token for all three calls
+    control.advance(3600)  # the sandbox expires the token before the hook expects it
+    assert hook.get_outbox_fax("f1").status.value == "sending"
+    statuses = [(entry["path"].rsplit("/", 1)[-1], entry["status"]) for entry in control.requests()]
+    assert statuses == [("token", 200), *[("f1", 200)] * 3, ("f1", 401), ("token", 200), ("f1", 200)]
+    api = [entry for entry in control.requests() if entry["path"].endswith("/f1")]
+    assert all(entry["headers"]["x-fax-clientid"] == CLIENT_ID for entry in api)
+    hook.close()
+
+
+@pytest.mark.parametrize("problem", ["wrong_secret", "revoked"])
+def test_refused_client_or_refresh_token_is_one_request_and_fails_the_poke(
+    oauth_sandbox, control, refresh_token, monkeypatch, caplog, problem
+):
+    if problem == "revoked":
+        control.revoke(refresh_token)
+    use_oauth(
+        monkeypatch,
+        oauth_sandbox,
+        refresh_token,
+        secret="csecret-wrong-77" if problem == "wrong_secret" else CLIENT_SECRET,
+    )
+    control.create_fax(id="f1")
+    with pytest.raises(AirflowFailException) as info:
+        OutboxFaxSensor(task_id="wait", outbox_fax_id="f1", poke_interval=0.1).poke({})
+    message = str(info.value)
+    expected = "invalid_client" if problem == "wrong_secret" else "invalid_grant"
+    assert expected in message
+    assert "token_url" in message
+    assert "/token" in message
+    assert ("client_secret" if problem == "wrong_secret" else "refresh_token") in message
+    assert len(control.requests()) == 1  # one token request, no retry loop, no API call
+    assert_no_secret(message + caplog.text, oauth_sandbox, refresh_token, "csecret-wrong-77")
+
+
+def test_transient_token_endpoint_errors_retry_like_api_calls(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1")
+    control.add_fault(status=503, times=2, path_contains="/token")
+    assert FaxPlusHook().get_outbox_fax("f1").id == "f1"
+    assert [entry["status"] for entry in control.token_requests()] == [503, 503, 200]
+
+
+def test_a_rotated_refresh_token_is_used_for_later_refreshes(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    control.oauth_settings(rotate_refresh_tokens=True)
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 100_000}])
+    hook = FaxPlusHook()
+    for _ in range(3):
+        hook.get_outbox_fax("f1")
+        control.advance(3600)
+    hook.get_outbox_fax("f1")
+    # Each refresh revoked the refresh token before it: only the rotated one can have worked.
+    assert [entry["status"] for entry in control.token_requests()] == [200] * 4
+    hook.close()
+
+
+def test_hook_rereads_a_rotated_pat_after_a_401(monkeypatch):
+    with SandboxServer(tokens={"alohi_pat_new": None}) as server:
+        assert server.client is not None
+        server.client.create_fax(id="f1")
+        old = json.dumps({"conn_type": "faxplus", "host": server.base_url, "password": "alohi_pat_old"})
+        monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", old)
+        hook = FaxPlusHook()
+        monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", old.replace("alohi_pat_old", "alohi_pat_new"))
+        assert hook.get_outbox_fax("f1").id == "f1"
+        assert [entry["status"] for entry in server.client.requests()] == [401, 200]
+        hook.close()
+
+
+# Trigger ----------------------------------------------------------------------------------------------
+
+
+async def collect(trigger: OutboxFaxTrigger) -> list[dict]:
+    return [event.payload async for event in trigger.run()]
+
+
+def test_trigger_kwargs_hold_no_secret(oauth_sandbox, refresh_token, monkeypatch):
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    _, kwargs = OutboxFaxTrigger(outbox_fax_id="f1").serialize()
+    assert refresh_token not in json.dumps(kwargs)
+    assert CLIENT_SECRET not in json.dumps(kwargs)
+
+
+def test_revoked_refresh_token_is_one_fatal_trigger_event(oauth_sandbox, control, refresh_token, monkeypatch):
+    control.revoke(refresh_token)
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+
+    async def many():
+        return await asyncio.gather(
+            *(collect(OutboxFaxTrigger(outbox_fax_id=f"f{i}", poke_interval=0.1)) for i in range(50))
+        )
+
+    results = asyncio.run(asyncio.wait_for(many(), 60))
+    for [event] in results:
+        assert (event["status"], event["kind"]) == ("error", "auth")
+        assert "invalid_grant" in event["message"]
+        assert refresh_token not in event["message"]
+    assert len(control.requests()) == 1  # fifty triggers, one token request
+
+
+def test_a_thousand_triggers_refresh_once_per_lifetime(oauth_sandbox, control, refresh_token, monkeypatch):
+    """1,000 triggers of one connection in one event loop; the sandbox clock jumps a token lifetime
+    three times while they wait. Each lifetime costs one token request, not one per trigger."""
+    count, lifetimes = 1000, 3
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_faxes(
+        [{"id": f"f{i}", "lifecycle": [{"status": "sending", "polls": lifetimes + 1}]} for i in range(count)]
+    )
+    state = oauth_sandbox.state
+
+    def ok_polls() -> int:
+        return sum(
+            1 for entry in list(state.requests) if entry["path"].startswith("/v3/") and entry["status"] == 200
+        )
+
+    async def scenario():
+        triggers = [OutboxFaxTrigger(outbox_fax_id=f"f{i}", poke_interval=1.0) for i in range(count)]
+        waiting = asyncio.gather(*(collect(trigger) for trigger in triggers))
+        for round_number in range(1, lifetimes + 1):
+            while ok_polls() < round_number * count:  # every trigger has polled with the current token
+                await asyncio.sleep(0.05)
+            state.clock.advance(3600)  # in-process: a control-API round trip would block the loop
+        return await waiting
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 300))
+    assert all(event["status"] == "success" for [event] in results)
+    assert [entry["status"] for entry in control.token_requests()] == [200] * (1 + lifetimes)
+    # Thousands of identical polls: the smaller tests check the same requests against the spec.
+    control.requests(clear=True)
+
+
+def test_waiting_trigger_picks_up_a_rotated_pat(monkeypatch):
+    """The PAT is rotated in the connection while the trigger waits: one 401, the connection is read
+    again, and the wait goes on without failing."""
+    with SandboxServer(tokens={"alohi_pat_old": None, "alohi_pat_new": None}) as server:
+        client = server.client
+        assert client is not None
+        client.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 4}])
+        old = json.dumps({"conn_type": "faxplus", "host": server.base_url, "password": "alohi_pat_old"})
+        monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", old)
+
+        async def scenario():
+            waiting = asyncio.ensure_future(collect(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.2)))
+            while len(server.state.requests) < 2:
+                await asyncio.sleep(0.02)
+            # Rotation: the old PAT stops working, the connection (secrets backend) holds the new one.
+            del server.state.tokens["alohi_pat_old"]
+            os.environ["AIRFLOW_CONN_FAXPLUS_DEFAULT"] = old.replace("alohi_pat_old", "alohi_pat_new")
+            return await waiting
+
+        [event] = asyncio.run(asyncio.wait_for(scenario(), 60))
+        assert event["status"] == "success", event
+        statuses = [entry["status"] for entry in client.requests()]
+        assert statuses == [200, 200, 401, 200, 200, 404]
+
+
+def test_waiting_trigger_with_an_unchanged_revoked_pat_fails_after_one_reread(monkeypatch):
+    with SandboxServer(tokens={"alohi_pat_other": None}) as server:
+        assert server.client is not None
+        server.client.create_fax(id="f1")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_FAXPLUS_DEFAULT",
+            json.dumps({"conn_type": "faxplus", "host": server.base_url, "password": "alohi_pat_revoked"}),
+        )
+        [event] = asyncio.run(asyncio.wait_for(collect(OutboxFaxTrigger(outbox_fax_id="f1")), 60))
+        assert (event["status"], event["kind"]) == ("error", "auth")
+        assert len(server.client.requests()) == 1
+
+
+# Waiting through several real token lifetimes ---------------------------------------------------------
+
+LIFETIME = 5.0
+WAIT_POLLS = 16  # poke_interval 1 s: about 16 s, more than three 5 s lifetimes
+
+
+def token_bounds(control, fax_id: str) -> tuple[int, int, int]:
+    """(token requests, lowest and highest acceptable counts) for the span the fax was polled."""
+    polls = [entry for entry in control.requests() if entry["path"].endswith(f"/{fax_id}")]
+    span = polls[-1]["at"] - polls[0]["at"]
+    assert span >= 3 * LIFETIME, span
+    tokens = len(control.token_requests())
+    # One per lifetime (renewed a fifth early), plus the first; never one per poll.
+    return tokens, int(span // LIFETIME) + 1, int(span // (LIFETIME * 0.8)) + 2
+
+
+def test_poke_mode_waits_through_three_token_lifetimes(oauth_sandbox, control, refresh_token, monkeypatch):
+    control.oauth_settings(access_token_lifetime=LIFETIME)
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": WAIT_POLLS}])
+    task = OutboxFaxSensor(task_id="wait", outbox_fax_id="f1", poke_interval=1)
+    # What BaseSensorOperator.execute does in poke mode: one operator (one hook), poke, sleep, poke.
+    while True:
+        done = task.poke({})
+        if done:
+            break
+        time.sleep(1)
+    tokens, low, high = token_bounds(control, "f1")
+    assert low <= tokens <= high, (tokens, low, high)
+    assert tokens < WAIT_POLLS / 2
+
+
+def test_deferrable_wait_lasts_three_token_lifetimes(oauth_sandbox, control, refresh_token, monkeypatch):
+    control.oauth_settings(access_token_lifetime=LIFETIME)
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": WAIT_POLLS}])
+    [event] = asyncio.run(
+        asyncio.wait_for(collect(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=1)), 120)
+    )
+    assert event["status"] == "success"
+    tokens, low, high = token_bounds(control, "f1")
+    assert low <= tokens <= high, (tokens, low, high)
+
+
+# faxplus-oauth ----------------------------------------------------------------------------------------
+
+
+def run_cli(sandbox: SandboxServer, stdin: str, secret: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FAXPLUS_CLIENT_SECRET": secret}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_faxplus.oauth_cli",
+            "--client-id",
+            CLIENT_ID,
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--token-url",
+            sandbox.token_url,
+            "--base-url",
+            sandbox.base_url,
+            *args,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_exchanges_the_code_and_prints_a_working_connection(oauth_sandbox, control, monkeypatch):
+    code = control.mint_code(CLIENT_ID, REDIRECT_URI)
+    done = run_cli(oauth_sandbox, f"{REDIRECT_URI}?code={code}&state=x\n", CLIENT_SECRET)
+    assert done.returncode == 0, done.stderr
+    assert "https://accounts.fax.plus/login?response_type=code&client_id=APIK-oauth-client-7" in done.stderr
+    lines = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    refresh = lines["refresh_token"]
+    assert refresh in oauth_sandbox.state.oauth.refresh_tokens
+    assert refresh not in done.stderr
+    assert CLIENT_SECRET not in done.stdout + done.stderr
+    assert [entry["grant_type"] for entry in control.token_requests()] == ["authorization_code"]
+    pasted = json.loads(lines["AIRFLOW_CONN_FAXPLUS_DEFAULT"].strip("'"))
+    pasted["extra"]["client_secret"] = CLIENT_SECRET  # what the person does with the placeholder
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", json.dumps(pasted))
+    control.create_fax(id="f1")
+    assert FaxPlusHook().get_outbox_fax("f1").id == "f1"
+
+
+def test_cli_with_a_wrong_secret_is_one_request_and_a_clear_error(oauth_sandbox, control):
+    code = control.mint_code(CLIENT_ID, REDIRECT_URI)
+    done = run_cli(oauth_sandbox, "", "wrong-secret-55", "--code", code)
+    assert done.returncode == 1
+    assert "invalid_client" in done.stderr
+    assert "client_secret" in done.stderr
+    assert "wrong-secret-55" not in done.stderr
+    assert code not in done.stderr
+    assert done.stdout == ""
+    assert len(control.token_requests()) == 1
+
+
+def test_cli_refuses_plain_http_token_url_to_a_remote_host(oauth_sandbox):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_faxplus.oauth_cli",
+            "--client-id",
+            CLIENT_ID,
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--token-url",
+            "http://accounts.example/token",
+            "--code",
+            "c",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "FAXPLUS_CLIENT_SECRET": "s"},
+    )
+    assert done.returncode == 2
+    assert "plain http://" in done.stderr
