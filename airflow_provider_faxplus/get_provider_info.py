@@ -7,6 +7,8 @@ from typing import Any
 from airflow_provider_faxplus import __version__
 
 DEFAULT_BASE_URL = "https://restapi.fax.plus/v3"  # kept literal: importing config here would load more
+DEFAULT_TOKEN_URL = "https://accounts.fax.plus/token"  # noqa: S105 - a URL
+PASSWORD_LABEL = "API token (PAT or OAuth2 access token; optional with a refresh token)"  # noqa: S105
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -41,7 +43,7 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "Fax.Plus",
                 "ui-field-behaviour": {
                     "hidden-fields": ["login", "schema", "port"],
-                    "relabeling": {"host": "Base URL", "password": "API token (PAT or OAuth2 access token)"},
+                    "relabeling": {"host": "Base URL", "password": PASSWORD_LABEL},
                     "placeholders": {"host": DEFAULT_BASE_URL, "password": "alohi_pat_..."},
                 },
                 "conn-fields": {
@@ -49,6 +51,22 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "OAuth2 client ID (x-fax-clientid)",
                         "description": "Only for OAuth2 access tokens (APIK-...); leave empty for a "
                         "Personal Access Token. Sent as the x-fax-clientid header when set.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "client_secret": {
+                        "label": "OAuth2 client secret",
+                        "description": "With client ID and refresh token: access tokens are fetched and "
+                        "renewed, the API token field may stay empty.",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "refresh_token": {
+                        "label": "OAuth2 refresh token",
+                        "description": "Printed by the faxplus-oauth command after the one browser step.",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "token_url": {
+                        "label": "OAuth2 token URL",
+                        "description": f"Default {DEFAULT_TOKEN_URL}; https only (http for loopback).",
                         "schema": {"type": ["string", "null"]},
                     },
                     "timeout": {

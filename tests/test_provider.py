@@ -59,7 +59,14 @@ def test_hook_class_attributes():
 def test_form_widgets_of_airflow_2_match_the_declarative_fields():
     pytest.importorskip("flask_appbuilder", reason="the wtforms widgets exist only on Airflow 2")
     info = get_provider_info()["connection-types"][0]
-    assert set(info["conn-fields"]) == set(FaxPlusHook.get_connection_form_widgets())
+    widgets = FaxPlusHook.get_connection_form_widgets()
+    assert set(info["conn-fields"]) == set(widgets)
+    # Secrets are sensitive fields on both lines: masked inputs, never shown back in the form.
+    sensitive = {
+        name for name, field in info["conn-fields"].items() if field["schema"].get("format") == "password"
+    }
+    assert sensitive == {"client_secret", "refresh_token"}
+    assert {name for name, w in widgets.items() if w.field_class.__name__ == "PasswordField"} == sensitive
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +94,16 @@ def test_airflow_providers_widgets_include_the_extras(airflow_home):
     }
     assert ours == {
         f"extra__faxplus__{name}"
-        for name in ("client_id", "timeout", "verify", "max_attempts", "max_retry_seconds")
+        for name in (
+            "client_id",
+            "client_secret",
+            "refresh_token",
+            "token_url",
+            "timeout",
+            "verify",
+            "max_attempts",
+            "max_retry_seconds",
+        )
     }
 
 

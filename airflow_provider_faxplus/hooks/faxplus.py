@@ -25,6 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from airflow_provider_faxplus import oauth, protocol
 from airflow_provider_faxplus.config import (
     DEFAULT_BASE_URL,
+    DEFAULT_TOKEN_URL,
     FaxPlusConfig,
     TlsSettings,
     config_from_airflow_connection,
@@ -33,6 +34,7 @@ from airflow_provider_faxplus.config import (
 )
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
 from airflow_provider_faxplus.exceptions import FaxPlusConfigError, FaxPlusError, FaxPlusNotFoundError
+from airflow_provider_faxplus.get_provider_info import PASSWORD_LABEL
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import retry_kwargs
 
@@ -349,15 +351,22 @@ class FaxPlusHook(BaseHook):
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
         """Extra fields of the connection form on Airflow 2.11 (3.2+ reads ``conn-fields``)."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import BooleanField, IntegerField, StringField
+        from wtforms import BooleanField, IntegerField, PasswordField, StringField
         from wtforms.validators import NumberRange, Optional
 
         return {
             "client_id": StringField(
                 lazy_gettext("OAuth2 client ID (x-fax-clientid)"), widget=BS3TextFieldWidget()
             ),
+            "client_secret": PasswordField(
+                lazy_gettext("OAuth2 client secret"), widget=BS3PasswordFieldWidget()
+            ),
+            "refresh_token": PasswordField(
+                lazy_gettext("OAuth2 refresh token"), widget=BS3PasswordFieldWidget()
+            ),
+            "token_url": StringField(lazy_gettext("OAuth2 token URL"), widget=BS3TextFieldWidget()),
             "timeout": IntegerField(
                 lazy_gettext("Request timeout (seconds)"),
                 validators=[Optional(), NumberRange(min=1)],
@@ -381,11 +390,12 @@ class FaxPlusHook(BaseHook):
         """Hidden, relabelled and placeholder fields of the connection form on Airflow 2.11."""
         return {
             "hidden_fields": ["login", "schema", "port"],
-            "relabeling": {"host": "Base URL", "password": "API token (PAT or OAuth2 access token)"},
+            "relabeling": {"host": "Base URL", "password": PASSWORD_LABEL},
             "placeholders": {
                 "host": DEFAULT_BASE_URL,
                 "password": "alohi_pat_...",
                 "client_id": "APIK-... (only for OAuth2 access tokens)",
+                "token_url": DEFAULT_TOKEN_URL,
                 "timeout": "30",
                 "max_attempts": "5",
                 "max_retry_seconds": "120",
