@@ -287,6 +287,22 @@ def test_a_rotated_refresh_token_is_used_for_later_refreshes(
     hook.close()
 
 
+def test_hooks_on_many_threads_share_one_refresh(oauth_sandbox, control, refresh_token, monkeypatch):
+    """Poke sensors in one worker process: one token, one refresh in flight, whatever the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 100_000}])
+    control.add_fault(delay=0.5, path_contains="/token")  # a slow token endpoint: all threads ask meanwhile
+    hooks = [FaxPlusHook() for _ in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda hook: hook.get_outbox_fax("f1").id, hooks))
+    assert ids == ["f1"] * 16
+    assert len(control.token_requests()) == 1
+    for hook in hooks:
+        hook.close()
+
+
 def test_hook_rereads_a_rotated_pat_after_a_401(monkeypatch):
     with SandboxServer(tokens={"alohi_pat_new": None}) as server:
         assert server.client is not None
@@ -329,6 +345,24 @@ def test_revoked_refresh_token_is_one_fatal_trigger_event(oauth_sandbox, control
         assert "invalid_grant" in event["message"]
         assert refresh_token not in event["message"]
     assert len(control.requests()) == 1  # fifty triggers, one token request
+
+
+def test_trigger_backs_off_on_token_endpoint_errors_and_logs_no_secret(
+    oauth_sandbox, control, refresh_token, monkeypatch, caplog
+):
+    caplog.set_level("DEBUG")
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 2}])
+    control.add_fault(status=503, times=2, path_contains="/token")
+    [event] = asyncio.run(
+        asyncio.wait_for(collect(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.2)), 60)
+    )
+    assert event["status"] == "success"
+    token_log = control.token_requests()
+    assert [entry["status"] for entry in token_log] == [503, 503, 200]
+    assert token_log[1]["at"] - token_log[0]["at"] >= 0.19  # backed off, at least poke_interval
+    assert "OAuth2 access token refreshed" in caplog.text  # the search below is not vacuous
+    assert_no_secret(caplog.text + json.dumps(event), oauth_sandbox, refresh_token)
 
 
 def test_a_thousand_triggers_refresh_once_per_lifetime(oauth_sandbox, control, refresh_token, monkeypatch):
