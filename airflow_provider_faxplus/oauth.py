@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -33,6 +34,9 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusTLSError,
     FaxPlusTransportError,
 )
+from airflow_provider_faxplus.protocol import RETRYABLE_STATUSES, is_permanent, parse_retry_after
+
+log = logging.getLogger(__name__)
 
 LOGIN_URL = "https://accounts.fax.plus/login"
 TOKEN_OPERATION = "OAuth2 token request"  # noqa: S105 - a name, not a secret
@@ -42,7 +46,6 @@ DEFAULT_EXPIRES_IN = 3600.0
 REFRESH_MARGIN = 60.0
 # A refused client secret or refresh token is remembered this long: other callers fail without a request.
 PERMANENT_FAILURE_MEMORY = 60.0
-_RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_ERROR_CHARS = 200
 
 
@@ -129,75 +132,102 @@ def _fields_hint(error: str | None) -> str:
     return "Check the connection's client_id, client_secret, refresh_token and token_url"
 
 
+def _failure(
+    cls: type[FaxPlusRequestError],
+    call: TokenCall,
+    message: str,
+    status: int,
+    error: str | None = None,
+    description: str | None = None,
+    retry_after: float | None = None,
+) -> FaxPlusRequestError:
+    return cls(
+        message,
+        operation=TOKEN_OPERATION,
+        method="POST",
+        path=call.path,
+        status=status,
+        error=error,
+        description=description,
+        retry_after=retry_after,
+    )
+
+
+def _grant(call: TokenCall, decoded: object, size: int) -> TokenGrant:
+    access = decoded.get("access_token") if isinstance(decoded, dict) else None
+    if not isinstance(decoded, dict) or not isinstance(access, str) or not _usable(access):
+        message = f"{call.describe()}: HTTP 200 without a usable access_token ({size} bytes)"
+        raise _failure(FaxPlusResponseError, call, message, 200)
+    token_type = decoded.get("token_type", "bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        shown = _redact(str(token_type), (access,))
+        raise _failure(
+            FaxPlusResponseError, call, f"{call.describe()}: token_type {shown!r} is not Bearer", 200
+        )
+    expires = decoded.get("expires_in", DEFAULT_EXPIRES_IN)
+    try:
+        expires_in = float(expires)
+    except (TypeError, ValueError):
+        expires_in = math.nan
+    if not math.isfinite(expires_in) or expires_in <= 0:
+        log.warning(
+            "%s: expires_in %s is not a positive number; assuming %g s",
+            call.describe(),
+            _redact(repr(expires), (access,)),
+            DEFAULT_EXPIRES_IN,
+        )
+        expires_in = DEFAULT_EXPIRES_IN
+    rotated = decoded.get("refresh_token")
+    return TokenGrant(access, expires_in, rotated if isinstance(rotated, str) and _usable(rotated) else None)
+
+
+def _usable(token: str) -> bool:
+    return bool(token.strip()) and token.isascii() and token == token.strip() and " " not in token
+
+
 def parse_token_response(call: TokenCall, status: int, headers: Mapping[str, str], body: bytes) -> TokenGrant:
     """The grant of a successful answer, or the matching exception (never showing a secret)."""
-    kwargs: dict[str, object] = {"operation": TOKEN_OPERATION, "method": "POST", "path": call.path}
     text = body.decode("utf-8", errors="replace")
     try:
         decoded = json.loads(text) if text else None
     except ValueError:
         decoded = None
     if status == 200:
-        access = decoded.get("access_token") if isinstance(decoded, dict) else None
-        if not isinstance(access, str) or not access.strip() or not access.isascii() or " " in access:
-            raise FaxPlusResponseError(
-                f"{call.describe()}: HTTP 200 without a usable access_token ({len(body)} bytes)",
-                status=status,
-                **kwargs,  # type: ignore[arg-type]
-            )
-        assert isinstance(decoded, dict)
-        token_type = decoded.get("token_type", "bearer")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise FaxPlusResponseError(
-                f"{call.describe()}: token_type {_redact(str(token_type), (access,))!r} is not Bearer",
-                status=status,
-                **kwargs,  # type: ignore[arg-type]
-            )
-        expires = decoded.get("expires_in", DEFAULT_EXPIRES_IN)
-        try:
-            expires_in = float(expires)
-        except (TypeError, ValueError):
-            expires_in = DEFAULT_EXPIRES_IN
-        if not math.isfinite(expires_in) or expires_in <= 0:
-            expires_in = DEFAULT_EXPIRES_IN
-        rotated = decoded.get("refresh_token")
-        rotated = rotated if isinstance(rotated, str) and rotated.strip() else None
-        return TokenGrant(access, expires_in, rotated)
-    secrets = call.secrets
+        return _grant(call, decoded, len(body))
     error = description = None
     if isinstance(decoded, dict):
-        error = _redact(str(decoded["error"]), secrets) if "error" in decoded else None
+        error = _redact(str(decoded["error"]), call.secrets) if "error" in decoded else None
         if "error_description" in decoded or "description" in decoded:
             raw = decoded.get("error_description", decoded.get("description"))
-            description = _redact(str(raw), secrets)
+            description = _redact(str(raw), call.secrets)
     elif text.strip():
-        description = _redact(" ".join(text.split()), secrets)
+        description = _redact(" ".join(text.split()), call.secrets)
     said = " ".join(part for part in (error, f"- {description}" if description else None) if part)
     message = f"{call.describe()} failed: HTTP {status}" + (f" {said}" if said else "")
-    details = {**kwargs, "status": status, "error": error, "description": description}
-    if status in _RETRYABLE:
-        from airflow_provider_faxplus.protocol import parse_retry_after
-
-        retry_after = parse_retry_after(_header(headers, "retry-after"))
-        cls = (
+    if status in RETRYABLE_STATUSES:
+        cls: type[FaxPlusRequestError] = (
             FaxPlusRateLimitError
             if status == 429
             else FaxPlusServerError
             if status >= 500
             else FaxPlusAPIError
         )
-        raise cls(message, retry_after=retry_after, **details)  # type: ignore[arg-type]
+        retry_after = parse_retry_after(_header(headers, "retry-after"))
+        raise _failure(cls, call, message, status, error, description, retry_after)
     if 200 < status < 300:
-        raise FaxPlusResponseError(message + ": expected HTTP 200 with a token", **details)  # type: ignore[arg-type]
+        message += ": expected HTTP 200 with a token"
+        raise _failure(FaxPlusResponseError, call, message, status, error, description)
     if status in (400, 401, 403):
-        raise FaxPlusAuthError(f"{message}. {_fields_hint(error)}", **details)  # type: ignore[arg-type]
+        message += f". {_fields_hint(error)}"
+        raise _failure(FaxPlusAuthError, call, message, status, error, description)
     if 300 <= status < 400:
-        raise FaxPlusAPIError(
-            f"{message}. Redirects are not followed (secrets must not leave the configured host); check "
-            "the connection's token_url",
-            **details,  # type: ignore[arg-type]
+        message += (
+            ". Redirects are not followed (secrets must not leave the configured host); check the "
+            "connection's token_url"
         )
-    raise FaxPlusAPIError(f"{message}. Check the connection's token_url", **details)  # type: ignore[arg-type]
+        raise _failure(FaxPlusAPIError, call, message, status, error, description)
+    message += ". Check the connection's token_url"
+    raise _failure(FaxPlusAPIError, call, message, status, error, description)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -295,8 +325,6 @@ class TokenSource:
             return grant.access_token
 
     def _fail(self, exc: BaseException) -> None:
-        from airflow_provider_faxplus.protocol import is_permanent
-
         if isinstance(exc, FaxPlusRequestError) and is_permanent(exc):
             with self._lock:
                 self._failure = (time.monotonic(), exc)

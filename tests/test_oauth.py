@@ -261,6 +261,16 @@ def test_refused_client_or_refresh_token_is_one_request_and_fails_the_poke(
     assert_no_secret(message + caplog.text, oauth_sandbox, refresh_token, "csecret-wrong-77")
 
 
+def test_a_wrong_token_url_fails_the_poke_and_never_counts_as_the_fax_leaving(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token, token_url=oauth_sandbox.root_url + "/oauth/token")
+    control.create_fax(id="f1")
+    with pytest.raises(AirflowFailException, match=r"HTTP 404 .*Check the connection's token_url"):
+        OutboxFaxSensor(task_id="wait", outbox_fax_id="f1", poke_interval=0.1).poke({})
+    assert len(control.requests()) == 0  # only /token and /v3 are logged: no API call was made
+
+
 def test_transient_token_endpoint_errors_retry_like_api_calls(
     oauth_sandbox, control, refresh_token, monkeypatch
 ):
