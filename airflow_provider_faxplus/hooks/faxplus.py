@@ -14,7 +14,6 @@ import time
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
@@ -247,6 +246,7 @@ class FaxPlusHook(BaseHook):
                 status, headers, body = self._exchange(
                     "POST",
                     call.url,
+                    path=call.path,
                     headers=dict(call.headers),
                     data=call.body,
                     auth=None,
@@ -289,6 +289,7 @@ class FaxPlusHook(BaseHook):
         return self._exchange(
             call.method,
             call.url,
+            path=call.path,
             # The session carries the headers common to every call; only the rest go per request.
             headers=_per_call_headers(call.headers, self.session.headers) or None,
             data=call.body,
@@ -303,6 +304,7 @@ class FaxPlusHook(BaseHook):
         method: str,
         url: str,
         *,
+        path: str,
         headers: dict[str, str] | None,
         data: bytes | None,
         auth: BearerAuth | None,
@@ -339,7 +341,7 @@ class FaxPlusHook(BaseHook):
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
             method,
-            urlsplit(url).path,
+            path,
             response.status_code,
             len(body),
             (time.monotonic() - started) * 1000,
