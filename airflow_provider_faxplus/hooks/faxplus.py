@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any
 
@@ -32,7 +32,12 @@ from airflow_provider_faxplus.config import (
     tls_settings,
 )
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
-from airflow_provider_faxplus.exceptions import FaxPlusConfigError, FaxPlusError, FaxPlusNotFoundError
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusConfigError,
+    FaxPlusError,
+    FaxPlusNotFoundError,
+    FaxPlusRequestError,
+)
 from airflow_provider_faxplus.get_provider_info import PASSWORD_LABEL
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import retry_kwargs
@@ -309,9 +314,10 @@ class FaxPlusHook(BaseHook):
         data: bytes | None,
         auth: BearerAuth | None,
         proxies: dict[str, str | None] | None,
-        transport_error: Any,
-        tls_error: Any,
+        transport_error: Callable[[str], FaxPlusRequestError],
+        tls_error: Callable[[str], FaxPlusRequestError],
     ) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP exchange under the whole-request deadline; failures become the caller's errors."""
         timeout = self.config.timeout
         started = time.monotonic()
         # requests' timeout bounds each socket operation; the deadline bounds the whole request
