@@ -27,7 +27,15 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_RETRY_SECONDS = 120.0
 DEFAULT_INITIAL_BACKOFF = 1.0
 
-EXTRA_FIELDS = ("client_id", "timeout", "verify", "max_attempts", "max_retry_seconds", "initial_backoff")
+EXTRA_FIELDS = (
+    "client_id",
+    "timeout",
+    "verify",
+    "ca_bundle",
+    "max_attempts",
+    "max_retry_seconds",
+    "initial_backoff",
+)
 
 
 @dataclass(frozen=True)
@@ -158,9 +166,10 @@ def _parse_verify(name: str, value: object) -> bool | str:
         return value
     if isinstance(value, str):
         lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes"):
+        # Airflow 2.11's form sends a ticked checkbox as "y".
+        if lowered in ("true", "1", "yes", "y", "on"):
             return True
-        if lowered in ("false", "0", "no"):
+        if lowered in ("false", "0", "no", "n", "off"):
             return False
         if os.path.exists(value):
             return value
@@ -170,6 +179,14 @@ def _parse_verify(name: str, value: object) -> bool | str:
     raise FaxPlusConfigError(
         f"extra {name!r} must be a boolean or a CA bundle path, got {type(value).__name__}"
     )
+
+
+def _parse_ca_bundle(name: str, value: object) -> str:
+    if not isinstance(value, str) or not os.path.isfile(value.strip()):
+        raise FaxPlusConfigError(
+            f"extra {name!r} must be the path of a CA bundle file; {value!r} does not exist"
+        )
+    return value.strip()
 
 
 def _parse_client_id(name: str, value: object) -> str:
@@ -182,6 +199,7 @@ _EXTRA_PARSERS = {
     "client_id": _parse_client_id,
     "timeout": _parse_timeout,
     "verify": _parse_verify,
+    "ca_bundle": _parse_ca_bundle,
     "max_attempts": _parse_attempts,
     "max_retry_seconds": _parse_non_negative,
     "initial_backoff": _parse_non_negative,
@@ -196,8 +214,11 @@ def _normalize_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
         name = key[len(prefix) :] if key.startswith(prefix) else key
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty form field means "not set"
-        if name in normalized:
-            raise FaxPlusConfigError(f"extra {name!r} is given twice (with and without the {prefix} prefix)")
+        # Airflow 2.11's form sends every extra twice, with and without the prefix: fine when equal.
+        if name in normalized and normalized[name] != value:
+            raise FaxPlusConfigError(
+                f"extra {name!r} is given twice with different values (with and without the {prefix} prefix)"
+            )
         normalized[name] = value
     return normalized
 
@@ -227,6 +248,11 @@ def config_from_connection(
                 f"unknown extra field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(EXTRA_FIELDS)}"
             )
         parsed: dict[str, Any] = {name: _EXTRA_PARSERS[name](name, value) for name, value in values.items()}
+        ca_bundle = parsed.pop("ca_bundle", None)
+        if ca_bundle is not None:
+            if parsed.get("verify", True) is False:
+                raise FaxPlusConfigError("extra 'ca_bundle' is set but 'verify' is off; turn verify on")
+            parsed["verify"] = ca_bundle  # both clients take a path as "verify against this bundle"
         return FaxPlusConfig(
             base_url=host.strip() if host and host.strip() else DEFAULT_BASE_URL,
             token=password or "",

@@ -123,3 +123,48 @@ def test_overrides_are_validated():
         config.with_overrides(max_attempts=0)
     with pytest.raises(FaxPlusConfigError):
         FaxPlusConfig(token="")
+
+
+# The connection forms' own payloads (Airflow 2.11 sends each extra twice; 3.3 sends booleans as JSON).
+FORM_2_11_DEFAULTS = {
+    "extra__faxplus__client_id": "",
+    "extra__faxplus__timeout": "30",
+    "extra__faxplus__verify": "y",
+    "extra__faxplus__ca_bundle": "",
+    "extra__faxplus__max_attempts": "5",
+    "extra__faxplus__max_retry_seconds": "120",
+    "extra__faxplus__initial_backoff": "1",
+    "client_id": "",
+    "timeout": "30",
+    "verify": "y",
+    "ca_bundle": "",
+    "max_attempts": "5",
+    "max_retry_seconds": "120",
+    "initial_backoff": "1",
+}
+
+
+def test_the_2_11_form_sending_each_extra_twice_with_the_same_value_is_accepted():
+    config = build(extra=FORM_2_11_DEFAULTS)
+    assert (config.timeout, config.verify, config.max_attempts, config.initial_backoff) == (30, True, 5, 1)
+
+
+def test_the_same_extra_twice_with_different_values_stays_an_error():
+    with pytest.raises(FaxPlusConfigError, match="'timeout' is given twice with different values"):
+        build(extra={"extra__faxplus__timeout": "30", "timeout": "20"})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("y", True), ("on", True), ("n", False), ("off", False)])
+def test_form_boolean_spellings_of_verify(value, expected):
+    assert build(extra={"verify": value}).verify is expected
+
+
+def test_ca_bundle_is_its_own_field(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert build(extra={"verify": True, "ca_bundle": str(bundle)}).verify == str(bundle)
+    assert build(extra={"ca_bundle": str(bundle)}).verify == str(bundle)
+    with pytest.raises(FaxPlusConfigError, match=r"'ca_bundle'.*does not exist"):
+        build(extra={"ca_bundle": str(tmp_path / "missing.pem")})
+    with pytest.raises(FaxPlusConfigError, match="'ca_bundle' is set but 'verify' is off"):
+        build(extra={"verify": False, "ca_bundle": str(bundle)})
