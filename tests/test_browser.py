@@ -236,3 +236,15 @@ def test_a_task_runs_with_the_connection_saved_in_the_browser(ui):
     assert control.fax(fax_id)["comment"]["text"].startswith("billing batch 2026-01-02 "), output
     # The sandbox accepts only TOKEN: the saved connection's token went out, once.
     assert [r["status"] for r in control.requests() if r["method"] == "PUT"] == [204]
+
+
+def test_without_the_browser_the_tests_skip_saying_why_and_fail_on_ci(monkeypatch):
+    from tests import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"no browser at /nonexistent/chromium.*apt-get"):
+        browser.require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
+        browser.require_chromium()
