@@ -5,6 +5,7 @@ it, press Test where the UI offers it, save, and run a DAG that uses the saved c
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,33 +121,35 @@ def press_test_button_2(page: Any) -> tuple[dict[str, Any], str]:
 # The tests -----------------------------------------------------------------------------------------
 
 
-def test_the_form_speaks_the_users_words_and_offers_every_setting(ui, page):
+def test_the_form_speaks_the_users_words_and_offers_every_setting(ui, page, tmp_path):
     if AIRFLOW_3:
         open_add_form_3(page, ui)
         standard = visible_labels(page)
         page.get_by_label("Base URL").fill(ui.sandbox.base_url)
         page.get_by_role("button", name="Extra Fields", exact=True).click()
-        # 3.3 names each extra's input element_<name> (some labels are not linked to their input).
-        page.locator("[name=element_ca_bundle]").wait_for()
+        page.get_by_text("OAuth2 client ID", exact=True).wait_for()
         extras = visible_labels(page)
-        verify = page.locator("[name=element_verify]")
-        backoff = page.locator("[name=element_initial_backoff]").input_value()
-        assert page.locator("[name=element_ca_bundle]").input_value() == ""
+        # 3.3 names each extra's input element_<name> (some labels are not linked to their input).
+        field = "[name=element_{}]".format
     else:
         open_add_form_2(page, ui)
         standard = extras = visible_labels(page)
-        verify = page.locator("#extra__faxplus__verify")
-        backoff = page.locator("#extra__faxplus__initial_backoff").get_attribute("placeholder")
-        assert page.locator("#extra__faxplus__ca_bundle").input_value() == ""
-    page.screenshot(path=str(ROOT / "docs" / f"connection-form-{LINE}.png"), full_page=True)
+        field = "#extra__faxplus__{}".format
+    # docs/ keeps the screenshots the README shows; rewritten only on request, so runs leave git clean.
+    shots = ROOT / "docs" if os.environ.get("FAXPLUS_UPDATE_SCREENSHOTS") else tmp_path
+    page.screenshot(path=str(shots / f"connection-form-{LINE}.png"), full_page=True)
 
     assert {"Base URL", "API token"} <= set(standard)
     assert not {"Host", "Password", "Login", "Schema", "Port"} & set(standard + extras)
     assert [label for label in extras if label in EXTRA_LABELS] == EXTRA_LABELS
     # A yes/no field, ticked by default; the CA bundle path is a separate, empty text field.
+    verify = page.locator(field("verify"))
     assert verify.get_attribute("type") == "checkbox"
     assert verify.is_checked()
-    assert backoff == "1"
+    assert page.locator(field("ca_bundle")).input_value() == ""
+    backoff = page.locator(field("initial_backoff"))
+    # 3.3 fills in the declared default; 2.11 shows it as a placeholder.
+    assert (backoff.input_value() if AIRFLOW_3 else backoff.get_attribute("placeholder")) == "1"
 
 
 @pytest.mark.skipif(not AIRFLOW_3, reason="Airflow 3.3's connection list")
@@ -170,7 +173,8 @@ def test_3_3_test_icon_is_refused_by_airflow_and_works_once_airflow_is_fixed(ui,
     # With Airflow's fix (no port in the payload), the same icon shows the provider's own answers.
     _, (status, body, toast) = press_list_test_icon_3(page, ui, "faxplus_default", drop_port=True)
     assert (status, body["status"]) == (200, True), body
-    assert f"Connection works: {ui.sandbox.base_url} accepted the token" in toast
+    assert "Connection works" in toast
+    assert ui.sandbox.base_url in toast
     _, (_, body, toast) = press_list_test_icon_3(page, ui, "faxplus_bad_token", drop_port=True)
     assert body["status"] is False
     assert "HTTP 401" in toast
@@ -196,7 +200,8 @@ def test_2_11_test_button_with_the_forms_defaults(ui, page):
     sent, said = press_test_button_2(page)
     # 2.11's form script sends every set extra twice, a ticked box as "y".
     assert json.loads(sent["extra"]) == {"extra__faxplus__verify": "y", "verify": "y"}
-    assert f"Connection works: {ui.sandbox.base_url} accepted the token" in said
+    assert "Connection works" in said
+    assert ui.sandbox.base_url in said
 
     page.fill("#password", BAD_TOKEN)
     _, said = press_test_button_2(page)

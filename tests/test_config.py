@@ -125,8 +125,11 @@ def test_overrides_are_validated():
         FaxPlusConfig(token="")
 
 
-# The connection forms' own payloads (Airflow 2.11 sends each extra twice; 3.3 sends booleans as JSON).
-FORM_2_11_DEFAULTS = {
+# What Airflow 2.11's form script sent for the form's defaults, captured in tests/test_browser.py:
+# each extra twice, a ticked checkbox as "y", empty fields left out.
+FORM_2_11_DEFAULTS = {"extra__faxplus__verify": "y", "verify": "y"}
+# Every field filled in.
+FORM_2_11_FILLED = {
     "extra__faxplus__client_id": "",
     "extra__faxplus__timeout": "30",
     "extra__faxplus__verify": "y",
@@ -144,8 +147,12 @@ FORM_2_11_DEFAULTS = {
 }
 
 
+def test_the_2_11_form_defaults_are_accepted():
+    assert build(extra=FORM_2_11_DEFAULTS).verify is True
+
+
 def test_the_2_11_form_sending_each_extra_twice_with_the_same_value_is_accepted():
-    config = build(extra=FORM_2_11_DEFAULTS)
+    config = build(extra=FORM_2_11_FILLED)
     assert (config.timeout, config.verify, config.max_attempts, config.initial_backoff) == (30, True, 5, 1)
 
 
