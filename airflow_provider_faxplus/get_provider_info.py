@@ -8,6 +8,58 @@ from airflow_provider_faxplus import __version__
 
 DEFAULT_BASE_URL = "https://restapi.fax.plus/v3"  # kept literal: importing config here would load more
 
+# The connection form, in the user's words. Airflow 3.2+ reads these declaratively; the hook builds
+# Airflow 2.11's form (get_connection_form_widgets / get_ui_field_behaviour) from the same values.
+HIDDEN_FIELDS = ("login", "schema", "port")
+RELABELING = {"host": "Base URL", "password": "API token"}
+PLACEHOLDERS = {
+    "host": DEFAULT_BASE_URL,
+    "password": "alohi_pat_... or an OAuth2 access token",
+    "client_id": "APIK-...",
+    "ca_bundle": "/etc/ssl/certs/ca-certificates.crt",
+}
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "client_id": {
+        "label": "OAuth2 client ID",
+        "description": "Only for OAuth2 access tokens (APIK-...), sent as the x-fax-clientid header; "
+        "leave empty for a Personal Access Token.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "timeout": {
+        "label": "Request timeout (seconds)",
+        "description": "Seconds to wait for each answer. Default 30.",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": 30},
+    },
+    "verify": {
+        "label": "Verify TLS certificates",
+        "description": "Leave on. Turn off only for a test server you trust; to trust a private CA, "
+        "give its CA bundle below instead.",
+        "schema": {"type": ["boolean", "null"], "default": True},
+    },
+    "ca_bundle": {
+        "label": "CA bundle path",
+        "description": "Path of a PEM CA bundle on the workers and the triggerer, to verify the "
+        "server's certificate (e.g. behind a TLS-inspecting proxy). Empty: the system's CAs.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "max_attempts": {
+        "label": "Attempts per call",
+        "description": "First attempt included; retries 429, 500, 502, 503, 504 and network errors, "
+        "never other 4xx. Default 5.",
+        "schema": {"type": ["integer", "null"], "minimum": 1, "default": 5},
+    },
+    "max_retry_seconds": {
+        "label": "Retry time budget per call (seconds)",
+        "description": "A retry wait that would cross this budget is not started. Default 120.",
+        "schema": {"type": ["number", "null"], "minimum": 0, "default": 120},
+    },
+    "initial_backoff": {
+        "label": "First retry backoff (seconds)",
+        "description": "Doubles per attempt (with jitter), capped at 30. Default 1.",
+        "schema": {"type": ["number", "null"], "minimum": 0, "default": 1},
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     return {
@@ -40,36 +92,11 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_faxplus.hooks.faxplus.FaxPlusHook",
                 "hook-name": "Fax.Plus",
                 "ui-field-behaviour": {
-                    "hidden-fields": ["login", "schema", "port"],
-                    "relabeling": {"host": "Base URL", "password": "API token (PAT or OAuth2 access token)"},
-                    "placeholders": {"host": DEFAULT_BASE_URL, "password": "alohi_pat_..."},
+                    "hidden-fields": list(HIDDEN_FIELDS),
+                    "relabeling": dict(RELABELING),
+                    "placeholders": dict(PLACEHOLDERS),
                 },
-                "conn-fields": {
-                    "client_id": {
-                        "label": "OAuth2 client ID (x-fax-clientid)",
-                        "description": "Only for OAuth2 access tokens (APIK-...); leave empty for a "
-                        "Personal Access Token. Sent as the x-fax-clientid header when set.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "timeout": {
-                        "label": "Request timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": 30},
-                    },
-                    "verify": {
-                        "label": "Verify TLS certificates",
-                        "description": "true, false, or the path of a CA bundle.",
-                        "schema": {"type": ["boolean", "string", "null"], "default": True},
-                    },
-                    "max_attempts": {
-                        "label": "Attempts per call",
-                        "description": "Retries 429, 500, 502, 503, 504 and network errors; never other 4xx.",
-                        "schema": {"type": ["integer", "null"], "minimum": 1, "default": 5},
-                    },
-                    "max_retry_seconds": {
-                        "label": "Retry time budget per call (seconds)",
-                        "schema": {"type": ["number", "null"], "minimum": 0, "default": 120},
-                    },
-                },
+                "conn-fields": CONN_FIELDS,
             }
         ],
     }

@@ -22,7 +22,6 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from airflow_provider_faxplus import protocol
 from airflow_provider_faxplus.config import (
-    DEFAULT_BASE_URL,
     FaxPlusConfig,
     TlsSettings,
     config_from_airflow_connection,
@@ -253,47 +252,55 @@ class FaxPlusHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form on Airflow 2.11 (3.2+ reads ``conn-fields``)."""
+        """Extra fields of the connection form on Airflow 2.11 (3.2+ reads the same ``conn-fields``)."""
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
         from wtforms import BooleanField, IntegerField, StringField
         from wtforms.validators import NumberRange, Optional
 
-        return {
-            "client_id": StringField(
-                lazy_gettext("OAuth2 client ID (x-fax-clientid)"), widget=BS3TextFieldWidget()
-            ),
-            "timeout": IntegerField(
-                lazy_gettext("Request timeout (seconds)"),
-                validators=[Optional(), NumberRange(min=1)],
-                widget=BS3TextFieldWidget(),
-            ),
-            "verify": BooleanField(lazy_gettext("Verify TLS certificates"), default=True),
-            "max_attempts": IntegerField(
-                lazy_gettext("Attempts per call (retries on 429/5xx/network errors)"),
-                validators=[Optional(), NumberRange(min=1)],
-                widget=BS3TextFieldWidget(),
-            ),
-            "max_retry_seconds": IntegerField(
-                lazy_gettext("Retry time budget per call (seconds)"),
-                validators=[Optional(), NumberRange(min=0)],
-                widget=BS3TextFieldWidget(),
-            ),
-        }
+        from airflow_provider_faxplus.get_provider_info import CONN_FIELDS
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            schema = spec["schema"]
+            label = lazy_gettext(spec["label"])
+            description = lazy_gettext(spec["description"])
+            if "boolean" in schema["type"]:
+                widgets[name] = BooleanField(label, description=description, default=schema.get("default"))
+                continue
+            # 2.11 accepts only String/Integer/Boolean/Password fields: a decimal number is a string
+            # here, which config.py parses and checks (the Test button shows its message).
+            integer = "integer" in schema["type"]
+            field_class = IntegerField if integer else StringField
+            validators: list[Any] = [Optional()]
+            if integer and "minimum" in schema:
+                validators.append(NumberRange(min=schema["minimum"]))
+            widgets[name] = field_class(
+                label, description=description, validators=validators, widget=BS3TextFieldWidget()
+            )
+        return widgets
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Hidden, relabelled and placeholder fields of the connection form on Airflow 2.11."""
+        from airflow_provider_faxplus.get_provider_info import (
+            CONN_FIELDS,
+            HIDDEN_FIELDS,
+            PLACEHOLDERS,
+            RELABELING,
+        )
+
+        defaults = {
+            name: str(spec["schema"]["default"])
+            for name, spec in CONN_FIELDS.items()
+            if "default" in spec["schema"] and "boolean" not in spec["schema"]["type"]
+        }
         return {
-            "hidden_fields": ["login", "schema", "port"],
-            "relabeling": {"host": "Base URL", "password": "API token (PAT or OAuth2 access token)"},
+            "hidden_fields": list(HIDDEN_FIELDS),
+            "relabeling": dict(RELABELING),
             "placeholders": {
-                "host": DEFAULT_BASE_URL,
-                "password": "alohi_pat_...",
-                "client_id": "APIK-... (only for OAuth2 access tokens)",
-                "timeout": "30",
-                "max_attempts": "5",
-                "max_retry_seconds": "120",
+                **PLACEHOLDERS,
+                **defaults,
             },
         }
 
