@@ -212,6 +212,9 @@ def test_2_11_test_button_with_the_forms_defaults(ui, page):
     page.fill("#host", PLAIN_HTTP)
     _, said = press_test_button_2(page)
     assert "refusing to send the API token over plain http:// to 'example.com'" in said
+    # Airflow tests the form under a random temporary id: the message must not present it as the user's.
+    assert said.startswith("This Fax.Plus connection: "), said
+    assert "Fax.Plus connection '" not in said, said
     assert TOKEN not in said
 
     page.fill("#host", ui.sandbox.base_url)
