@@ -33,10 +33,10 @@ def sensor(**kwargs) -> OutboxFaxSensor:
 
 
 def test_poke_waits_then_returns_the_xcom(single_attempt, control):
-    control.create_fax(id="f1", lifecycle=[{"status": "converting", "seconds": 0.5}])
+    control.create_fax(id="f1", lifecycle=[{"status": "converting", "seconds": 3600}])
     task = sensor()
     assert task.poke({}) is False
-    control.advance(1)
+    control.advance(3600)  # the sandbox's clock: no race with the machine's speed
     done = task.poke({})
     result = done.xcom_value
     assert done.is_done
@@ -107,7 +107,7 @@ def test_bad_arguments_are_refused_at_parse_time():
 
 
 def test_deferrable_checks_once_then_defers_with_json_safe_kwargs(single_attempt, control):
-    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 60}])
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 3600}])
     task = sensor(deferrable=True, waiting_statuses=["sending"], timeout=90)
     with pytest.raises(TaskDeferred) as info:
         task.execute({})
@@ -123,7 +123,7 @@ def test_deferrable_checks_once_then_defers_with_json_safe_kwargs(single_attempt
 
 
 def test_deferrable_returns_at_once_when_already_left(single_attempt, control):
-    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 60}])
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 3600}])
     result = sensor(deferrable=True, waiting_statuses=["submitted"]).execute({})
     assert (result["reason"], result["last_status"]) == ("status", "sending")
 
@@ -344,7 +344,7 @@ def test_operator_on_a_fax_that_left_says_so(single_attempt, control):
 
 
 def test_operator_on_a_sending_fax_says_so(single_attempt, control):
-    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 60}])
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 3600}])
     with pytest.raises(AirflowFailException, match="a fax that is sending cannot be modified"):
         operator(comment="late").execute({})
 

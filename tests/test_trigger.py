@@ -100,7 +100,7 @@ def test_the_first_sighting_is_a_checkpoint_and_the_rebuilt_trigger_remembers_it
 def test_a_trigger_rebuilt_after_a_restart_is_not_told_what_its_predecessor_saw(faxplus_conn, control):
     """Airflow never calls serialize() on a running trigger: what it learned is not in any kwargs.
     (Which is why a first sighting ends the trigger with a checkpoint.)"""
-    control.create_fax(id="f1", lifecycle=[{"status": "submitted", "seconds": 60}])
+    control.create_fax(id="f1", lifecycle=[{"status": "submitted", "seconds": 3600}])
     trigger = make(outbox_fax_id="f1")
     stored = trigger.serialize()  # at deferral, before any look
     run(trigger)

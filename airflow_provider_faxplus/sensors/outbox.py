@@ -57,8 +57,10 @@ class OutboxFaxSensor(BaseSensorOperator):
     :param fail_if_never_seen: After the grace period, a fax that was never seen and is not found
         fails the task (``True``: the id is probably wrong) or counts as left (``False``; the XCom says
         ``ever_seen: false``). Default: ``True``, except in reschedule mode on an Airflow without a task
-        state store (before 3.3): there pokes cannot remember having seen the fax, a not-found after
-        the grace period counts as left and the XCom says ``ever_seen: null`` (unknown).
+        state store (before 3.3). Either way it fails only with evidence that no look of this task
+        instance, in any try, saw the fax; where earlier looks are unknown (a retry, or a reschedule
+        poke, on an Airflow without a task state store) a not-found after the grace period counts as
+        left and the XCom says ``ever_seen: null``.
     :param deferrable: Check once, then wait in the triggerer (frees the worker slot).
     """
 
