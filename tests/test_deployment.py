@@ -226,20 +226,23 @@ def test_a_restart_after_the_trigger_first_saw_the_fax_keeps_that_sighting(deplo
     dag_id = "faxplus_deferrable_restart"
     run = deployment.dags_test(dag_id, {"outbox_fax_id": fax_id})
 
-    def logs_saying(text: str, but_not: str = "\0") -> list[Path]:
+    def logs_saying(text: str, *but_not: str) -> list[Path]:
+        def says(line: str) -> bool:
+            return text in line and not any(other in line for other in but_not)
+
         return [
             path
             for path in deployment.trigger_logs(dag_id)
-            if any(
-                text in line and but_not not in line for line in path.read_text(errors="replace").splitlines()
-            )
+            if any(says(line) for line in path.read_text(errors="replace").splitlines())
         ]
 
     wait_for(lambda: logs_saying("is not found yet"), "the first trigger's polls (fax not visible yet)")
     control.advance(3600)  # now the fax is visible
     # One triggerer writes one log file per try: the trigger of the resumed deferral writes there too.
+    # (Not the checkpoint itself, nor 2.11's "fired: TriggerEvent<...>" line quoting it: Airflow 2.11's
+    # triggerer drops a fired event it has not stored yet when it stops.)
     wait_for(
-        lambda: logs_saying("is submitted; waiting", but_not="first sighting"),
+        lambda: logs_saying("is submitted; waiting", "first sighting", "TriggerEvent"),
         "the trigger of the deferral resumed after the first sighting's checkpoint",
     )
     before_restart = set(deployment.trigger_logs(dag_id))
