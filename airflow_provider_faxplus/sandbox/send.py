@@ -30,6 +30,7 @@ from airflow_provider_faxplus.sandbox.app import (
     _state,
     error,
 )
+from airflow_provider_faxplus.sandbox.spec import schema_errors
 from airflow_provider_faxplus.sandbox.state import SandboxInputError
 
 MAX_FILES = 10
@@ -63,17 +64,18 @@ async def upload_file(request: Request) -> Response:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
         return error(413, "payload_too_large", f"Files are limited to {MAX_UPLOAD_BYTES} bytes")
-    head, size = b"", 0
-    async for chunk in request.stream():  # counted, never kept: only the part headers are read
+    window, size, file_name = b"", 0, None
+    async for chunk in request.stream():  # counted, never kept: only part headers are looked at
         size += len(chunk)
         if size > MAX_UPLOAD_BYTES:
             return error(413, "payload_too_large", f"Files are limited to {MAX_UPLOAD_BYTES} bytes")
-        if len(head) < 8192:
-            head += chunk[: 8192 - len(head)]
-    match = _DISPOSITION.search(head)
-    if match is None or match.group(1) != b"fax_file":
+        if file_name is None:
+            window = window[-1024:] + chunk
+            for match in _DISPOSITION.finditer(window):
+                if match.group(1) == b"fax_file":
+                    file_name = (match.group(2) or b"").decode("utf-8", "replace")
+    if file_name is None:
         return error(400, "invalid_payload", "The form needs a file in the field fax_file")
-    file_name = (match.group(2) or b"").decode("utf-8", "replace")
     path = f"/transient-{uuid.uuid4()}"
     _state(request).uploads[path] = (owner, file_name, size)
     return JSONResponse({"path": path})
@@ -100,10 +102,6 @@ async def send_fax(request: Request) -> Response:
         return error(400, *problem)
     state = _state(request)
     files = payload["files"]
-    if len(files) > MAX_FILES:
-        return error(400, "too_many_files", f"At most {MAX_FILES} files per fax")
-    if len(payload["to"]) > MAX_DESTINATIONS:
-        return error(400, "too_many_destinations", f"At most {MAX_DESTINATIONS} destinations per fax")
     unknown = [path for path in files if state.uploads.get(path, (None,))[0] != owner]
     if unknown:
         return error(400, "invalid_file", f"Unknown file path {unknown[0]}: upload it first")
@@ -112,7 +110,7 @@ async def send_fax(request: Request) -> Response:
     comment = payload.get("comment") or {}
     now = state.clock.now()
     ids: dict[str, str] = {}
-    for destination in payload["to"]:
+    for destination in dict.fromkeys(payload["to"]):  # one fax per distinct destination (assumed)
         fields: dict[str, Any] = {"to": [destination], "files": list(files)}
         if payload["from"] != "no_number":
             fields["src"] = payload["from"]
@@ -135,9 +133,8 @@ async def send_fax(request: Request) -> Response:
         except SandboxInputError as exc:
             return error(400, "invalid_payload", str(exc))
         ids[destination] = fax.id
-    if payload.get("return_ids"):
-        return JSONResponse({"ids": ids}, status_code=201)
-    return Response(status_code=201)
+    # Without return_ids Fax.Plus's answer body is undocumented: assumed an empty object.
+    return JSONResponse({"ids": ids} if payload.get("return_ids") else {}, status_code=201)
 
 
 def _payload_problem(payload: Any) -> tuple[str, str] | None:
@@ -147,6 +144,14 @@ def _payload_problem(payload: Any) -> tuple[str, str] | None:
     unknown = sorted(set(payload) - known)
     if unknown:
         return "invalid_payload", f"Unknown field(s): {', '.join(unknown)}"
+    # The documented codes for the documented limits come before the schema's maxItems.
+    if isinstance(payload.get("files"), list) and len(payload["files"]) > MAX_FILES:
+        return "too_many_files", f"At most {MAX_FILES} files per fax"
+    if isinstance(payload.get("to"), list) and len(payload["to"]) > MAX_DESTINATIONS:
+        return "too_many_destinations", f"At most {MAX_DESTINATIONS} destinations per fax"
+    problems = schema_errors("PayloadOutbox", payload)  # types, ranges, enums of the SDK's models
+    if problems:
+        return "invalid_payload", "; ".join(problems[:3])
     sender = payload.get("from")
     if not isinstance(sender, str) or not (sender == "no_number" or E164.fullmatch(sender)):
         return "invalid_from", "from must be a number of the account or no_number"
