@@ -104,3 +104,52 @@ def test_bad_input_fails_before_any_request_and_without_retries(send_home, contr
     assert "'+1 669 999' is not a fax number in E.164 form" in run.output
     assert control.requests() == []
     assert _states(send_home, "faxplus_send_fail")["send"] == "failed"
+
+
+# The example DAG ------------------------------------------------------------------------------------
+
+
+def test_one_page_pdf_is_a_well_formed_pdf():
+    from example_dags.example_faxplus_send_and_wait import one_page_pdf
+
+    pdf = one_page_pdf("Daily report (x)")
+    assert pdf.startswith(b"%PDF-1.4\n")
+    assert pdf.endswith(b"%%EOF\n")
+    xref = int(pdf.rsplit(b"startxref\n", 1)[1].split(b"\n")[0])
+    assert pdf[xref:].startswith(b"xref\n0 6\n")
+    offsets = [int(line[:10]) for line in pdf[xref:].split(b"\n")[3:8]]
+    for number, offset in enumerate(offsets, start=1):
+        assert pdf[offset:].startswith(b"%d 0 obj\n" % number)  # every xref offset points at its object
+
+
+@pytest.fixture(scope="module")
+def examples_home(sandbox_server, tmp_path_factory):
+    return AirflowHome.create(
+        dags_folder=ROOT / "example_dags",
+        connections={"faxplus_default": sandbox_server},
+        extra_env={"FAXPLUS_EXAMPLE_POKE_INTERVAL": "1"},
+        path=tmp_path_factory.mktemp("airflow-send-example"),
+    )
+
+
+def test_example_send_and_wait(examples_home, control):
+    control.settings(send_lifecycle=[{"status": "submitted", "polls": 2}, {"status": "sending", "polls": 2}])
+    run = examples_home.dags_test("example_faxplus_send_and_wait", conf={"to": "+16699990001"})
+    assert run.succeeded, run.output[-5000:]
+    assert _states(examples_home, "example_faxplus_send_and_wait") == {
+        "upload_report": "success",
+        "send_fax": "success",
+        "tag_comment": "success",
+        "wait_until_sent": "success",
+        "report": "success",
+    }
+    [fax] = control.faxes()
+    assert fax["status"] is None  # it left the outbox: the sensor saw it go
+    assert fax["comment"]["text"].startswith("daily report 20")
+    assert "report" in fax["comment"]["tags"]
+    [upload] = [e for e in control.requests() if e["path"].endswith("/files")]
+    assert 'filename="report.pdf"' in upload["body"]
+    assert "%PDF-1.4" in upload["body"]
+    [line] = run.lines_with("FAXPLUS-REPORT:")
+    assert fax["id"] in line
+    assert "+16699990001" in line
