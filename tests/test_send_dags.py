@@ -153,3 +153,14 @@ def test_example_send_and_wait(examples_home, control):
     [line] = run.lines_with("FAXPLUS-REPORT:")
     assert fax["id"] in line
     assert "+16699990001" in line
+
+
+def test_mapped_sends_one_fax_per_mapped_instance_each_with_its_own_mark(send_home, control, report_pdf):
+    control.settings(send_lifecycle=STAYS)
+    run = send_home.dags_test("faxplus_send_mapped", conf={"file": report_pdf})
+    assert run.succeeded, run.output[-5000:]
+    assert len(_sends(control)) == 2
+    faxes = control.faxes()
+    marks = {tag for fax in faxes for tag in fax["comment"]["tags"] if tag.startswith("airflow-")}
+    assert len(faxes) == 2
+    assert len(marks) == 2  # map_index is part of the mark

@@ -225,3 +225,37 @@ def test_too_many_files_and_destinations_are_refused_by_the_sandbox(hook, contro
     dests = session.post(url, json={"from": "no_number", "to": many, "files": [path]})
     assert (dests.status_code, dests.json()["error"]) == (400, "too_many_destinations")
     assert control.faxes() == []
+
+
+def test_a_send_that_times_out_waiting_for_the_answer_is_not_retried(faxplus_conn, control):
+    hook = FaxPlusHook(timeout=0.5)
+    path = hook.upload_file(PDF, file_name="a.pdf").path
+    control.add_fault(delay=1.5, method="POST", path_contains="/outbox")  # then handled: the fax is made
+    with pytest.raises(FaxPlusSendUncertainError, match=r"no answer within 0\.5 s"):
+        hook.send_fax("+16699990001", [path])
+    assert len(_posts(control)) == 1
+
+
+def test_the_mark_is_stable_per_task_instance_and_differs_otherwise():
+    mark = send.send_mark("dag", "task", "run", -1)
+    assert mark == send.send_mark("dag", "task", "run", -1)
+    assert send.MARK_PATTERN.fullmatch(mark)
+    others = {
+        send.send_mark("dag", "task", "run", 0),
+        send.send_mark("dag", "task", "run2", -1),
+        send.send_mark("dag", "task2", "run", -1),
+        send.send_mark("dag2", "task", "run", -1),
+        send.send_mark("da", "gtask", "run", -1),  # fields are separated, not concatenated
+    }
+    assert mark not in others
+    assert len(others) == 5
+
+
+def test_find_marked_maps_destinations_to_the_marked_faxes():
+    entries = [
+        send.OutboxEntry("a", ("+16699990001",), ("airflow-000000000001",), "submitted"),
+        send.OutboxEntry("b", ("+16699990002",), ("x", "airflow-000000000001"), "sending"),
+        send.OutboxEntry("c", ("+16699990003",), ("airflow-000000000002",), "submitted"),
+    ]
+    assert send.find_marked(entries, "airflow-000000000001") == {"+16699990001": "a", "+16699990002": "b"}
+    assert send.find_marked(entries, "airflow-ffffffffffff") == {}

@@ -46,3 +46,14 @@ for name, on_ambiguous, two in (
 
         report(sent.output)
     globals()[dag.dag_id] = dag
+
+with DAG(
+    dag_id="faxplus_send_mapped",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"file": ""},
+) as mapped_dag:
+    SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"], comment="mapped").expand(
+        to=["+16699990001", "+16699990002"]
+    )
