@@ -259,3 +259,20 @@ def test_find_marked_maps_destinations_to_the_marked_faxes():
     ]
     assert send.find_marked(entries, "airflow-000000000001") == {"+16699990001": "a", "+16699990002": "b"}
     assert send.find_marked(entries, "airflow-ffffffffffff") == {}
+
+
+def test_the_sandbox_refuses_an_upload_over_150_mb_from_its_declared_length(sandbox, control):
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(sandbox.base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.putrequest("POST", f"{url.path}/accounts/self/files")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=b")
+    conn.putheader("Content-Length", str(send.MAX_TOTAL_BYTES + 1))
+    conn.endheaders()  # no body is sent: the answer comes from the declared length
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"] == "payload_too_large"
+    conn.close()
