@@ -30,7 +30,8 @@ from airflow_provider_faxplus.protocol import (
     validate_path_param,
 )
 
-UPLOAD_FILE = Operation("Upload a file", "uploadFile", "POST", ("fax:all:edit", "fax:fax:edit"))
+# The upload's scope is a file scope (faxplus-api 3.0.5, FilesApi.upload_file).
+UPLOAD_FILE = Operation("Upload a file", "uploadFile", "POST", ("fax:all:edit", "fax:file:edit"))
 SEND_FAX = Operation("Send a fax", "sendFax", "POST", ("fax:all:edit", "fax:fax:edit"))
 LIST_OUTBOX = Operation("List outgoing faxes", "listOutboxFaxes", "GET", ("fax:all:read", "fax:fax:read"))
 CANCEL_OUTBOX_FAX = Operation(

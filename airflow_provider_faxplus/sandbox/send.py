@@ -33,6 +33,7 @@ from airflow_provider_faxplus.sandbox.app import (
 from airflow_provider_faxplus.sandbox.spec import schema_errors
 from airflow_provider_faxplus.sandbox.state import SandboxInputError
 
+FILE_EDIT_SCOPES = frozenset({"fax:all:edit", "fax:file:edit"})  # faxplus-api's FilesApi.upload_file
 MAX_FILES = 10
 MAX_DESTINATIONS = 4000
 MAX_UPLOAD_BYTES = 150 * 1000 * 1000
@@ -49,7 +50,7 @@ def _owner(request: Request) -> str | Response:
 
 
 async def upload_file(request: Request) -> Response:
-    denied = _authorize(request, EDIT_SCOPES)
+    denied = _authorize(request, FILE_EDIT_SCOPES)
     if denied is not None:
         return denied
     owner = _owner(request)
