@@ -20,7 +20,7 @@ LEAVES = [{"status": "submitted", "seconds": 0}]
 @pytest.fixture(scope="module")
 def send_home(sandbox_server, tmp_path_factory):
     return AirflowHome.create(
-        dags_folder=ROOT / "tests" / "dags",
+        dags_folder=ROOT / "tests" / "dags_send",
         connections={"faxplus_default": sandbox_server},
         path=tmp_path_factory.mktemp("airflow-send"),
     )
