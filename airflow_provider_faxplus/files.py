@@ -27,7 +27,8 @@ class FileSource:
 
 
 def is_object_storage_uri(value: object) -> bool:
-    return isinstance(value, str) and "://" in value and not value.startswith("file://")
+    """``s3://...``, ``gs://...``, ``file://...``: anything Airflow's ObjectStoragePath opens."""
+    return isinstance(value, str) and "://" in value
 
 
 def object_storage_path(uri: str) -> Any:

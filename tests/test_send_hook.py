@@ -36,10 +36,12 @@ def test_upload_bytes_path_and_object_storage_path(hook, control, tmp_path):
     first = hook.upload_file(PDF, file_name="a.pdf")
     second = hook.upload_file(str(local))
     third = hook.upload_file(object_storage_path(f"file://{local}"), format="pdf")
-    assert [u.path.startswith("/transient-") for u in (first, second, third)] == [True] * 3
+    fourth = hook.upload_file(f"file://{local}")  # a URI string opens as an ObjectStoragePath
+    assert [u.path.startswith("/transient-") for u in (first, second, third, fourth)] == [True] * 4
     assert (first.size, second.size, third.size) == (len(PDF), len(PDF) * 1000, len(PDF) * 1000)
+    assert (fourth.size, fourth.file_name) == (len(PDF) * 1000, "report.pdf")
     uploads = _posts(control, "/files")
-    assert len(uploads) == 3
+    assert len(uploads) == 4
     assert uploads[2]["query"] == "format=pdf"
     assert all(e["headers"]["content-type"].startswith("multipart/form-data; boundary=") for e in uploads)
     # Streamed with a length, not chunked.
