@@ -164,3 +164,21 @@ def test_mapped_sends_one_fax_per_mapped_instance_each_with_its_own_mark(send_ho
     marks = {tag for fax in faxes for tag in fax["comment"]["tags"] if tag.startswith("airflow-")}
     assert len(faxes) == 2
     assert len(marks) == 2  # map_index is part of the mark
+
+
+def test_a_retry_after_a_failed_upload_sends_on_3_3_and_is_cautious_on_2_11(send_home, control, report_pdf):
+    """The first try fails before any send (the upload gives up after 5 x 503). Airflow 3.3's task state
+    store knows no send began, so the retry sends; on 2.11 nothing can tell, so the retry does not."""
+    from airflow import __version__ as airflow_version
+
+    control.settings(send_lifecycle=LEAVES)
+    control.add_fault(status=503, retry_after="0", times=5, method="POST", path_contains="/files")
+    run = send_home.dags_test("faxplus_send_fail", conf={"to": "+16699990001", "file": report_pdf})
+    assert [e["status"] for e in control.requests() if e["path"].endswith("/files")][:5] == [503] * 5
+    if int(airflow_version.split(".")[0]) >= 3:
+        assert run.succeeded, run.output[-5000:]
+        assert len(_sends(control)) == 1
+    else:
+        assert not run.succeeded
+        assert "Check the account's sent faxes" in run.output
+        assert _sends(control) == []

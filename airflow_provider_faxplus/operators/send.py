@@ -148,6 +148,8 @@ class SendFaxOperator(BaseOperator):
             if missing and maybe_sent:
                 self._ambiguous(mark, missing)
             if not missing:
+                if store is not None:
+                    store.set(STATE_KEY, {"mark": mark, "phase": "sent", "ids": found})
                 return self._result(found, mark, list(found), destinations)
             paths = [
                 self.hook.upload_file(sources[i], user_id=self.user_id).path if i in sources else f
