@@ -81,7 +81,13 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.sensors.outbox"]}
         ],
         "operators": [
-            {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.operators.outbox"]}
+            {
+                "integration-name": "Fax.Plus",
+                "python-modules": [
+                    "airflow_provider_faxplus.operators.outbox",
+                    "airflow_provider_faxplus.operators.send",
+                ],
+            }
         ],
         "triggers": [
             {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.triggers.outbox"]}

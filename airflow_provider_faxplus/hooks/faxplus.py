@@ -10,17 +10,19 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 import requests
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from requests.adapters import HTTPAdapter
-from tenacity import Retrying
+from tenacity import Retrying, retry_if_exception
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_faxplus import protocol
+from airflow_provider_faxplus import protocol, send
 from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
@@ -29,9 +31,18 @@ from airflow_provider_faxplus.config import (
     tls_settings,
 )
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
-from airflow_provider_faxplus.exceptions import FaxPlusConfigError, FaxPlusError, FaxPlusNotFoundError
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAPIError,
+    FaxPlusConfigError,
+    FaxPlusError,
+    FaxPlusNotFoundError,
+    FaxPlusNotSentError,
+    FaxPlusRequestError,
+    FaxPlusTLSError,
+)
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import retry_kwargs
+from airflow_provider_faxplus.send import OutboxEntry, SentFax, UploadedFile
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +192,105 @@ class FaxPlusHook(BaseHook):
                 len(body),
             )
 
+    # Sending (send.py builds the calls and reads the answers) ------------------------------------
+
+    def upload_file(
+        self,
+        source: Any,
+        *,
+        file_name: str | None = None,
+        format: str | None = None,
+        user_id: str = "self",
+    ) -> UploadedFile:
+        """*Upload a file*: a local path, ``bytes`` (with ``file_name``) or an ``ObjectStoragePath``,
+        streamed. Returns the transient path to pass in :meth:`send_fax`'s ``files``. An upload creates
+        nothing that costs money, so it is retried like a read."""
+        from airflow_provider_faxplus.files import MultipartBody, file_source
+
+        src = file_source(source, file_name)
+        send.validate_sizes({src.file_name: src.size})
+        boundary = send.new_boundary()
+        call = send.upload_call(self.config, src.file_name, boundary, user_id, format)
+        head, tail = send.multipart_parts(src.file_name, boundary)
+        status, headers, body = self._send(call, data=lambda: MultipartBody(head, src, tail))
+        path = send.parse_upload_response(self.config, call, status, headers, body)
+        log.info("Uploaded %s (%d bytes) as %s", src.file_name, src.size, path)
+        return UploadedFile(path=path, file_name=src.file_name, size=src.size)
+
+    def send_fax(
+        self,
+        to: str | list[str],
+        files: list[str],
+        *,
+        from_number: str = send.NO_NUMBER,
+        comment: str | None = None,
+        comment_tags: list[str] | None = None,
+        send_time: datetime | None = None,
+        retry_count: int | None = None,
+        retry_delay: int | None = None,
+        enhancement: bool | None = None,
+        cover_page: Mapping[str, Any] | None = None,
+        user_id: str = "self",
+    ) -> SentFax:
+        """*Send a fax* to each destination (``return_ids: true``); returns the outbox id per destination.
+
+        Never sent twice by this call: it is retried only when the request provably did not reach the
+        API (DNS failure, refused connection, connect timeout) or was refused unprocessed (408, 429).
+
+        :raises FaxPlusSendUncertainError: the request may have reached the API (read timeout, dropped
+            connection, 5xx): the fax may exist. Look for it before sending again.
+        """
+        payload = send.send_payload(
+            to=to,
+            files=files,
+            from_number=from_number,
+            comment=comment,
+            comment_tags=comment_tags,
+            send_time=send_time,
+            retry_count=retry_count,
+            retry_delay=retry_delay,
+            enhancement=enhancement,
+            cover_page=cover_page,
+        )
+        call = send.send_call(self.config, payload, user_id)
+        # A pooled keep-alive connection the server has closed would fail after the request was written,
+        # which looks like a lost answer: a send starts on a fresh connection.
+        for adapter in self.session.adapters.values():
+            adapter.close()
+        try:
+            status, headers, body = self._send(
+                call,
+                retry_statuses=send.SEND_NOT_PROCESSED_STATUSES,
+                retry=retry_if_exception(_send_not_processed),
+            )
+            ids = send.parse_send_response(self.config, call, status, headers, body, payload["to"])
+        except FaxPlusTLSError:
+            raise
+        except FaxPlusRequestError as exc:
+            if _send_not_processed(exc) or (
+                isinstance(exc, FaxPlusAPIError) and exc.status is not None and exc.status < 500
+            ):
+                raise  # certainly not sent: the caller may fix it and send again
+            # A 5xx, a lost or malformed answer: the fax may exist.
+            raise send.uncertain(call, exc) from None
+        log.info("Sent a fax to %d destination(s): outbox ids %s", len(ids), ", ".join(ids.values()))
+        return SentFax(outbox_fax_ids=ids)
+
+    def list_outbox_faxes(self, user_id: str = "self") -> list[OutboxEntry]:
+        """*List outgoing faxes*: every fax in the user's outbox (no pagination in the API)."""
+        call = send.list_outbox_call(self.config, user_id)
+        status, headers, body = self._send(call)
+        return send.parse_list_response(self.config, call, status, headers, body)
+
+    def cancel_outbox_fax(self, outbox_fax_id: str, user_id: str = "self") -> None:
+        """Cancel an outgoing fax (``DELETE .../outbox/{id}``); retried: a second cancel changes nothing.
+
+        :raises FaxPlusNotFoundError: the fax is no longer in the outbox (sent or failed) or a wrong id.
+        """
+        call = send.cancel_call(self.config, outbox_fax_id, user_id)
+        status, headers, body = self._send(call)
+        send.check_cancel_response(self.config, call, status, headers, body)
+
     def test_connection(self) -> tuple[bool, str]:
         """Prove the token with *Get outgoing fax* on an id that cannot exist (needs only read scope).
 
@@ -198,21 +308,29 @@ class FaxPlusHook(BaseHook):
 
     # Transport -----------------------------------------------------------------------------------
 
-    def _send(self, call: protocol.ApiCall) -> tuple[int, dict[str, str], bytes]:
+    def _send(
+        self,
+        call: protocol.ApiCall,
+        *,
+        retry_statuses: frozenset[int] = protocol.RETRYABLE_STATUSES,
+        data: Callable[[], Any] | None = None,
+        **retry_overrides: Any,
+    ) -> tuple[int, dict[str, str], bytes]:
         """Send with retries on transient failures; return the final non-retryable answer.
 
-        Retryable statuses are raised inside the loop so that tenacity can retry them.
+        Retryable statuses are raised inside the loop so that tenacity can retry them. ``data`` makes
+        a fresh (streamed) body per attempt; ``retry_overrides`` replace tenacity arguments.
         """
         self.session  # noqa: B018 - a bad CA bundle or proxy is a configuration error, never retried
-        for attempt in Retrying(**retry_kwargs(self.config, log)):
+        for attempt in Retrying(**{**retry_kwargs(self.config, log), **retry_overrides}):
             with attempt:
-                status, headers, body = self._send_once(call)
-                if status in protocol.RETRYABLE_STATUSES:
+                status, headers, body = self._send_once(call, None if data is None else data())
+                if status in retry_statuses:
                     raise protocol.error_from_response(self.config, call, status, headers, body)
                 return status, headers, body
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    def _send_once(self, call: protocol.ApiCall) -> tuple[int, dict[str, str], bytes]:
+    def _send_once(self, call: protocol.ApiCall, data: Any = None) -> tuple[int, dict[str, str], bytes]:
         timeout = self.config.timeout
         started = time.monotonic()
         # requests' timeout bounds each socket operation; the deadline bounds the whole request
@@ -225,11 +343,15 @@ class FaxPlusHook(BaseHook):
                     call.url,
                     # The session carries the headers common to every call; only the rest go per request.
                     headers=_per_call_headers(call.headers, self.session.headers) or None,
-                    data=call.body,
+                    data=call.body if data is None else data,
                     timeout=timeout,
                     allow_redirects=False,
                 )
                 body = response.content
+        except requests.ConnectTimeout:
+            # No connection, so no byte of the request left: provably not sent.
+            reason = f"could not connect within {timeout:g} s"
+            raise protocol.transport_error(call, reason, not_sent=not deadline.expired) from None
         except requests.Timeout:
             raise protocol.transport_error(call, f"no answer within {timeout:g} s") from None
         except requests.RequestException as exc:
@@ -237,7 +359,7 @@ class FaxPlusHook(BaseHook):
                 raise protocol.transport_error(call, f"no answer within {timeout:g} s") from None
             if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
                 raise protocol.tls_error(call, self._tls, _short(exc)) from None
-            raise protocol.transport_error(call, _short(exc)) from None
+            raise protocol.transport_error(call, _short(exc), not_sent=_never_connected(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
             call.method,
@@ -412,6 +534,28 @@ class _DeadlineAdapter(HTTPAdapter):
 
 def _per_call_headers(headers: Mapping[str, str], common: Mapping[str, str | bytes]) -> dict[str, str]:
     return {name: value for name, value in headers.items() if common.get(name) != value}
+
+
+def _send_not_processed(exc: BaseException) -> bool:
+    """A send that provably did not reach the API, or was refused before being processed."""
+    if isinstance(exc, FaxPlusNotSentError):
+        return True
+    return isinstance(exc, FaxPlusAPIError) and exc.status in send.SEND_NOT_PROCESSED_STATUSES
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """DNS failure or refused connection (urllib3's NewConnectionError anywhere in the chain)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, NewConnectionError):
+            return True
+        pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None), *item.args))
+    return False
 
 
 def _short(exc: BaseException) -> str:
