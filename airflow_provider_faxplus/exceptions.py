@@ -64,6 +64,11 @@ class FaxPlusTransportError(FaxPlusRequestError):
     """No usable HTTP response: connection refused or dropped, timeout, redirect refused."""
 
 
+class FaxPlusNotSentError(FaxPlusTransportError):
+    """The request provably never reached the server: DNS failure, connection refused, connect timeout
+    (no request byte was sent). Safe to retry even for a send, which is not idempotent."""
+
+
 class FaxPlusTLSError(FaxPlusRequestError):
     """The server's TLS certificate could not be verified with the configured CA bundle: no retry can
     fix it (the connection's ``verify`` / ``ca_bundle`` or the environment's CA bundle must change)."""

@@ -25,6 +25,7 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusConflictError,
     FaxPlusInputError,
     FaxPlusNotFoundError,
+    FaxPlusNotSentError,
     FaxPlusRateLimitError,
     FaxPlusRequestError,
     FaxPlusResponseError,
@@ -204,7 +205,7 @@ def error_from_response(
     """The exception for a non-success response, with everything a person needs to act on it."""
     error, description = _error_fields(body, config.token)
     said = " ".join(part for part in (error, f"- {description}" if description else None) if part)
-    message = f"{call.describe()} failed for outbox fax {call.outbox_fax_id!r}: HTTP {status}"
+    message = f"{call.describe()} failed{_for_fax(call)}: HTTP {status}"
     if said:
         message += f" {said}"
     kwargs: dict[str, Any] = {
@@ -255,9 +256,15 @@ def _location_host(location: str) -> str:
         return "(unparseable)"
 
 
-def transport_error(call: ApiCall, reason: str) -> FaxPlusTransportError:
-    return FaxPlusTransportError(
-        f"{call.describe()} failed for outbox fax {call.outbox_fax_id!r}: {reason}",
+def _for_fax(call: ApiCall) -> str:
+    # Calls on the whole outbox (send, list, upload) name no fax.
+    return f" for outbox fax {call.outbox_fax_id!r}" if call.outbox_fax_id else ""
+
+
+def transport_error(call: ApiCall, reason: str, *, not_sent: bool = False) -> FaxPlusTransportError:
+    cls = FaxPlusNotSentError if not_sent else FaxPlusTransportError
+    return cls(
+        f"{call.describe()} failed{_for_fax(call)}: {reason}",
         operation=call.operation.name,
         method=call.method,
         path=call.path,
@@ -298,8 +305,7 @@ def tls_error(call: ApiCall, tls: TlsSettings, reason: str) -> FaxPlusTLSError:
 
 def _malformed(call: ApiCall, status: int, reason: str) -> FaxPlusResponseError:
     return FaxPlusResponseError(
-        f"{call.describe()} returned a malformed response for outbox fax {call.outbox_fax_id!r} "
-        f"(HTTP {status}): {reason}",
+        f"{call.describe()} returned a malformed response{_for_fax(call)} (HTTP {status}): {reason}",
         operation=call.operation.name,
         method=call.method,
         path=call.path,

@@ -3,7 +3,12 @@
 A fax has left when its status is outside the waiting statuses, or when its outbox id stops resolving
 (Fax.Plus drops a fax from the outbox once it is sent or has failed). Right after submission an id can be
 unknown for a while, so a not-found before the fax was ever seen only counts after a grace period.
-Past that period, ``fail_if_never_seen`` decides: fail (the id is probably wrong) or count it as left.
+Past that period, ``fail_if_never_seen`` decides: fail (the id is probably wrong) or count it as left,
+but only with evidence: ``ever_seen`` is ``False`` only when every earlier look of the task instance is
+known; where they are not (``None``), such a not-found counts as left and the result says why.
+
+A status outside the spec's four (a new upstream status) keeps the waiter waiting: a record that *Get
+outgoing fax* answers is, by definition, still in the outbox. A status in another case is that status.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ class WaitProgress:
     """What a waiter knows so far; JSON-safe so it can cross into a trigger or a state store."""
 
     started_at: float  # epoch seconds, UTC
-    # None: unknown, for a waiter that cannot remember earlier looks (reschedule mode before Airflow 3.3).
+    # None: unknown, for a waiter that cannot know what earlier looks saw (see ``unknown_because``).
     ever_seen: bool | None = False
     last_status: str | None = None
     last_record: dict[str, Any] | None = None
+    # Why ever_seen is unknown, said in the result of a not-found counted as left.
+    unknown_because: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,16 +57,27 @@ class WaitProgress:
             "ever_seen": self.ever_seen,
             "last_status": self.last_status,
             "last_record": self.last_record,
+            "unknown_because": self.unknown_because,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WaitProgress:
+        ever_seen = data.get("ever_seen", False)
+        if ever_seen not in (True, False, None):
+            raise ValueError(f"progress: ever_seen must be true, false or null, not {ever_seen!r}")
         return cls(
             started_at=float(data["started_at"]),
-            ever_seen=data.get("ever_seen", False),
+            ever_seen=ever_seen,
             last_status=data.get("last_status"),
             last_record=data.get("last_record"),
+            unknown_because=data.get("unknown_because"),
         )
+
+    def forget_earlier_looks(self, because: str) -> None:
+        """Earlier looks happened and what they saw is unknown: a not-found is no evidence of a wrong id."""
+        if self.ever_seen is not True:
+            self.ever_seen = None
+            self.unknown_because = because
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,8 @@ class Decision:
     action: Literal["wait", "left", "fail"]
     message: str
     result: dict[str, Any] | None = field(default=None)
+    # A status the spec does not know, seen for the first time on this fax: worth one warning.
+    unknown_status: bool = False
 
 
 def _result(
@@ -83,14 +103,33 @@ def _result(
     }
 
 
+def known_status(status: OutboxStatus | str) -> OutboxStatus | None:
+    """The spec's status this one is, ignoring case; None for a status the spec does not know."""
+    try:
+        return OutboxStatus(str(status).strip().lower())
+    except ValueError:
+        return None
+
+
 def observe_record(
     record: OutboxFax, progress: WaitProgress, policy: WaitPolicy, now: float, user_id: str
 ) -> Decision:
+    previous = progress.last_status
     progress.ever_seen = True
-    progress.last_status = str(record.status)
+    progress.unknown_because = None
+    status = known_status(record.status)
+    progress.last_status = str(record.status if status is None else status)
     progress.last_record = record.to_dict()
-    if record.status in policy.waiting_statuses:
-        return Decision("wait", f"outbox fax {record.id!r} is {record.status}; waiting")
+    if status is None:
+        return Decision(
+            "wait",
+            f"outbox fax {record.id!r} has the status {str(record.status)!r}, which the API spec does not "
+            "know; it is still in the outbox, so waiting until it leaves (its id stops resolving) or takes "
+            "a known status outside the waiting statuses",
+            unknown_status=previous != progress.last_status,
+        )
+    if status in policy.waiting_statuses:
+        return Decision("wait", f"outbox fax {record.id!r} is {status}; waiting")
     return Decision(
         "left",
         f"outbox fax {record.id!r} is {record.status}, outside the waiting statuses",
@@ -116,16 +155,17 @@ def observe_not_found(
             f"{policy.not_found_grace_period:g} s grace period for newly submitted faxes); waiting",
         )
     if progress.ever_seen is None:
+        because = progress.unknown_because or "what earlier looks saw is not known"
         return Decision(
             "left",
             f"outbox fax {outbox_fax_id!r} is not found after the {policy.not_found_grace_period:g} s grace "
-            "period: counted as left (whether an earlier poke saw it is not known in this mode)",
+            f"period: counted as left, not as a wrong id, because {because}",
             _result(outbox_fax_id, user_id, "not_found", progress, now),
         )
     never = (
         f"outbox fax {outbox_fax_id!r} was never found in {waited:.0f} s (grace period "
         f"{policy.not_found_grace_period:g} s): the id is wrong, or the fax left the outbox before the "
-        "sensor first looked"
+        "sensor first looked (no look of this task instance, in any try, saw it)"
     )
     if policy.fail_if_never_seen:
         return Decision("fail", never + " (set fail_if_never_seen=False to count this as left)")

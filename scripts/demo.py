@@ -1,8 +1,8 @@
 """The demo: run the example DAGs with ``airflow dags test`` against the local sandbox and show the outcome.
 
-Starts the sandbox on 127.0.0.1 (ephemeral port), seeds outbox faxes, runs both example DAGs in a
-temporary AIRFLOW_HOME, prints each task's state, the fax statuses the sandbox answered, and the final
-comments, then stops the sandbox. Exits non-zero if a DAG run did not succeed.
+Starts the sandbox on 127.0.0.1 (ephemeral port), seeds outbox faxes, runs the three example DAGs in a
+temporary AIRFLOW_HOME (the third sends its own fax), prints each task's state, the fax statuses the
+sandbox answered, and the final comments, then stops the sandbox. Exits non-zero if a DAG run did not succeed.
 """
 
 from __future__ import annotations
@@ -75,6 +75,19 @@ def main() -> int:
         fax_ids = [client.create_fax(lifecycle=POLLED)["id"] for _ in range(3)]
         run = home.dags_test("example_faxplus_mapped", conf={"outbox_fax_ids": fax_ids})
         show(home, run.dag_id, client, fax_ids, run.succeeded)
+        for line in run.lines_with("FAXPLUS-REPORT:"):
+            print(f"   report: {line}")
+        ok &= run.succeeded
+
+        # Sending: faxes sent through the sandbox's API move on when polled, so the comment is set
+        # before the sensor looks.
+        client.settings(
+            send_lifecycle=[{"status": "submitted", "polls": 2}, {"status": "sending", "polls": 1}]
+        )
+        before = {fax["id"] for fax in client.faxes()}
+        run = home.dags_test("example_faxplus_send_and_wait", conf={"to": "+16699990001"})
+        sent = [fax["id"] for fax in client.faxes() if fax["id"] not in before]
+        show(home, run.dag_id, client, sent, run.succeeded)
         for line in run.lines_with("FAXPLUS-REPORT:"):
             print(f"   report: {line}")
         ok &= run.succeeded

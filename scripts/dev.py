@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -24,6 +26,32 @@ AIRFLOW_LINES = {"3.3": "apache-airflow==3.3.2", "2.11": "apache-airflow==2.11.*
 DEFAULT_LINE = "3.3"
 # What the benchmarks compare against; installed only in the benchmark virtualenv.
 BENCH_EXTRAS = ["apache-airflow-providers-http==6.3.0", "faxplus-api==3.0.5", "httpx==0.28.1"]
+
+
+# The browser of tests/test_browser.py: Debian's chromium, never a browser that Playwright downloads.
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> None:
+    """Install Debian's chromium when it is missing and we may (root, apt-get); otherwise the browser
+    tests skip and say why. Idempotent: nothing happens once it is installed."""
+    if CHROMIUM.exists():
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"== no {CHROMIUM} and no root apt-get to install it: the browser tests will skip", flush=True)
+        return
+    print("== installing chromium for the browser tests (apt-get)", flush=True)
+    started = time.monotonic()
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            print(
+                f"== {' '.join(cmd)} failed, the browser tests will skip:\n{result.stderr[-2000:]}",
+                flush=True,
+            )
+            return
+    print(f"== chromium installed in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def _venv_dir(line: str) -> Path:
@@ -69,6 +97,7 @@ def lint(line: str = DEFAULT_LINE) -> None:
 def test(lines: list[str], pytest_args: list[str], with_lint: bool) -> None:
     if with_lint:
         lint()
+    ensure_chromium()
     for line in lines:
         python = str(ensure_env(line))
         print(f"== tests on Airflow {line}", flush=True)

@@ -6,6 +6,7 @@ the spec does not list for the operation (401, 403, 404, 409: the documented ass
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from pathlib import Path
@@ -15,6 +16,7 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 import airflow_provider_faxplus.sandbox as sandbox_package
+from airflow_provider_faxplus.sandbox.spec import document
 
 SPEC = Path(sandbox_package.__file__).with_name("outbox.openapi.yaml")
 DOCUMENTED = {"GET": {200, 400, 500}, "PUT": {204, 400, 500}}
@@ -22,7 +24,7 @@ DOCUMENTED = {"GET": {200, 400, 500}, "PUT": {204, 400, 500}}
 
 @cache
 def api() -> OpenAPI:
-    return OpenAPI.from_file_path(str(SPEC))
+    return OpenAPI.from_dict(copy.deepcopy(document()))  # the spec with the sending operations
 
 
 def _request(root_url: str, entry: dict[str, Any]) -> MockRequest:

@@ -12,6 +12,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 from airflow_provider_faxplus.sandbox import SandboxClient, SandboxServer
+from airflow_provider_faxplus.sandbox.state import Clock
 
 TOKEN = "alohi_pat_T0KEN-sentinel-9f3b2c"  # distinctive, so leaks are easy to find
 
@@ -27,6 +28,8 @@ def sandbox(sandbox_server: SandboxServer) -> SandboxServer:
     """The shared sandbox, emptied before each test."""
     assert sandbox_server.client is not None
     sandbox_server.client.reset()
+    # Real time again: an earlier test's advance() must not shift this test's clock.
+    sandbox_server.state.clock = Clock()
     sandbox_server.client.set_pace(1.0)
     sandbox_server.client.settings(not_found_status=404, sending_modify_status=409)
     return sandbox_server

@@ -54,9 +54,11 @@ class Fault:
     # Words the error message must contain besides the operation and the fax id.
     says: tuple[str, ...] = ()
     # One of: "waits", "fails" (AirflowFailException: no task retry), "raises" (the task's retries
-    # apply), "left", "grace" (a not-found fax never seen waits out the grace period).
+    # apply), "left", "grace" (a not-found fax never seen waits out the grace period), "unknown" (a status
+    # the spec does not know: waits).
     sensor: str = "waits"
-    # One of: "waits" (backs off, then the fax is followed to the end), "left", or "error:<kind>".
+    # One of: "waits" (backs off, then the fax is followed to the end), "left", "unknown" (a status the
+    # spec does not know: waits), or "error:<kind>".
     trigger: str = "waits"
     # One of: "ok", "fails", "raises".
     operator: str = "ok"
@@ -203,9 +205,10 @@ FAULTS: list[Fault] = [
         "200 with an unknown `status` (`archived`)",
         {"status": 200, "body": '{"id": "f1", "uid": "u1", "status": "archived"}'},
         put_applies=False,
-        sensor="left",
-        trigger="left",
-        notes="outside the outbox states, so the fax has left; the XCom's last_status says `archived`",
+        sensor="unknown",
+        trigger="unknown",
+        notes="a record *Get outgoing fax* answers is still in the outbox, whatever its status: it has left "
+        "when its id stops resolving (or it takes a known status outside `waiting_statuses`)",
     ),
     Fault(
         "204-with-body",
@@ -327,10 +330,12 @@ SENSOR_TEXT = {
     "raises": "raises; the task's retries apply",
     "left": "done: the fax has left",
     "grace": "waits within the grace period (never seen), done if seen before",
+    "unknown": "waits: still in the outbox; a WARNING once per fax and status",
 }
 TRIGGER_TEXT = {
     "waits": "follows the fax to the end",
     "left": "success event: the fax has left",
+    "unknown": "waits (a WARNING once per fax and status), then follows the fax to the end",
 }
 OPERATOR_TEXT = {
     "ok": "sets the comment",

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from airflow_provider_faxplus.config import DEFAULT_BASE_URL, FaxPlusConfig, config_from_connection
@@ -334,3 +337,71 @@ def test_overrides_are_validated():
         config.with_overrides(max_attempts=0)
     with pytest.raises(FaxPlusConfigError):
         FaxPlusConfig(token="")
+
+
+# What Airflow 2.11's form script sent for the form's defaults, captured in tests/test_browser.py:
+# each extra twice, a ticked checkbox as "y", empty fields left out.
+FORM_2_11_DEFAULTS = {"extra__faxplus__verify": "y", "verify": "y"}
+# Every field filled in.
+FORM_2_11_FILLED = {
+    "extra__faxplus__client_id": "",
+    "extra__faxplus__timeout": "30",
+    "extra__faxplus__verify": "y",
+    "extra__faxplus__ca_bundle": "",
+    "extra__faxplus__max_attempts": "5",
+    "extra__faxplus__max_retry_seconds": "120",
+    "extra__faxplus__initial_backoff": "1",
+    "client_id": "",
+    "timeout": "30",
+    "verify": "y",
+    "ca_bundle": "",
+    "max_attempts": "5",
+    "max_retry_seconds": "120",
+    "initial_backoff": "1",
+}
+
+
+def test_the_2_11_form_defaults_are_accepted():
+    assert build(extra=FORM_2_11_DEFAULTS).verify is True
+
+
+def test_the_2_11_form_sending_each_extra_twice_with_the_same_value_is_accepted():
+    config = build(extra=FORM_2_11_FILLED)
+    assert (config.timeout, config.verify, config.max_attempts, config.initial_backoff) == (30, True, 5, 1)
+
+
+def test_the_same_extra_twice_with_different_values_stays_an_error():
+    with pytest.raises(
+        FaxPlusConfigError, match=r"'extra__faxplus__timeout' and extra 'timeout'.*different values"
+    ):
+        build(extra={"extra__faxplus__timeout": "30", "timeout": "20"})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("y", True), ("on", True), ("n", False), ("off", False)])
+def test_form_boolean_spellings_of_verify(value, expected):
+    assert build(extra={"verify": value}).verify is expected
+
+
+def test_ca_bundle_is_its_own_field(tmp_path, monkeypatch):
+    """Judged by what requests is told (the hook's session), whatever the config keeps it in."""
+    import certifi
+
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())  # a real bundle: unusable ones are refused
+    for extra in ({"verify": True, "ca_bundle": str(bundle)}, {"ca_bundle": str(bundle)}):
+        conn = {
+            "conn_type": "faxplus",
+            "host": "https://api.example.com/v3",
+            "password": TOKEN,
+            "extra": extra,
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_FX_BUNDLE", json.dumps(conn))
+        hook = FaxPlusHook("fx_bundle")
+        assert hook.session.verify == str(bundle)
+        hook.close()
+    with pytest.raises(FaxPlusConfigError, match="'ca_bundle'"):
+        build(extra={"ca_bundle": str(tmp_path / "missing.pem")})
+    with pytest.raises(FaxPlusConfigError, match=r"(?s)(?=.*'ca_bundle')(?=.*'verify')"):
+        build(extra={"verify": False, "ca_bundle": str(bundle)})

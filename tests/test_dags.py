@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pendulum
@@ -14,8 +16,9 @@ from airflow_provider_faxplus.sandbox.dagtest import AirflowHome
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_3 = int(airflow_version.split(".")[0]) >= 3
 POLLED_STATES = [{"status": "submitted", "polls": 2}, {"status": "sending", "polls": 2}]
+# Counted in looks, never in seconds: Airflow's start-up (5-10 s, more on a busy machine) must not matter.
 FOUR_STATES = [
-    {"status": s, "seconds": 2} for s in ("submitted", "converting", "scheduled_for_sending", "sending")
+    {"status": s, "polls": 1} for s in ("submitted", "converting", "scheduled_for_sending", "sending")
 ]
 
 
@@ -39,7 +42,7 @@ def examples_home(sandbox_server, tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
-def test_sensor_succeeds_within_one_poke_interval_of_the_fax_leaving(test_dags_home, control, mode):
+def test_sensor_detects_the_fax_leaving_at_its_next_look(test_dags_home, control, mode):
     fax_id = control.create_fax(lifecycle=FOUR_STATES)["id"]
     run = test_dags_home.dags_test(f"faxplus_sensor_{mode}", conf={"outbox_fax_id": fax_id})
     assert run.succeeded, run.output[-5000:]
@@ -47,16 +50,16 @@ def test_sensor_succeeds_within_one_poke_interval_of_the_fax_leaving(test_dags_h
     result = json.loads(line)
     left_at = control.fax(fax_id)["left_at_ts"]
     detected = pendulum.parse(result["detected_at"]).timestamp()
-    # Detected at the first look after leaving: exactly one request came after the fax left, the 404.
-    after = [e for e in control.requests() if e["path"].endswith(f"/{fax_id}") and e["at"] >= left_at]
-    assert [e["status"] for e in after] == [404], after
-    assert 0 <= detected - left_at <= 1 + 3.0, (detected - left_at, result)  # poke_interval 1 + slow machine
+    # Detected at the first look after leaving: every state was seen once, then exactly one 404.
+    statuses = [e["status"] for e in control.requests() if e["path"].endswith(f"/{fax_id}")]
+    assert statuses == [200, 200, 200, 200, 404], statuses
+    assert detected >= left_at
     assert result["outbox_fax_id"] == fax_id
     assert result["reason"] == "not_found"
     remembers = mode != "reschedule" or AIRFLOW_3
     if remembers:
         assert result["ever_seen"] is True
-        assert result["last_status"] in ("scheduled_for_sending", "sending")
+        assert result["last_status"] == "sending"
         assert result["last_record"]["id"] == fax_id
         assert result["last_record"]["submit_time"].endswith("+00:00")
     else:
@@ -82,6 +85,68 @@ def test_reschedule_mode_rides_out_a_burst_of_transient_errors(test_dags_home, c
     assert json.loads(line)["reason"] == "not_found"
 
 
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_a_retry_succeeds_for_a_fax_that_left_during_retry_delay(test_dags_home, control, mode, tmp_path):
+    """Try 1 sees the fax, then fails on a malformed answer; the fax leaves during retry_delay; try 2's
+    not-found (past the grace period) is a fax that left: on Airflow 3.3 the task state store says try 1
+    saw it (ever_seen true), on 2.11 nothing can say (ever_seen null). Never "never found"."""
+    fax_id = control.create_fax(lifecycle=[{"status": "submitted", "seconds": 3600}])["id"]
+    dag_id = f"faxplus_sensor_retry_{mode}"
+    output = tmp_path / "dags-test.out"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                test_dags_home._airflow_bin(),
+                "dags",
+                "test",
+                dag_id,
+                "--conf",
+                json.dumps({"outbox_fax_id": fax_id}),
+            ],
+            env=test_dags_home._environ(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def looks() -> list[int]:
+            return [e["status"] for e in control.requests() if e["path"].endswith(f"/{fax_id}")]
+
+        wait_until(lambda: 200 in looks(), "try 1 to see the fax")
+        control.add_fault(
+            status=200, body="<html>proxy error</html>", content_type="text/html", path_contains=fax_id
+        )
+        wait_until(lambda: not control.faults(), "try 1 to get the malformed answer")
+        control.advance(3600)  # the fax leaves the outbox before the retry looks (retry_delay is 10 s)
+        returncode = process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = output.read_text(errors="replace")
+    assert returncode == 0, text[-5000:]
+    assert "never found" not in text
+    [line] = [part.split("FAXPLUS-RESULT:", 1)[1] for part in text.splitlines() if "FAXPLUS-RESULT:" in part]
+    result = json.loads(line)
+    assert result["reason"] == "not_found"
+    if AIRFLOW_3:
+        assert (result["ever_seen"], result["last_status"]) == (True, "submitted")
+    else:
+        assert result["ever_seen"] is None
+        assert "this is try 2" in text
+    assert looks()[-1] == 404
+    states = test_dags_home.task_states(dag_id)
+    assert [state for _, _, state in states["tasks"]] == ["success", "success"]
+
+
+def wait_until(check, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def test_sensor_with_a_wrong_id_fails_the_run_and_says_why(test_dags_home, control):
     run = test_dags_home.dags_test("faxplus_sensor_poke", conf={"outbox_fax_id": "no-such-fax"})
     assert not run.succeeded
@@ -94,7 +159,7 @@ def test_sensor_with_a_wrong_id_fails_the_run_and_says_why(test_dags_home, contr
 
 def test_example_tag_and_wait(examples_home, control):
     fax_id = control.create_fax(
-        lifecycle=[{"status": "submitted", "seconds": 15}, {"status": "sending", "seconds": 2}]
+        lifecycle=[{"status": "submitted", "polls": 2}, {"status": "sending", "polls": 1}]
     )["id"]
     control.requests(clear=True)
     run = examples_home.dags_test("example_faxplus_tag_and_wait", conf={"outbox_fax_id": fax_id})

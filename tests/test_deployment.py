@@ -129,6 +129,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     for example in ("example_faxplus_tag_and_wait.py", "example_faxplus_mapped.py"):
         shutil.copy(ROOT / "example_dags" / example, dags)
     shutil.copy(ROOT / "tests" / "dags" / "faxplus_deferral_timeout.py", dags)
+    shutil.copy(ROOT / "tests" / "dags" / "faxplus_deferrable_restart.py", dags)
     port = _free_port()
     with SandboxServer(token=TOKEN) as sandbox:
         # The connection in AIRFLOW_CONN_* URI form, the token percent-encoded in the password.
@@ -209,6 +210,57 @@ def test_a_deferred_sensor_survives_a_triggerer_restart_and_no_token_reaches_any
     assert xcom["last_status"] == "submitted"
 
     assert_no_token_anywhere(deployment, dag_id, [fax_id])
+
+
+def test_a_restart_after_the_trigger_first_saw_the_fax_keeps_that_sighting(deployment):
+    """The sensor's first look comes before the fax is visible; the trigger is the first to see it, the
+    triggerer stops, the fax leaves, a new triggerer starts: its first look is a not-found. Airflow
+    rebuilds a trigger from the kwargs of the latest deferral, so a trigger that forgot the sighting would
+    wait out the grace period and fail with "never found";
+    the first sighting is checkpointed through the sensor into those kwargs."""
+    control = deployment.sandbox.client
+    assert control is not None
+    fax_id = control.create_fax(visible_after=3600, lifecycle=[{"status": "submitted", "seconds": 7200}])[
+        "id"
+    ]
+    dag_id = "faxplus_deferrable_restart"
+    run = deployment.dags_test(dag_id, {"outbox_fax_id": fax_id})
+
+    def logs_saying(text: str, *but_not: str) -> list[Path]:
+        def says(line: str) -> bool:
+            return text in line and not any(other in line for other in but_not)
+
+        return [
+            path
+            for path in deployment.trigger_logs(dag_id)
+            if any(says(line) for line in path.read_text(errors="replace").splitlines())
+        ]
+
+    wait_for(lambda: logs_saying("is not found yet"), "the first trigger's polls (fax not visible yet)")
+    control.advance(3600)  # now the fax is visible
+    # One triggerer writes one log file per try: the trigger of the resumed deferral writes there too.
+    # (Not the checkpoint itself, nor 2.11's "fired: TriggerEvent<...>" line quoting it: Airflow 2.11's
+    # triggerer drops a fired event it has not stored yet when it stops.)
+    wait_for(
+        lambda: logs_saying("is submitted; waiting", "first sighting", "TriggerEvent"),
+        "the trigger of the deferral resumed after the first sighting's checkpoint",
+    )
+    before_restart = set(deployment.trigger_logs(dag_id))
+    deployment.stop("triggerer")
+    control.advance(3600)  # the fax leaves the outbox while no triggerer watches
+    deployment.start("triggerer", "triggerer")
+    returncode, output = run.finish(timeout=300)
+    assert not logs_saying("never found")
+    assert returncode == 0, output[-5000:]
+    [verdict] = [path for path in logs_saying("no longer resolves: it has left the outbox")]
+    assert verdict not in before_restart  # the rebuilt trigger's first look was the not-found
+    [sensor_log] = (deployment.home.path / "logs").glob(f"dag_id={dag_id}/**/task_id=wait/attempt=1.log")
+    assert "remembered, waiting on in the triggerer" in sensor_log.read_text()
+    [xcom] = json.loads(deployment.home.python(_XCOM, dag_id, "wait"))
+    assert (xcom["outbox_fax_id"], xcom["reason"], xcom["ever_seen"]) == (fax_id, "not_found", True)
+    assert xcom["last_status"] == "submitted"
+    states = deployment.home.task_states(dag_id)
+    assert {task: state for task, _, state in states["tasks"]} == {"wait": "success", "show": "success"}
 
 
 def assert_no_token_anywhere(

@@ -22,6 +22,7 @@ from airflow_provider_faxplus.exceptions import (
 )
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 from airflow_provider_faxplus.sandbox import SandboxServer
+from airflow_provider_faxplus.send import FaxPlusSendUncertainError
 from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor
 from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
 
@@ -326,11 +327,68 @@ def test_hook_rereads_a_rotated_pat_after_a_401(monkeypatch):
         hook.close()
 
 
+# Sending with OAuth2 -------------------------------------------------------------------------------
+
+PDF = b"%PDF-1.4\n% tiny\n%%EOF\n"
+
+
+def test_an_upload_and_a_send_refused_with_401_are_made_once_more_after_a_refresh(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    """A 401 is the API refusing the request unprocessed: after one refresh, even a send is made once
+    more; the streamed upload body is built again for the new attempt."""
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    hook = FaxPlusHook()
+    hook.list_outbox_faxes()  # the first access token
+    control.advance(3600)  # the sandbox expires it before the hook expects it
+    path = hook.upload_file(PDF, file_name="a.pdf").path
+    control.advance(3600)
+    sent = hook.send_fax("+16699990001", [path])
+    posts = [(e["path"].rsplit("/", 1)[-1], e["status"]) for e in control.requests() if e["method"] == "POST"]
+    assert posts == [
+        ("token", 200),
+        ("files", 401),
+        ("token", 200),
+        ("files", 200),
+        ("outbox", 401),
+        ("token", 200),
+        ("outbox", 201),
+    ]
+    [outbox_id] = sent.outbox_fax_ids.values()
+    assert [fax["id"] for fax in control.faxes()] == [outbox_id]  # one fax, sent once
+    uploads = oauth_sandbox.state.uploads
+    again = hook.upload_file(PDF, file_name="a.pdf").path
+    assert uploads[path][2] == uploads[again][2]  # the attempt after the 401 sent the whole body
+    hook.close()
+
+
+def test_a_send_that_gets_no_access_token_is_certainly_not_sent(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    """The token endpoint failing before a send is a plain error: no send request was made, so the
+    fax certainly does not exist (never the "may have reached Fax.Plus" error)."""
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token, max_attempts=2)
+    control.add_fault(status=503, retry_after="0", times=10, path_contains="/token")
+    hook = FaxPlusHook()
+    with pytest.raises(FaxPlusServerError) as caught:
+        hook.send_fax("+16699990001", ["/transient-x"])
+    assert not isinstance(caught.value, FaxPlusSendUncertainError)
+    assert oauth.is_token_error(caught.value)
+    assert [e["path"].rsplit("/", 1)[-1] for e in control.requests()] == ["token", "token"]
+    hook.close()
+
+
 # Trigger ----------------------------------------------------------------------------------------------
 
 
 async def collect(trigger: OutboxFaxTrigger) -> list[dict]:
     return [event.payload async for event in trigger.run()]
+
+
+def seen_trigger(outbox_fax_id: str, poke_interval: float) -> OutboxFaxTrigger:
+    """A trigger as the sensor defers it after its first look saw the fax (so no checkpoint comes first)."""
+    progress = {"started_at": time.time(), "ever_seen": True}
+    return OutboxFaxTrigger(outbox_fax_id=outbox_fax_id, poke_interval=poke_interval, progress=progress)
 
 
 def test_trigger_kwargs_hold_no_secret(oauth_sandbox, refresh_token, monkeypatch):
@@ -364,9 +422,7 @@ def test_trigger_backs_off_on_token_endpoint_errors_and_logs_no_secret(
     use_oauth(monkeypatch, oauth_sandbox, refresh_token)
     control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 2}])
     control.add_fault(status=503, times=2, path_contains="/token")
-    [event] = asyncio.run(
-        asyncio.wait_for(collect(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.2)), 60)
-    )
+    [event] = asyncio.run(asyncio.wait_for(collect(seen_trigger("f1", poke_interval=0.2)), 60))
     assert event["status"] == "success"
     token_log = control.token_requests()
     assert [entry["status"] for entry in token_log] == [503, 503, 200]
@@ -389,7 +445,7 @@ def test_a_thousand_triggers_refresh_once_per_lifetime(oauth_sandbox, control, r
         return min(fax.polls_seen for fax in list(state.faxes.values()))
 
     async def scenario():
-        triggers = [OutboxFaxTrigger(outbox_fax_id=f"f{i}", poke_interval=1.0) for i in range(count)]
+        triggers = [seen_trigger(f"f{i}", poke_interval=1.0) for i in range(count)]
         waiting = asyncio.gather(*(collect(trigger) for trigger in triggers))
         for round_number in range(1, lifetimes + 1):
             # Every trigger has been answered with the current token: a jump now expires it for all.
@@ -417,7 +473,7 @@ def test_waiting_trigger_picks_up_a_rotated_pat(monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", old)
 
         async def scenario():
-            waiting = asyncio.ensure_future(collect(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.2)))
+            waiting = asyncio.ensure_future(collect(seen_trigger("f1", poke_interval=0.2)))
             while len(server.state.requests) < 2:
                 await asyncio.sleep(0.02)
             # Rotation: the old PAT stops working, the connection (secrets backend) holds the new one.
@@ -480,9 +536,7 @@ def test_deferrable_wait_lasts_three_token_lifetimes(oauth_sandbox, control, ref
     control.oauth_settings(access_token_lifetime=LIFETIME)
     use_oauth(monkeypatch, oauth_sandbox, refresh_token)
     control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": WAIT_POLLS}])
-    [event] = asyncio.run(
-        asyncio.wait_for(collect(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=1)), 120)
-    )
+    [event] = asyncio.run(asyncio.wait_for(collect(seen_trigger("f1", poke_interval=1)), 120))
     assert event["status"] == "success"
     tokens, low, high = token_bounds(control, "f1")
     assert low <= tokens <= high, (tokens, low, high)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from airflow import __version__ as airflow_version
 
+from airflow_provider_faxplus.config import EXTRA_FIELDS
 from airflow_provider_faxplus.get_provider_info import get_provider_info
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 
@@ -58,15 +59,66 @@ def test_hook_class_attributes():
 
 def test_form_widgets_of_airflow_2_match_the_declarative_fields():
     pytest.importorskip("flask_appbuilder", reason="the wtforms widgets exist only on Airflow 2")
+    from wtforms import BooleanField, IntegerField, PasswordField, StringField
+
     info = get_provider_info()["connection-types"][0]
     widgets = FaxPlusHook.get_connection_form_widgets()
-    assert set(info["conn-fields"]) == set(widgets)
-    # Secrets are sensitive fields on both lines: masked inputs, never shown back in the form.
-    sensitive = {
-        name for name, field in info["conn-fields"].items() if field["schema"].get("format") == "password"
+    assert list(widgets) == list(info["conn-fields"])
+    kinds = {name: widget.field_class for name, widget in widgets.items()}
+    assert kinds == {
+        "client_id": StringField,
+        "client_secret": PasswordField,  # secrets: masked inputs, never shown back in the form
+        "refresh_token": PasswordField,
+        "token_url": StringField,
+        "timeout": StringField,  # decimals: 2.11 offers no float field
+        "verify": BooleanField,  # a yes/no box; the CA bundle path has its own field
+        "ca_bundle": StringField,
+        "max_attempts": IntegerField,
+        "max_retry_seconds": StringField,
+        "initial_backoff": StringField,
     }
+    assert widgets["verify"].kwargs["default"] is True
+    for name, widget in widgets.items():
+        assert str(widget.args[0]) == info["conn-fields"][name]["label"]
+
+
+def _readme_extras() -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## The `faxplus` connection", 1)[1].split("\n## ", 1)[0]
+    return [line.split("`")[1] for line in section.splitlines() if line.startswith("| extra `")]
+
+
+def test_every_extra_of_the_config_and_the_readme_is_a_form_field_with_words_for_the_user():
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    assert list(fields) == list(EXTRA_FIELDS)
+    assert _readme_extras() == list(EXTRA_FIELDS)
+    for name, spec in fields.items():
+        assert spec["label"], name
+        assert "_" not in spec["label"], name  # words, not the key
+        assert spec["description"].endswith("."), name
+        assert "null" in spec["schema"]["type"], name  # every extra is optional
+
+
+def test_verify_is_a_yes_no_field_and_the_ca_bundle_a_separate_path():
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    assert fields["verify"]["schema"] == {"type": ["boolean", "null"], "default": True}
+    assert fields["ca_bundle"]["schema"] == {"type": ["string", "null"]}
+    assert fields["initial_backoff"]["schema"]["default"] == 1
+
+
+def test_the_oauth_secrets_are_sensitive_fields():
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    sensitive = {name for name, spec in fields.items() if spec["schema"].get("format") == "password"}
     assert sensitive == {"client_secret", "refresh_token"}
-    assert {name for name, w in widgets.items() if w.field_class.__name__ == "PasswordField"} == sensitive
+
+
+def test_labels_speak_the_users_words():
+    info = get_provider_info()["connection-types"][0]
+    assert info["ui-field-behaviour"]["relabeling"] == {"host": "Base URL", "password": "API token"}
+    assert FaxPlusHook.get_ui_field_behaviour()["relabeling"] == {"host": "Base URL", "password": "API token"}
+    placeholders = FaxPlusHook.get_ui_field_behaviour()["placeholders"]
+    assert placeholders["host"] == "https://restapi.fax.plus/v3"
+    assert (placeholders["timeout"], placeholders["initial_backoff"]) == ("30", "1")
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +144,7 @@ def test_airflow_providers_widgets_include_the_extras(airflow_home):
     ours = {
         w["connection_parameter_name"] for w in widgets if w["package_name"] == "airflow-provider-faxplus"
     }
-    assert ours == {
-        f"extra__faxplus__{name}"
-        for name in (
-            "client_id",
-            "client_secret",
-            "refresh_token",
-            "token_url",
-            "timeout",
-            "verify",
-            "max_attempts",
-            "max_retry_seconds",
-        )
-    }
+    assert ours == {f"extra__faxplus__{name}" for name in EXTRA_FIELDS}
 
 
 @pytest.mark.skipif(not AIRFLOW_3, reason="declarative conn-fields are read by Airflow 3.2+")

@@ -215,7 +215,7 @@ def test_405_lists_the_allowed_methods(sandbox, control):
     control.create_fax(id="f1")
     response = requests.post(url(sandbox), headers=AUTH, timeout=5)
     assert response.status_code == 405
-    assert response.headers["allow"] == "GET, HEAD, PUT"
+    assert response.headers["allow"] == "DELETE, GET, HEAD, PUT"  # DELETE: cancel (issue 15)
     assert response.json()["error"] == "method_not_allowed"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from click.testing import CliRunner
 from openapi_core import OpenAPI
@@ -62,20 +63,39 @@ LINKS = {
 }
 
 
-def run_spec() -> dict[str, Any]:
+CANCELLABLE = ["cancel-1", "cancel-2"]
+UPLOADED = "/transient-seeded"
+DESTINATIONS = ["+16699990001", "+16699990002"]
+
+
+def run_spec(uploaded: str = UPLOADED) -> dict[str, Any]:
     spec = copy.deepcopy(document())
-    for operation in spec["paths"]["/accounts/{user_id}/outbox/{outbox_fax_id}"].values():
-        for parameter in operation["parameters"]:
-            ids = ["self", DEFAULT_UID] if parameter["name"] == "user_id" else FAX_IDS
-            parameter["schema"] = {"type": "string", "enum": ids}
-            parameter["example"] = ids[0]
-        for status, description in ASSUMED_STATUSES.items():
-            operation["responses"][status] = {
-                "description": description,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            }
-        for status, links in LINKS[operation["operationId"]].items():
-            operation["responses"][status] = {**operation["responses"][status], "links": links}
+    for path_item in spec["paths"].values():
+        for operation in path_item.values():
+            for parameter in operation["parameters"]:
+                if parameter["name"] == "user_id":
+                    ids = ["self", DEFAULT_UID]
+                elif parameter["name"] != "outbox_fax_id":
+                    continue
+                elif operation["operationId"] == "deleteOutboxFax":  # the other faxes stay for the rest
+                    ids = [*CANCELLABLE, "fax-sending"]
+                else:
+                    ids = FAX_IDS
+                parameter["schema"] = {"type": "string", "enum": ids}
+                parameter["example"] = ids[0]
+            for status, description in ASSUMED_STATUSES.items():
+                operation["responses"][status] = {
+                    "description": description,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+            for status, links in LINKS.get(operation["operationId"], {}).items():
+                operation["responses"][status] = {**operation["responses"][status], "links": links}
+    # A send that the sandbox can accept: numbers it takes, the seeded upload, nothing unknown.
+    payload = spec["components"]["schemas"]["PayloadOutbox"]
+    payload["additionalProperties"] = False
+    payload["properties"]["from"] = {"type": "string", "enum": ["no_number", "+16699990000"]}
+    payload["properties"]["to"]["items"] = {"type": "string", "enum": DESTINATIONS}
+    payload["properties"]["files"]["items"] = {"type": "string", "enum": [uploaded]}
     return spec
 
 
@@ -89,7 +109,18 @@ def seeded_sandbox() -> Iterator[SandboxServer]:
                 {"id": fax_id, "lifecycle": [{"status": status, "seconds": 3600}], "tags": ["t"]}
                 for fax_id, status in zip(FAX_IDS, OUTBOX_STATUSES, strict=True)
             ]
+            + [
+                {"id": fax_id, "lifecycle": [{"status": "submitted", "seconds": 3600}]}
+                for fax_id in CANCELLABLE
+            ]
         )
+        upload = requests.post(
+            f"{server.base_url}/accounts/self/files",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            files={"fax_file": ("a.pdf", b"%PDF-1.4\n%%EOF\n")},
+            timeout=10,
+        )
+        server.uploaded = upload.json()["path"]  # type: ignore[attr-defined]
         yield server
 
 
@@ -102,7 +133,7 @@ def test_the_run_spec_is_a_valid_openapi_document(tmp_path):
 def test_schemathesis_finds_nothing(seeded_sandbox, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it keeps a .schemathesis/ cache in the working directory
     path: Path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(run_spec()))
+    path.write_text(yaml.safe_dump(run_spec(seeded_sandbox.uploaded)))
     args = [
         "run",
         str(path),

@@ -38,6 +38,14 @@ from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor
 from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger, fetch_outbox_fax, shared_session
 from tests.conftest import TOKEN
 
+
+def seen_trigger() -> OutboxFaxTrigger:
+    """A trigger as the sensor defers it after its first look saw fax f1 (so no checkpoint comes first)."""
+    return OutboxFaxTrigger(
+        outbox_fax_id="f1", poke_interval=0.1, progress={"started_at": time.time(), "ever_seen": True}
+    )
+
+
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
@@ -200,7 +208,7 @@ def test_an_untrusted_certificate_fails_sensor_operator_and_trigger_without_retr
     with pytest.raises(AirflowFailException, match="ca_bundle"):
         operator.execute({})
     started = time.monotonic()
-    [event] = trigger_events(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1))
+    [event] = trigger_events(seen_trigger())
     assert time.monotonic() - started < 10  # ends at the first look, no backoff
     assert event["status"] == "error"
     assert event["kind"] == "rejected"  # fatal: the sensor fails without retries
@@ -212,7 +220,7 @@ def test_an_untrusted_certificate_fails_sensor_operator_and_trigger_without_retr
 def test_with_the_certificate_as_ca_bundle_hook_and_trigger_succeed(tls, monkeypatch):
     set_connection(monkeypatch, tls.base_url, ca_bundle=str(tls.cert))
     assert FaxPlusHook().get_outbox_fax("f1").status == "sending"
-    [event] = trigger_events(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1))
+    [event] = trigger_events(seen_trigger())
     assert event["status"] == "success", event
     assert event["result"]["ever_seen"] is True
 
@@ -229,7 +237,7 @@ def test_the_environments_ca_bundle_is_one_rule_for_hook_and_trigger(tls, monkey
     monkeypatch.setenv(variable, str(tls.cert))
     assert FaxPlusHook().get_outbox_fax("f1").id == "f1"
     assert fetch_once(tls.base_url).id == "f1"
-    [event] = trigger_events(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1))
+    [event] = trigger_events(seen_trigger())
     assert event["status"] == "success", event
 
 
@@ -271,7 +279,7 @@ def test_an_invalid_ca_bundle_is_a_config_error_in_hook_and_trigger(tls, monkeyp
         says = "REQUESTS_CA_BUNDLE"
     with pytest.raises(FaxPlusConfigError, match=says):
         FaxPlusHook().get_outbox_fax("f1")
-    [event] = trigger_events(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1))
+    [event] = trigger_events(seen_trigger())
     assert (event["status"], event["kind"]) == ("error", "config")
     assert says in event["message"]
     assert tls.api_requests() == []
@@ -333,7 +341,7 @@ def test_a_proxy_in_the_environment_never_sees_the_loopback_sandbox(sandbox, con
     assert hook.get_outbox_fax("f1").id == "f1"
     hook.update_outbox_fax("f1", comment="c")
     assert fetch_once(sandbox.base_url).id == "f1"
-    [event] = trigger_events(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1))
+    [event] = trigger_events(seen_trigger())
     for name in PROXY_VARIABLES:
         monkeypatch.delenv(name)
     assert event["status"] == "success", event
@@ -463,7 +471,7 @@ def test_a_week_long_retry_after_is_capped_in_the_trigger(sandbox, control, monk
     control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 2}])
     control.add_fault(status=429, retry_after=str(WEEK), times=1)
     with caplog.at_level(logging.WARNING):
-        [event] = trigger_events(OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1), timeout=20)
+        [event] = trigger_events(seen_trigger(), timeout=20)
     assert event["status"] == "success", event
     assert "(Retry-After); waiting at most" in caplog.text
     statuses = [entry["status"] for entry in control.requests()]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
+
+import pytest
 
 from airflow_provider_faxplus.triggers.outbox import POOL_MAX_CONNECTIONS, OutboxFaxTrigger
 from tests.conftest import TOKEN
 
+# Counted in looks, not seconds: nothing here races the machine's speed.
 FOUR_STATES = [
-    {"status": s, "seconds": 0.6} for s in ("submitted", "converting", "scheduled_for_sending", "sending")
+    {"status": s, "polls": 1} for s in ("submitted", "converting", "scheduled_for_sending", "sending")
 ]
 
 
@@ -34,6 +38,25 @@ def make(**kwargs) -> OutboxFaxTrigger:
     return OutboxFaxTrigger(**kwargs)
 
 
+def rebuilt(trigger: OutboxFaxTrigger, progress: dict | None = None) -> OutboxFaxTrigger:
+    """The trigger as a triggerer rebuilds it: from the kwargs stored at deferral, through JSON."""
+    _, kwargs = trigger.serialize()
+    if progress is not None:
+        kwargs["progress"] = progress
+    return OutboxFaxTrigger(**json.loads(json.dumps(kwargs)))
+
+
+def follow(trigger: OutboxFaxTrigger, timeout: float = 30) -> list[dict]:
+    """Run the trigger to its end as the sensor does: a checkpoint defers again with its progress."""
+    events = []
+    while True:
+        [event] = run(trigger, timeout)
+        events.append(event)
+        if event["status"] != "checkpoint":
+            return events
+        trigger = rebuilt(trigger, event["progress"])
+
+
 def test_serialize_is_json_safe_and_never_holds_the_token(faxplus_conn):
     classpath, kwargs = make(outbox_fax_id="f1", waiting_statuses=["submitted"]).serialize()
     assert classpath == "airflow_provider_faxplus.triggers.outbox.OutboxFaxTrigger"
@@ -45,20 +68,51 @@ def test_serialize_is_json_safe_and_never_holds_the_token(faxplus_conn):
 
 def test_waits_through_the_four_states_and_yields_one_event(faxplus_conn, control):
     control.create_fax(id="f1", lifecycle=FOUR_STATES)
-    [event] = run(make(outbox_fax_id="f1"))
-    left_at = control.fax("f1")["left_at_ts"]
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "submitted"}
+    [event] = run(make(outbox_fax_id="f1", progress=seen))
     assert event["status"] == "success"
     result = event["result"]
     assert (result["reason"], result["last_status"], result["ever_seen"]) == ("not_found", "sending", True)
-    detected = time.time()
-    assert detected - left_at < 0.2 + 1.0  # within one poll interval (plus request time)
-    statuses = {entry["status"] for entry in control.requests()}
-    assert statuses == {200, 404}
+    # Detected at the first look after it left: every state once, then one 404.
+    assert [entry["status"] for entry in control.requests()] == [200, 200, 200, 200, 404]
+
+
+def test_the_first_sighting_is_a_checkpoint_and_the_rebuilt_trigger_remembers_it(faxplus_conn, control):
+    """Airflow keeps only the kwargs stored at deferral: a trigger that sees the fax for the first time
+    hands that over (the sensor defers again with it), so a rebuilt trigger knows the fax was seen."""
+    control.create_fax(id="f1", lifecycle=[{"status": "submitted", "seconds": 3600}])
+    first = make(outbox_fax_id="f1", not_found_grace_period=600)
+    before = first.serialize()
+    [checkpoint] = run(first)
+    assert checkpoint["status"] == "checkpoint"
+    assert checkpoint["progress"]["ever_seen"] is True
+    assert checkpoint["progress"]["last_status"] == "submitted"
+    assert checkpoint["deferred_at"] == before[1]["deferred_at"]
+    assert [entry["status"] for entry in control.requests()] == [200]
+    control.advance(3600)  # the fax leaves while nobody watches (a triggerer restart)
+    # What Airflow does: it rebuilds the trigger from the kwargs of the latest deferral.
+    [event] = run(rebuilt(first, checkpoint["progress"]))
+    assert event["status"] == "success"
+    assert (event["result"]["reason"], event["result"]["ever_seen"]) == ("not_found", True)
+    assert event["result"]["last_status"] == "submitted"
+
+
+def test_a_trigger_rebuilt_after_a_restart_is_not_told_what_its_predecessor_saw(faxplus_conn, control):
+    """Airflow never calls serialize() on a running trigger: what it learned is not in any kwargs.
+    (Which is why a first sighting ends the trigger with a checkpoint.)"""
+    control.create_fax(id="f1", lifecycle=[{"status": "submitted", "seconds": 3600}])
+    trigger = make(outbox_fax_id="f1")
+    stored = trigger.serialize()  # at deferral, before any look
+    run(trigger)
+    assert trigger.progress.ever_seen is True
+    assert OutboxFaxTrigger(**stored[1]).progress.ever_seen is False
 
 
 def test_narrowed_waiting_statuses_stop_early(faxplus_conn, control):
     control.create_fax(id="f1", lifecycle=FOUR_STATES)
-    [event] = run(make(outbox_fax_id="f1", waiting_statuses=["submitted", "converting"]))
+    events = follow(make(outbox_fax_id="f1", waiting_statuses=["submitted", "converting"]))
+    assert [e["status"] for e in events] == ["checkpoint", "success"]
+    event = events[-1]
     assert event["result"]["reason"] == "status"
     assert event["result"]["last_status"] == "scheduled_for_sending"
 
@@ -78,7 +132,7 @@ def test_401_sends_one_request_and_reports_auth(sandbox, control, monkeypatch):
 
 
 def test_503s_keep_it_waiting_spaced_by_backoff(faxplus_conn, control):
-    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 60}])
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 3600}])
     control.add_fault(status=503, times=1000)
     trigger = make(outbox_fax_id="f1", poke_interval=0.5)
 
@@ -98,10 +152,11 @@ def test_503s_keep_it_waiting_spaced_by_backoff(faxplus_conn, control):
 
 
 def test_retry_after_is_honoured(faxplus_conn, control):
-    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 4}])
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 1}])
     control.add_fault(status=429, retry_after="2")
     started = time.monotonic()
-    [event] = run(make(outbox_fax_id="f1", poke_interval=0.1))
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "sending"}
+    [event] = run(make(outbox_fax_id="f1", poke_interval=0.1, progress=seen))
     assert event["status"] == "success"
     log = control.requests()
     assert log[1]["at"] - log[0]["at"] >= 1.9
@@ -114,17 +169,17 @@ def test_never_seen_fails_after_the_grace_period(faxplus_conn, control):
     assert time.monotonic() - started >= 1
     assert (event["status"], event["kind"]) == ("error", "never_seen")
     assert "'typo' was never found" in event["message"]
-    assert "this trigger first looked" not in event["message"]  # watched from the start: the id is suspect
+    assert "no look of this task instance, in any try, saw it" in event["message"]
 
 
-def test_never_seen_after_an_unwatched_gap_says_the_fax_may_have_left_unseen(faxplus_conn, control):
-    """A trigger rebuilt long after the sensor's look (a triggerer restart) cannot know what an earlier
-    trigger saw: its "never found" says so instead of blaming the id."""
-    progress = {"started_at": time.time() - 120, "ever_seen": False}
+def test_unknown_earlier_looks_make_a_not_found_count_as_left(faxplus_conn, control):
+    """A sensor that cannot know what earlier tries saw (Airflow 2.11, a retry) hands over ever_seen
+    unknown: after the grace period a not-found is a fax that left, not a wrong id."""
+    progress = {"started_at": time.time() - 120, "ever_seen": None, "unknown_because": "try 2 forgot try 1"}
     [event] = run(make(outbox_fax_id="gone", not_found_grace_period=60, progress=progress))
-    assert (event["status"], event["kind"]) == ("error", "never_seen")
-    assert "first looked 120 s after the sensor did" in event["message"]
-    assert "may have been in the outbox and left meanwhile" in event["message"]
+    assert event["status"] == "success"
+    assert (event["result"]["reason"], event["result"]["ever_seen"]) == ("not_found", None)
+    assert "because try 2 forgot try 1" in event["message"]
     assert len(control.requests()) == 1
 
 
@@ -135,23 +190,90 @@ def test_never_seen_can_count_as_left(faxplus_conn, control):
 
 
 def test_a_fax_that_appears_late_is_followed(faxplus_conn, control):
-    control.create_fax(id="late", visible_after=1, lifecycle=[{"status": "submitted", "seconds": 2}])
-    [event] = run(make(outbox_fax_id="late", not_found_grace_period=5))
-    assert event["result"]["ever_seen"] is True
+    control.create_fax(id="late", visible_after=1, lifecycle=[{"status": "submitted", "polls": 1}])
+    events = follow(make(outbox_fax_id="late", not_found_grace_period=600))
+    assert [e["status"] for e in events] == ["checkpoint", "success"]
+    assert events[-1]["result"]["ever_seen"] is True
     assert control.requests()[0]["status"] == 404
 
 
-def test_resumes_from_serialized_progress(faxplus_conn, control):
-    """A trigger rebuilt from serialize() (a triggerer restart) remembers that the fax was seen."""
-    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 0.5}])
-    first = make(outbox_fax_id="f1", not_found_grace_period=600)
-    first.progress.ever_seen = True
-    first.progress.last_status = "sending"
-    time.sleep(0.6)
-    _, kwargs = first.serialize()
-    [event] = run(OutboxFaxTrigger(**kwargs))
-    assert event["result"]["reason"] == "not_found"
-    assert event["result"]["ever_seen"] is True
+def test_an_unknown_status_keeps_it_waiting_with_one_warning(faxplus_conn, control, caplog):
+    caplog.set_level(logging.DEBUG, logger="airflow_provider_faxplus")
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 1}])
+    archived = '{"id": "f1", "uid": "u1", "status": "archived"}'
+    control.add_fault(status=200, body=archived, times=3, method="GET")
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "sending"}
+    [event] = run(make(outbox_fax_id="f1", poke_interval=0.05, progress=seen))
+    assert (event["status"], event["result"]["reason"]) == ("success", "not_found")
+    assert [entry["status"] for entry in control.requests()] == [200, 200, 200, 200, 404]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "archived" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_exponential_backoff_doubles_the_interval_up_to_max_wait(faxplus_conn, control):
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 4}])
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "sending"}
+    trigger = make(
+        outbox_fax_id="f1", poke_interval=0.1, exponential_backoff=True, max_wait=0.3, progress=seen
+    )
+    assert [trigger._next_interval(n) for n in (1, 2, 3, 4, 50)] == [0.1, 0.2, 0.3, 0.3, 0.3]
+    [event] = run(trigger)
+    assert event["status"] == "success"
+    log = control.requests()
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(log)]
+    assert len(gaps) == 4
+    assert [gap >= floor for gap, floor in zip(gaps, [0.1, 0.2, 0.3, 0.3], strict=True)] == [True] * 4
+    huge = make(outbox_fax_id="f1", poke_interval=60, exponential_backoff=True)
+    assert huge._next_interval(10_000) == 60 * 2.0**30  # no overflow
+
+
+def test_a_connection_only_the_worker_has_is_a_config_error_event(sandbox, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", raising=False)
+    [event] = run(make(outbox_fax_id="f1", faxplus_conn_id="faxplus_worker_only"))
+    assert (event["status"], event["kind"]) == ("error", "config")
+    assert "'faxplus_worker_only' is not visible to the triggerer" in event["message"]
+    assert "AIRFLOW_CONN_FAXPLUS_WORKER_ONLY" in event["message"]
+
+
+def test_an_unexpected_exception_is_one_error_event_without_the_token(faxplus_conn, control, monkeypatch):
+    import airflow_provider_faxplus.triggers.outbox as trigger_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"parser bug near {TOKEN}")
+
+    monkeypatch.setattr(trigger_module.protocol, "parse_get_response", broken)
+    control.create_fax(id="f1")
+    events = run(make(outbox_fax_id="f1"))
+    assert len(events) == 1
+    [event] = events
+    assert (event["status"], event["kind"]) == ("error", "unexpected")
+    assert "RuntimeError: parser bug near ***" in event["message"]
+    assert TOKEN not in json.dumps(event)
+    assert len(control.requests()) == 1
+
+
+def test_a_verify_path_that_is_a_directory_never_escapes_run(sandbox, monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", sandbox.connection_json(verify=str(tmp_path)))
+    sandbox.client.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 1}])
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "sending"}
+    events = run(make(outbox_fax_id="f1", progress=seen))
+    assert len(events) == 1  # an error event, or success where a CA directory is supported
+
+
+def test_cancellation_is_not_an_event(faxplus_conn, control):
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 3600}])
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "sending"}
+    trigger = make(outbox_fax_id="f1", progress=seen)
+
+    async def cancel_it():
+        task = asyncio.ensure_future(first_event(trigger))
+        while not control.requests():
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_it())
 
 
 def test_bad_connection_is_an_error_event(sandbox, monkeypatch):
@@ -166,8 +288,11 @@ def test_triggers_of_one_connection_share_one_pool(faxplus_conn, control):
     for index in range(count):
         control.create_fax(id=f"f{index}", lifecycle=[{"status": "sending", "polls": 3}])
 
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "sending"}
+
     async def many():
-        return await asyncio.gather(*(first_event(make(outbox_fax_id=f"f{i}")) for i in range(count)))
+        triggers = [make(outbox_fax_id=f"f{i}", progress=seen) for i in range(count)]
+        return await asyncio.gather(*(first_event(trigger) for trigger in triggers))
 
     events = asyncio.run(many())
     assert all(event["status"] == "success" for [event] in events)

@@ -44,9 +44,53 @@ def test_a_status_outside_the_waiting_set_has_left():
     assert json.loads(json.dumps(result)) == result
 
 
-def test_an_unknown_status_counts_as_left():
-    decision = observe_record(record("delivered"), WaitProgress(started_at=T0), WaitPolicy(), T0, "self")
-    assert (decision.action, decision.result["last_status"]) == ("left", "delivered")
+def test_an_unknown_status_keeps_waiting_and_is_flagged_once_per_status():
+    """A record that Get outgoing fax answers is still in the outbox, whatever its status."""
+    progress = WaitProgress(started_at=T0)
+    first = observe_record(record("delivered"), progress, WaitPolicy(), T0, "self")
+    assert (first.action, first.unknown_status, progress.last_status) == ("wait", True, "delivered")
+    assert "which the API spec does not know" in first.message
+    again = observe_record(record("delivered"), progress, WaitPolicy(), T0 + 1, "self")
+    assert (again.action, again.unknown_status) == ("wait", False)
+    other = observe_record(record("archived"), progress, WaitPolicy(), T0 + 2, "self")
+    assert (other.action, other.unknown_status) == ("wait", True)
+
+
+def test_a_known_status_in_another_case_is_that_status():
+    narrowed = WaitPolicy(waiting_statuses=parse_waiting_statuses(["submitted"]))
+    progress = WaitProgress(started_at=T0)
+    assert observe_record(record("SUBMITTED"), progress, narrowed, T0, "self").action == "wait"
+    decision = observe_record(record("Sending"), progress, narrowed, T0, "self")
+    assert (decision.action, decision.unknown_status) == ("left", False)
+    assert decision.result["last_status"] == "sending"
+
+
+def test_not_found_with_unknown_earlier_looks_is_left_and_says_why():
+    progress = WaitProgress(started_at=T0)
+    progress.forget_earlier_looks("this is try 2 and nothing remembers try 1")
+    policy = WaitPolicy(not_found_grace_period=10, fail_if_never_seen=True)
+    assert observe_not_found("f1", progress, policy, T0 + 5, "self").action == "wait"
+    decision = observe_not_found("f1", progress, policy, T0 + 11, "self")
+    assert decision.action == "left"
+    assert decision.result["ever_seen"] is None
+    assert "because this is try 2 and nothing remembers try 1" in decision.message
+
+
+def test_forgetting_earlier_looks_keeps_a_sighting():
+    progress = WaitProgress(started_at=T0, ever_seen=True)
+    progress.forget_earlier_looks("unknown")
+    assert progress.ever_seen is True
+    seen = WaitProgress(started_at=T0)
+    seen.forget_earlier_looks("unknown")
+    observe_record(record("sending"), seen, WaitPolicy(), T0, "self")
+    assert (seen.ever_seen, seen.unknown_because) == (True, None)
+
+
+def test_progress_round_trips_and_refuses_a_bad_ever_seen():
+    progress = WaitProgress(started_at=T0, ever_seen=None, unknown_because="why")
+    assert WaitProgress.from_dict(json.loads(json.dumps(progress.to_dict()))) == progress
+    with pytest.raises(ValueError, match="ever_seen"):
+        WaitProgress.from_dict({"started_at": T0, "ever_seen": "yes"})
 
 
 def test_not_found_after_being_seen_has_left():

@@ -12,19 +12,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 import requests
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from requests.adapters import HTTPAdapter
-from tenacity import Retrying
+from tenacity import Retrying, retry_if_exception
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_faxplus import oauth, protocol
+from airflow_provider_faxplus import oauth, protocol, send
 from airflow_provider_faxplus.config import (
-    DEFAULT_BASE_URL,
-    DEFAULT_TOKEN_URL,
     FaxPlusConfig,
     TlsSettings,
     config_from_airflow_connection,
@@ -33,14 +33,17 @@ from airflow_provider_faxplus.config import (
 )
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
 from airflow_provider_faxplus.exceptions import (
+    FaxPlusAPIError,
     FaxPlusConfigError,
     FaxPlusError,
     FaxPlusNotFoundError,
+    FaxPlusNotSentError,
     FaxPlusRequestError,
+    FaxPlusTLSError,
 )
-from airflow_provider_faxplus.get_provider_info import PASSWORD_LABEL
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import retry_kwargs
+from airflow_provider_faxplus.send import OutboxEntry, SentFax, UploadedFile
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,8 @@ class FaxPlusHook(BaseHook):
     """Interact with the Fax.Plus REST API v3 outbox.
 
     :param faxplus_conn_id: The ``faxplus`` connection: API token in the password, optional base URL
-        in the host, optional ``client_id``, ``timeout``, ``verify``, ``ca_bundle`` and retry settings
-        in the extra.
+        in the host, optional ``client_id``, OAuth2 refresh (``client_secret``, ``refresh_token``,
+        ``token_url``), ``timeout``, ``verify``, ``ca_bundle`` and retry settings in the extra.
     :param timeout: Seconds per request, whole request (connect, headers, body); overrides the
         connection's ``timeout``.
     :param max_attempts: Attempts per call, first one included; overrides the connection.
@@ -194,6 +197,107 @@ class FaxPlusHook(BaseHook):
                 len(body),
             )
 
+    # Sending (send.py builds the calls and reads the answers) ------------------------------------
+
+    def upload_file(
+        self,
+        source: Any,
+        *,
+        file_name: str | None = None,
+        format: str | None = None,
+        user_id: str = "self",
+    ) -> UploadedFile:
+        """*Upload a file*: a local path, ``bytes`` (with ``file_name``) or an ``ObjectStoragePath``,
+        streamed. Returns the transient path to pass in :meth:`send_fax`'s ``files``. An upload creates
+        nothing that costs money, so it is retried like a read."""
+        from airflow_provider_faxplus.files import MultipartBody, file_source
+
+        src = file_source(source, file_name)
+        send.validate_sizes({src.file_name: src.size})
+        boundary = send.new_boundary()
+        call = send.upload_call(self.config, src.file_name, boundary, user_id, format)
+        head, tail = send.multipart_parts(src.file_name, boundary)
+        status, headers, body = self._send(call, data=lambda: MultipartBody(head, src, tail))
+        path = send.parse_upload_response(self.config, call, status, headers, body)
+        log.info("Uploaded %s (%d bytes) as %s", src.file_name, src.size, path)
+        return UploadedFile(path=path, file_name=src.file_name, size=src.size)
+
+    def send_fax(
+        self,
+        to: str | list[str],
+        files: list[str],
+        *,
+        from_number: str = send.NO_NUMBER,
+        comment: str | None = None,
+        comment_tags: list[str] | None = None,
+        send_time: datetime | None = None,
+        retry_count: int | None = None,
+        retry_delay: int | None = None,
+        enhancement: bool | None = None,
+        cover_page: Mapping[str, Any] | None = None,
+        user_id: str = "self",
+    ) -> SentFax:
+        """*Send a fax* to each destination (``return_ids: true``); returns the outbox id per destination.
+
+        Never sent twice by this call: it is retried only when the request provably did not reach the
+        API (DNS failure, refused connection, connect timeout) or was refused unprocessed (408, 429).
+
+        :raises FaxPlusSendUncertainError: the request may have reached the API (read timeout, dropped
+            connection, 5xx): the fax may exist. Look for it before sending again.
+        """
+        payload = send.send_payload(
+            to=to,
+            files=files,
+            from_number=from_number,
+            comment=comment,
+            comment_tags=comment_tags,
+            send_time=send_time,
+            retry_count=retry_count,
+            retry_delay=retry_delay,
+            enhancement=enhancement,
+            cover_page=cover_page,
+        )
+        call = send.send_call(self.config, payload, user_id)
+        # A pooled keep-alive connection the server has closed would fail after the request was written,
+        # which looks like a lost answer: a send starts on a fresh connection.
+        for adapter in self.session.adapters.values():
+            adapter.close()
+        try:
+            status, headers, body = self._send(
+                call,
+                retry_statuses=send.SEND_NOT_PROCESSED_STATUSES,
+                retry=retry_if_exception(_send_not_processed),
+            )
+            ids = send.parse_send_response(self.config, call, status, headers, body, payload["to"])
+        except FaxPlusTLSError:
+            raise
+        except FaxPlusRequestError as exc:
+            if (
+                _send_not_processed(exc)
+                or oauth.is_token_error(exc)  # no access token, so the send was never made
+                or (isinstance(exc, FaxPlusAPIError) and exc.status is not None and exc.status < 500)
+            ):
+                raise  # certainly not sent: the caller may fix it and send again
+            # A 5xx, a lost or malformed answer: the fax may exist.
+            raise send.uncertain(call, exc) from None
+        log.info("Sent a fax to %d destination(s): outbox ids %s", len(ids), ", ".join(ids.values()))
+        return SentFax(outbox_fax_ids=ids)
+
+    def list_outbox_faxes(self, user_id: str = "self") -> list[OutboxEntry]:
+        """*List outgoing faxes*: every fax in the user's outbox (no pagination in the API)."""
+        call = send.list_outbox_call(self.config, user_id)
+        status, headers, body = self._send(call)
+        return send.parse_list_response(self.config, call, status, headers, body)
+
+    def cancel_outbox_fax(self, outbox_fax_id: str, user_id: str = "self") -> None:
+        """Cancel an outgoing fax (``DELETE .../outbox/{id}``); retried: a second cancel changes nothing.
+
+        :raises FaxPlusNotFoundError: the fax is no longer in the outbox (sent or failed) or a wrong id.
+        """
+        call = send.cancel_call(self.config, outbox_fax_id, user_id)
+        status, headers, body = self._send(call)
+        send.check_cancel_response(self.config, call, status, headers, body)
+
     def test_connection(self) -> tuple[bool, str]:
         """Prove the token with *Get outgoing fax* on an id that cannot exist (needs only read scope).
 
@@ -211,23 +315,32 @@ class FaxPlusHook(BaseHook):
 
     # Transport -----------------------------------------------------------------------------------
 
-    def _send(self, call: protocol.ApiCall) -> tuple[int, dict[str, str], bytes]:
+    def _send(
+        self,
+        call: protocol.ApiCall,
+        *,
+        retry_statuses: frozenset[int] = protocol.RETRYABLE_STATUSES,
+        data: Callable[[], Any] | None = None,
+        **retry_overrides: Any,
+    ) -> tuple[int, dict[str, str], bytes]:
         """Send with retries on transient failures; return the final non-retryable answer.
 
-        Retryable statuses are raised inside the loop so that tenacity can retry them.
+        Retryable statuses are raised inside the loop so that tenacity can retry them. ``data`` makes
+        a fresh (streamed) body per attempt; ``retry_overrides`` replace tenacity arguments.
         """
         self.session  # noqa: B018 - a bad CA bundle or proxy is a configuration error, never retried
         renewed = False
-        for attempt in Retrying(**retry_kwargs(self.config, log)):
+        for attempt in Retrying(**{**retry_kwargs(self.config, log), **retry_overrides}):
             with attempt:
                 token = self._access_token()
-                status, headers, body = self._send_once(call, token)
+                status, headers, body = self._send_once(call, token, data)
                 if status == 401 and not renewed and self._renew_after_401(token):
-                    # Once per call: a refreshed or rotated token gets one more try.
+                    # Once per call: a refreshed or rotated token gets one more try. The API refused the
+                    # request unprocessed, so this is safe even for a send.
                     renewed = True
                     call = _rebased(call, self.config)
-                    status, headers, body = self._send_once(call, self._access_token())
-                if status in protocol.RETRYABLE_STATUSES:
+                    status, headers, body = self._send_once(call, self._access_token(), data)
+                if status in retry_statuses:
                     raise protocol.error_from_response(self.config, call, status, headers, body)
                 return status, headers, body
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
@@ -256,7 +369,8 @@ class FaxPlusHook(BaseHook):
                     data=call.body,
                     auth=None,
                     proxies={"https": proxy},  # None removes the API's proxy: the rule is per URL
-                    transport_error=lambda reason: oauth.transport_error(call, reason),
+                    # Not-sent or not does not matter here: asking for a token again is harmless.
+                    transport_error=lambda reason, _not_sent: oauth.transport_error(call, reason),
                     tls_error=lambda reason: oauth.tls_error(call, self._tls, reason),
                 )
                 grant = oauth.parse_token_response(call, status, headers, body)
@@ -290,17 +404,22 @@ class FaxPlusHook(BaseHook):
 
     # Transport -----------------------------------------------------------------------------------
 
-    def _send_once(self, call: protocol.ApiCall, token: str) -> tuple[int, dict[str, str], bytes]:
+    def _send_once(
+        self, call: protocol.ApiCall, token: str, data: Callable[[], Any] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One attempt; ``data`` makes a fresh (streamed) body for it."""
         return self._exchange(
             call.method,
             call.url,
             path=call.path,
             # The session carries the headers common to every call; only the rest go per request.
             headers=_per_call_headers(call.headers, self.session.headers) or None,
-            data=call.body,
+            data=call.body if data is None else data(),
             auth=BearerAuth(token),
             proxies=None,
-            transport_error=lambda reason: protocol.transport_error(call, reason),
+            transport_error=lambda reason, not_sent: protocol.transport_error(
+                call, reason, not_sent=not_sent
+            ),
             tls_error=lambda reason: protocol.tls_error(call, self._tls, reason),
         )
 
@@ -311,13 +430,14 @@ class FaxPlusHook(BaseHook):
         *,
         path: str,
         headers: dict[str, str] | None,
-        data: bytes | None,
+        data: Any,
         auth: BearerAuth | None,
         proxies: dict[str, str | None] | None,
-        transport_error: Callable[[str], FaxPlusRequestError],
+        transport_error: Callable[[str, bool], FaxPlusRequestError],
         tls_error: Callable[[str], FaxPlusRequestError],
     ) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP exchange under the whole-request deadline; failures become the caller's errors."""
+        """One HTTP exchange under the whole-request deadline; failures become the caller's errors
+        (``transport_error(reason, not_sent)``: ``not_sent`` when the request provably never left)."""
         timeout = self.config.timeout
         started = time.monotonic()
         # requests' timeout bounds each socket operation; the deadline bounds the whole request
@@ -336,14 +456,18 @@ class FaxPlusHook(BaseHook):
                     allow_redirects=False,
                 )
                 body = response.content
+        except requests.ConnectTimeout:
+            # No connection, so no byte of the request left: provably not sent.
+            reason = f"could not connect within {timeout:g} s"
+            raise transport_error(reason, not deadline.expired) from None
         except requests.Timeout:
-            raise transport_error(f"no answer within {timeout:g} s") from None
+            raise transport_error(f"no answer within {timeout:g} s", False) from None
         except requests.RequestException as exc:
             if deadline.expired:
-                raise transport_error(f"no answer within {timeout:g} s") from None
+                raise transport_error(f"no answer within {timeout:g} s", False) from None
             if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
                 raise tls_error(_short(exc)) from None
-            raise transport_error(_short(exc)) from None
+            raise transport_error(_short(exc), _never_connected(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
             method,
@@ -358,55 +482,60 @@ class FaxPlusHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form on Airflow 2.11 (3.2+ reads ``conn-fields``)."""
+        """Extra fields of the connection form on Airflow 2.11 (3.2+ reads the same ``conn-fields``)."""
         from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
         from flask_babel import lazy_gettext
         from wtforms import BooleanField, IntegerField, PasswordField, StringField
         from wtforms.validators import NumberRange, Optional
 
-        return {
-            "client_id": StringField(
-                lazy_gettext("OAuth2 client ID (x-fax-clientid)"), widget=BS3TextFieldWidget()
-            ),
-            "client_secret": PasswordField(
-                lazy_gettext("OAuth2 client secret"), widget=BS3PasswordFieldWidget()
-            ),
-            "refresh_token": PasswordField(
-                lazy_gettext("OAuth2 refresh token"), widget=BS3PasswordFieldWidget()
-            ),
-            "token_url": StringField(lazy_gettext("OAuth2 token URL"), widget=BS3TextFieldWidget()),
-            "timeout": IntegerField(
-                lazy_gettext("Request timeout (seconds)"),
-                validators=[Optional(), NumberRange(min=1)],
-                widget=BS3TextFieldWidget(),
-            ),
-            "verify": BooleanField(lazy_gettext("Verify TLS certificates"), default=True),
-            "max_attempts": IntegerField(
-                lazy_gettext("Attempts per call (retries on 429/5xx/network errors)"),
-                validators=[Optional(), NumberRange(min=1)],
-                widget=BS3TextFieldWidget(),
-            ),
-            "max_retry_seconds": IntegerField(
-                lazy_gettext("Retry time budget per call (seconds)"),
-                validators=[Optional(), NumberRange(min=0)],
-                widget=BS3TextFieldWidget(),
-            ),
-        }
+        from airflow_provider_faxplus.get_provider_info import CONN_FIELDS
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            schema = spec["schema"]
+            label = lazy_gettext(spec["label"])
+            description = lazy_gettext(spec["description"])
+            if "boolean" in schema["type"]:
+                widgets[name] = BooleanField(label, description=description, default=schema.get("default"))
+                continue
+            # 2.11 accepts only String/Integer/Boolean/Password fields: a decimal number is a string
+            # here, which config.py parses and checks (the Test button shows its message).
+            if schema.get("format") == "password":  # a secret: masked, never shown back in the form
+                widgets[name] = PasswordField(
+                    label, description=description, validators=[Optional()], widget=BS3PasswordFieldWidget()
+                )
+                continue
+            integer = "integer" in schema["type"]
+            field_class = IntegerField if integer else StringField
+            validators: list[Any] = [Optional()]
+            if integer and "minimum" in schema:
+                validators.append(NumberRange(min=schema["minimum"]))
+            widgets[name] = field_class(
+                label, description=description, validators=validators, widget=BS3TextFieldWidget()
+            )
+        return widgets
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Hidden, relabelled and placeholder fields of the connection form on Airflow 2.11."""
+        from airflow_provider_faxplus.get_provider_info import (
+            CONN_FIELDS,
+            HIDDEN_FIELDS,
+            PLACEHOLDERS,
+            RELABELING,
+        )
+
+        defaults = {
+            name: str(spec["schema"]["default"])
+            for name, spec in CONN_FIELDS.items()
+            if "default" in spec["schema"] and "boolean" not in spec["schema"]["type"]
+        }
         return {
-            "hidden_fields": ["login", "schema", "port"],
-            "relabeling": {"host": "Base URL", "password": PASSWORD_LABEL},
+            "hidden_fields": list(HIDDEN_FIELDS),
+            "relabeling": dict(RELABELING),
             "placeholders": {
-                "host": DEFAULT_BASE_URL,
-                "password": "alohi_pat_...",
-                "client_id": "APIK-... (only for OAuth2 access tokens)",
-                "token_url": DEFAULT_TOKEN_URL,
-                "timeout": "30",
-                "max_attempts": "5",
-                "max_retry_seconds": "120",
+                **PLACEHOLDERS,
+                **defaults,
             },
         }
 
@@ -526,6 +655,28 @@ def _rebased(call: protocol.ApiCall, config: FaxPlusConfig) -> protocol.ApiCall:
 
 def _per_call_headers(headers: Mapping[str, str], common: Mapping[str, str | bytes]) -> dict[str, str]:
     return {name: value for name, value in headers.items() if common.get(name) != value}
+
+
+def _send_not_processed(exc: BaseException) -> bool:
+    """A send that provably did not reach the API, or was refused before being processed."""
+    if isinstance(exc, FaxPlusNotSentError):
+        return True
+    return isinstance(exc, FaxPlusAPIError) and exc.status in send.SEND_NOT_PROCESSED_STATUSES
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """DNS failure or refused connection (urllib3's NewConnectionError anywhere in the chain)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, NewConnectionError):
+            return True
+        pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None), *item.args))
+    return False
 
 
 def _short(exc: BaseException) -> str:

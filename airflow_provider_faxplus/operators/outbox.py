@@ -30,10 +30,10 @@ class UpdateOutboxCommentOperator(BaseOperator):
     :param outbox_fax_id: The outbox id of the fax (templated).
     :param comment: The new comment text (templated). Must render to a string.
     :param user_id: ``self`` or a member's user id (templated).
-    :param faxplus_conn_id: The ``faxplus`` connection; the token needs ``fax:fax:edit``.
+    :param faxplus_conn_id: The ``faxplus`` connection (templated); the token needs ``fax:fax:edit``.
     """
 
-    template_fields: Sequence[str] = ("outbox_fax_id", "comment", "user_id")
+    template_fields: Sequence[str] = ("outbox_fax_id", "comment", "user_id", "faxplus_conn_id")
     ui_color = "#fdf3e8"
 
     def __init__(

@@ -294,6 +294,10 @@ async def clock(request: Request) -> Any:
 async def settings(request: Request) -> Any:
     state = _state(request)
     data = await _json(request)
+    if "send_lifecycle" in data:  # stages of faxes sent through the API, as in POST /faxes
+        state.create_fax({"lifecycle": data["send_lifecycle"], "id": "_check"})
+        state.faxes.pop("_check")
+        state.send_lifecycle = data["send_lifecycle"]
     for name in ("not_found_status", "sending_modify_status"):
         if name in data:
             value = data[name]
@@ -391,10 +395,17 @@ class ApiLayer:
                 await asyncio.sleep(fault.delay)
                 if generation != self.state.generation:
                     raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
+            if fault.drop_after:
+                # Handled for real (a send creates its fax), then the answer is lost.
+                async def swallow(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        entry["handled_status"] = message["status"]
+
+                await self.app(scope, logged_receive, swallow)
             if fault.drop or fault.status is not None:
                 # The fault answers instead of the handler: read the body for the log all the same.
                 await self._drain(logged_receive, limit)
-            if fault.drop:
+            if fault.drop or fault.drop_after:
                 await record(
                     {
                         "type": "http.response.start",
@@ -469,8 +480,11 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(state: SandboxState) -> ASGIApp:
+    from airflow_provider_faxplus.sandbox import send
+
     outbox = API_PREFIX + "/accounts/{user_id}/outbox/{outbox_fax_id}"
     routes = [
+        *send.routes(),
         Route(outbox, get_outbox_fax, methods=["GET"]),
         Route(outbox, update_outbox_fax, methods=["PUT"]),
         Route(CONTROL_PREFIX + "/health", health, methods=["GET"]),

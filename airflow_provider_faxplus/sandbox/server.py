@@ -48,13 +48,19 @@ class SandboxClient:
         result: list[dict[str, Any]] = self._call("POST", "/faxes", specs)
         return result
 
+    def faxes(self) -> list[dict[str, Any]]:
+        """Every fax the sandbox holds (summaries), including faxes sent through the API."""
+        result: list[dict[str, Any]] = self._call("GET", "/faxes")
+        return result
+
     def fax(self, fax_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/faxes/{fax_id}")
         return result
 
     def add_fault(self, **spec: Any) -> dict[str, Any]:
         """Script a fault: ``times``, ``method``, ``path_contains``, ``status``, ``body``,
-        ``content_type``, ``headers``, ``retry_after``, ``delay``, ``drop``."""
+        ``content_type``, ``headers``, ``retry_after``, ``delay``, ``drop``, ``drop_after`` (handle the
+        request, then cut the answer off: a send creates its fax and the client never learns it)."""
         result: dict[str, Any] = self._call("POST", "/faults", spec)
         return result
 
@@ -72,7 +78,7 @@ class SandboxClient:
     def set_pace(self, pace: float) -> None:
         self._call("POST", "/clock", {"pace": pace})
 
-    def settings(self, **values: int) -> dict[str, Any]:
+    def settings(self, **values: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/settings", values)
         return result
 

@@ -202,6 +202,8 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0
     drop: bool = False
+    # The request is handled (a send creates its fax), then the answer is cut off mid-body.
+    drop_after: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -252,6 +254,11 @@ class SandboxState:
         self.faxes: dict[str, Fax] = {}
         self.faults: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
+        # Sending (sandbox/send.py): uploaded path -> (owner, file name, size); cancelled fax ids;
+        # the lifecycle of sent faxes (control API settings).
+        self.uploads: dict[str, tuple[str, str, int]] = {}
+        self.cancelled: list[str] = []
+        self.send_lifecycle: list[dict[str, Any]] = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
         # Bumped by reset(): a request delayed by a fault across a reset must not touch the new state.
         self.generation = 0
         self._fault_ids = 0
@@ -362,9 +369,10 @@ class SandboxState:
             retry_after=None if retry_after is None else str(retry_after),
             delay=_number(data, "delay", 0.0),
             drop=bool(data.get("drop", False)),
+            drop_after=bool(data.get("drop_after", False)),
         )
-        if fault.status is None and not fault.drop and fault.delay == 0:
-            raise SandboxInputError("a fault needs a status, drop=true or a delay")
+        if fault.status is None and not fault.drop and not fault.drop_after and fault.delay == 0:
+            raise SandboxInputError("a fault needs a status, drop=true, drop_after=true or a delay")
         self.faults.append(fault)
         return fault
 
@@ -383,4 +391,7 @@ class SandboxState:
         self.faxes.clear()
         self.faults.clear()
         self.requests.clear()
+        self.uploads.clear()
+        self.cancelled.clear()
+        self.send_lifecycle = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
         self.oauth.reset()

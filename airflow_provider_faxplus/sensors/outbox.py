@@ -48,7 +48,7 @@ class OutboxFaxSensor(BaseSensorOperator):
 
     :param outbox_fax_id: The outbox id of the fax (templated).
     :param user_id: ``self`` or a member's user id (templated).
-    :param faxplus_conn_id: The ``faxplus`` connection.
+    :param faxplus_conn_id: The ``faxplus`` connection (templated).
     :param waiting_statuses: Statuses that mean "keep waiting"; narrow it to stop earlier, e.g.
         ``["submitted", "converting"]`` to wait only until conversion is done.
     :param not_found_grace_period: Seconds after the sensor's first look during which a fax that was
@@ -57,12 +57,14 @@ class OutboxFaxSensor(BaseSensorOperator):
     :param fail_if_never_seen: After the grace period, a fax that was never seen and is not found
         fails the task (``True``: the id is probably wrong) or counts as left (``False``; the XCom says
         ``ever_seen: false``). Default: ``True``, except in reschedule mode on an Airflow without a task
-        state store (before 3.3): there pokes cannot remember having seen the fax, a not-found after
-        the grace period counts as left and the XCom says ``ever_seen: null`` (unknown).
+        state store (before 3.3). Either way it fails only with evidence that no look of this task
+        instance, in any try, saw the fax; where earlier looks are unknown (a retry, or a reschedule
+        poke, on an Airflow without a task state store) a not-found after the grace period counts as
+        left and the XCom says ``ever_seen: null``.
     :param deferrable: Check once, then wait in the triggerer (frees the worker slot).
     """
 
-    template_fields: Sequence[str] = ("outbox_fax_id", "user_id")
+    template_fields: Sequence[str] = ("outbox_fax_id", "user_id", "faxplus_conn_id")
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -88,6 +90,7 @@ class OutboxFaxSensor(BaseSensorOperator):
         self.fail_if_never_seen = fail_if_never_seen
         self.deferrable = deferrable
         self._progress: WaitProgress | None = None
+        self._saved: dict[str, Any] | None = None
 
     @cached_property
     def hook(self) -> FaxPlusHook:
@@ -116,26 +119,45 @@ class OutboxFaxSensor(BaseSensorOperator):
         return WaitPolicy(parse_waiting_statuses(self.waiting_statuses), self.not_found_grace_period, fail)
 
     def _load_progress(self, context: Any) -> WaitProgress:
+        """What the looks of this task instance saw so far, in every try that Airflow lets us know of.
+
+        Airflow 3.3's task state store keeps one record per task instance across tries and pokes: the
+        first look's time (the grace period is not restarted by a retry or a reschedule) and whether the
+        fax was ever seen. Without it, a retry or a reschedule poke cannot know what earlier looks saw, so
+        ``ever_seen`` is unknown (None) and a not-found is no evidence of a wrong id.
+        """
         from airflow_provider_faxplus.waiting import WaitProgress
 
-        if self._progress is not None:
+        if self._progress is not None:  # poke mode: earlier pokes of this try, in this process
             return self._progress
         started = time.time()
-        if not self.reschedule:
-            return WaitProgress(started_at=started)
         store = self._state_store(context)
-        ti = context["ti"]
         if store is not None:
             saved = store.get(STATE_KEY)
-            if isinstance(saved, dict) and saved.get("try_number") == ti.try_number:
+            if isinstance(saved, dict) and isinstance(saved.get("progress"), dict) and self._same_fax(saved):
                 return WaitProgress.from_dict(saved["progress"])
-        # Without a state store, a reschedule poke cannot know what earlier pokes saw.
-        ever_seen: bool | None = False if store is not None else None
-        # The grace period runs from the first poke, not from this one.
-        first_date = self._first_poke_date(context)
-        if first_date is not None:
-            started = min(started, first_date.timestamp())
-        return WaitProgress(started_at=started, ever_seen=ever_seen)
+        progress = WaitProgress(started_at=started)
+        if self.reschedule:
+            # The grace period runs from the first poke, not from this one.
+            first_date = self._first_poke_date(context)
+            if first_date is not None:
+                progress.started_at = min(started, first_date.timestamp())
+            if store is None:
+                progress.forget_earlier_looks(
+                    "in reschedule mode an Airflow without a task state store (before 3.3) cannot remember "
+                    "what earlier pokes saw"
+                )
+                return progress
+        try_number = getattr(context.get("ti"), "try_number", None) or 1
+        if store is None and try_number > 1:
+            progress.forget_earlier_looks(
+                f"this is try {try_number} and an Airflow without a task state store (before 3.3) cannot "
+                "remember what earlier tries saw"
+            )
+        return progress
+
+    def _same_fax(self, saved: dict[str, Any]) -> bool:
+        return bool(saved.get("outbox_fax_id") == self.outbox_fax_id and saved.get("user_id") == self.user_id)
 
     def _first_poke_date(self, context: Any) -> Any:
         """When the first reschedule poke started: where each Airflow line's own sensor reads it."""
@@ -157,10 +179,20 @@ class OutboxFaxSensor(BaseSensorOperator):
         )
 
     def _save_progress(self, context: Any, progress: WaitProgress) -> None:
+        """Keep the progress for the next poke and, where Airflow has a task state store, for every later
+        poke, try and deferral of this task instance (written only when it changed)."""
         self._progress = progress
-        store = self._state_store(context) if self.reschedule else None
-        if store is not None:
-            store.set(STATE_KEY, {"try_number": context["ti"].try_number, "progress": progress.to_dict()})
+        store = self._state_store(context)
+        if store is None:
+            return
+        record = {
+            "outbox_fax_id": self.outbox_fax_id,
+            "user_id": self.user_id,
+            "progress": progress.to_dict(),
+        }
+        if record != self._saved:
+            store.set(STATE_KEY, record)
+            self._saved = record
 
     def check(self, progress: WaitProgress, policy: WaitPolicy) -> Decision:
         """One look at the fax. Transient errors are a "wait"; fatal ones fail the task at once."""
@@ -190,7 +222,8 @@ class OutboxFaxSensor(BaseSensorOperator):
     def _conclude(self, decision: Decision) -> bool | PokeReturnValue:
         if decision.action == "fail":
             raise AirflowFailException(decision.message)
-        log.info("%s", decision.message)
+        # A status the spec does not know: one warning per fax and status, not one per poke.
+        log.log(logging.WARNING if decision.unknown_status else logging.INFO, "%s", decision.message)
         if decision.action == "left":
             return PokeReturnValue(is_done=True, xcom_value=decision.result)
         return False
@@ -200,22 +233,30 @@ class OutboxFaxSensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        from airflow_provider_faxplus.waiting import WaitProgress
-
-        progress = WaitProgress(started_at=time.time())
         try:
             policy = self._resolved_policy(context)
+            progress = self._load_progress(context)
             outcome = self._conclude(self.check(progress, policy))
-        except AirflowFailException as exc:
-            # super().execute() applies soft_fail in poke mode; the first deferrable look must too.
-            if self.soft_fail:
+            self._save_progress(context, progress)
+        except AirflowSkipException:
+            raise
+        except Exception as exc:
+            # super().execute() applies soft_fail and never_fail in poke mode; the first deferrable look
+            # must too.
+            if self.soft_fail and isinstance(exc, AirflowFailException):
                 raise AirflowSkipException(str(exc)) from exc
+            if getattr(self, "never_fail", False):
+                raise AirflowSkipException(f"Skipping due to never_fail is set to True: {exc}") from exc
             raise
         if isinstance(outcome, PokeReturnValue):
             return outcome.xcom_value
+        self._defer(progress, policy, deferred_at=time.time(), timeout=float(self.timeout))
+
+    def _defer(self, progress: WaitProgress, policy: WaitPolicy, deferred_at: float, timeout: float) -> None:
         # Imported here: DAG files that only define the sensor should not pay for aiohttp.
         from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
 
+        max_wait = self.max_wait.total_seconds() if isinstance(self.max_wait, timedelta) else self.max_wait
         self.defer(
             trigger=OutboxFaxTrigger(
                 outbox_fax_id=self.outbox_fax_id,
@@ -226,21 +267,51 @@ class OutboxFaxSensor(BaseSensorOperator):
                 not_found_grace_period=self.not_found_grace_period,
                 fail_if_never_seen=policy.fail_if_never_seen,
                 progress=progress.to_dict(),
+                exponential_backoff=bool(self.exponential_backoff),
+                max_wait=None if max_wait is None else float(max_wait),
+                deferred_at=deferred_at,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout),
+            timeout=timedelta(seconds=timeout),
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        """Turn the trigger's event into the same XCom as poke mode, or a clear exception."""
+        """Turn the trigger's event into the same XCom as poke mode, or a clear exception; a checkpoint
+        (the trigger saw the fax for the first time) is recorded and the sensor defers again."""
         from airflow_provider_faxplus.exceptions import FaxPlusError
 
         if not event:
             raise FaxPlusError(f"outbox fax {self.outbox_fax_id!r}: the trigger ended without an event")
-        if event.get("status") == "success":
+        status = event.get("status")
+        if status == "checkpoint":
+            return self._resume_after_checkpoint(context, event)
+        if status == "success":
             log.info("%s", event.get("message"))
             return event["result"]
         message = str(event.get("message") or event)
         if event.get("kind") in FATAL_EVENT_KINDS:
             raise AirflowFailException(message)
         raise FaxPlusError(message)
+
+    def _resume_after_checkpoint(self, context: Any, event: dict[str, Any]) -> None:
+        from airflow_provider_faxplus.exceptions import FaxPlusError
+        from airflow_provider_faxplus.waiting import WaitProgress
+
+        try:
+            progress = WaitProgress.from_dict(event["progress"])
+            deferred_at = float(event["deferred_at"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FaxPlusError(
+                f"outbox fax {self.outbox_fax_id!r}: malformed checkpoint event: {exc}"
+            ) from exc
+        # Recorded in the trigger kwargs of the next deferral (durable on every Airflow line) and in the
+        # task state store (durable across tries, Airflow 3.3+).
+        self._save_progress(context, progress)
+        log.info(
+            "outbox fax %r was seen in the outbox (status %s); remembered, waiting on in the triggerer",
+            self.outbox_fax_id,
+            progress.last_status,
+        )
+        # The deferral resumed after a checkpoint keeps the deadline of the first one.
+        remaining = max(0.0, float(self.timeout) - (time.time() - deferred_at))
+        self._defer(progress, self._resolved_policy(context), deferred_at, remaining)

@@ -24,6 +24,7 @@ from airflow_provider_faxplus.config import (
 )
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAuthError,
+    FaxPlusConfigError,
     FaxPlusError,
     FaxPlusInputError,
     FaxPlusNotFoundError,
@@ -44,9 +45,8 @@ log = logging.getLogger(__name__)
 
 # TCP connections per shared session: all triggers of one connection in one triggerer share the pool.
 POOL_MAX_CONNECTIONS = 32
-# A trigger that first polls later than this after the sensor's look (beyond one poke interval) was
-# rebuilt after a triggerer restart, or waited for a busy triggerer: nobody watched the fax meanwhile.
-HANDOVER_SECONDS = 30.0
+# Doubling the poll interval (exponential_backoff) stops here: 2**30 poke intervals is beyond any timeout.
+MAX_BACKOFF_EXPONENT = 30
 
 
 class _Lease:
@@ -203,29 +203,33 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     return config
 
 
-def _unwatched_note(seconds: float) -> str:
-    if not seconds:
-        return ""
-    return (
-        f". Note: this trigger first looked {seconds:.0f} s after the sensor did (a triggerer restart, or a "
-        "busy triggerer) and what an earlier trigger saw is lost, so the fax may have been in the outbox "
-        "and left meanwhile"
-    )
-
-
 def _error_kind(exc: FaxPlusRequestError) -> str:
     if isinstance(exc, FaxPlusAuthError):
         return "auth"
     return "rejected" if protocol.is_permanent(exc) else "api"
 
 
+def _redacted(text: str, config: FaxPlusConfig | None) -> str:
+    if config is not None:
+        secrets = [config.token, config.client_secret, config.refresh_token]
+        if config.uses_oauth_refresh:
+            secrets.append(oauth.source_for(config).valid_token())
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+    return text[:500]
+
+
 class OutboxFaxTrigger(BaseTrigger):
     """Polls *Get outgoing fax* every ``poke_interval`` seconds until the fax has left the outbox.
 
-    Yields exactly one event: ``{"status": "success", "result": {...}}`` or
-    ``{"status": "error", "kind": ..., "message": ...}``, where ``kind`` is ``auth``, ``rejected`` (another
-    3xx/4xx answer), ``config``, ``input`` or ``never_seen``, which no retry can fix, or ``api`` (a
-    malformed response), which a retry of the task may. Transient errors (429, 5xx, network) back off
+    Yields exactly one event, whatever happens short of cancellation: ``{"status": "success", "result":
+    {...}}``, ``{"status": "checkpoint", "progress": {...}, "deferred_at": ...}`` when it sees the fax for
+    the first time (the sensor records that and defers again: Airflow keeps a trigger's kwargs from the
+    deferral on, never what a running trigger learned), or ``{"status": "error", "kind": ..., "message":
+    ...}``, where ``kind`` is ``auth``, ``rejected`` (another 3xx/4xx answer), ``config``, ``input`` or
+    ``never_seen``, which no retry can fix, or ``api`` (a malformed response) or ``unexpected`` (any
+    other exception), which a retry of the task may. Transient errors (429, 5xx, network) back off
     exponentially, never faster than ``poke_interval`` and never sooner than ``Retry-After``.
     The token is never part of the serialized kwargs: the connection is read again in the triggerer.
     """
@@ -241,6 +245,9 @@ class OutboxFaxTrigger(BaseTrigger):
         not_found_grace_period: float = 60.0,
         fail_if_never_seen: bool = True,
         progress: dict[str, Any] | None = None,
+        exponential_backoff: bool = False,
+        max_wait: float | None = None,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__()
         self.outbox_fax_id = outbox_fax_id
@@ -251,6 +258,9 @@ class OutboxFaxTrigger(BaseTrigger):
         self.not_found_grace_period = float(not_found_grace_period)
         self.fail_if_never_seen = bool(fail_if_never_seen)
         self.progress = WaitProgress.from_dict(progress) if progress else WaitProgress(started_at=time.time())
+        self.exponential_backoff = bool(exponential_backoff)
+        self.max_wait = None if max_wait is None else float(max_wait)
+        self.deferred_at = time.time() if deferred_at is None else float(deferred_at)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -264,6 +274,9 @@ class OutboxFaxTrigger(BaseTrigger):
                 "not_found_grace_period": self.not_found_grace_period,
                 "fail_if_never_seen": self.fail_if_never_seen,
                 "progress": self.progress.to_dict(),
+                "exponential_backoff": self.exponential_backoff,
+                "max_wait": self.max_wait,
+                "deferred_at": self.deferred_at,
             },
         )
 
@@ -281,25 +294,33 @@ class OutboxFaxTrigger(BaseTrigger):
         return await asyncio.shield(future)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Exactly one event: every exception but cancellation becomes an error event."""
+        config: FaxPlusConfig | None = None
+        yielded = False
         try:
             config = await self._load_config()
-        except FaxPlusError as exc:
-            yield TriggerEvent({"status": "error", "kind": "config", "message": str(exc)})
-            return
-        policy = WaitPolicy(
-            waiting_statuses=parse_waiting_statuses(self.waiting_statuses),
-            not_found_grace_period=self.not_found_grace_period,
-            fail_if_never_seen=self.fail_if_never_seen,
-        )
-        renewed = False
-        while True:
-            try:
-                async with shared_session(config) as lease:
-                    async for event in self._poll(lease, config, policy, renewed):
-                        yield event
-                        return
-            except _Reconnect as reconnect:
-                config, renewed = reconnect.config, True
+            policy = WaitPolicy(
+                waiting_statuses=parse_waiting_statuses(self.waiting_statuses),
+                not_found_grace_period=self.not_found_grace_period,
+                fail_if_never_seen=self.fail_if_never_seen,
+            )
+            renewed = False
+            while True:
+                try:
+                    async with shared_session(config) as lease:
+                        async for event in self._poll(lease, config, policy, renewed):
+                            yielded = True
+                            yield event
+                            return
+                except _Reconnect as reconnect:
+                    config, renewed = reconnect.config, True
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            if yielded:  # e.g. closing the session after the event: the verdict stands
+                log.warning("After the event: %s", _redacted(f"{type(exc).__name__}: {exc}", config))
+                return
+            yield TriggerEvent(self._error_event(exc, config))
 
     async def _renew_after_401(self, config: FaxPlusConfig, token: str) -> bool:
         """After a 401: with a refresh token, drop the refused access token (the next poll refreshes,
@@ -319,19 +340,49 @@ class OutboxFaxTrigger(BaseTrigger):
         log.info("Connection %r changed since it was read: polling with it", self.faxplus_conn_id)
         raise _Reconnect(fresh)
 
+    def _error_event(self, exc: Exception, config: FaxPlusConfig | None) -> dict[str, Any]:
+        from airflow.exceptions import AirflowNotFoundException
+
+        if isinstance(exc, AirflowNotFoundException):
+            message = (
+                f"the connection {self.faxplus_conn_id!r} is not visible to the triggerer: define it where "
+                "the triggerer can read it (the metadata database, a secrets backend, or an "
+                f"AIRFLOW_CONN_{self.faxplus_conn_id.upper()} variable in the triggerer's environment), "
+                "not only in the worker's"
+            )
+            return {"status": "error", "kind": "config", "message": message}
+        if isinstance(exc, FaxPlusError) and config is None:  # the connection is unusable
+            return {"status": "error", "kind": "config", "message": str(exc)}
+        if isinstance(exc, FaxPlusConfigError):
+            return {"status": "error", "kind": "config", "message": str(exc)}
+        log.exception("OutboxFaxTrigger for outbox fax %r failed unexpectedly", self.outbox_fax_id)
+        message = _redacted(
+            f"the trigger for outbox fax {self.outbox_fax_id!r} failed unexpectedly: {type(exc).__name__}: "
+            f"{exc}",
+            config,
+        )
+        return {"status": "error", "kind": "unexpected", "message": message}
+
+    def _next_interval(self, looks: int) -> float:
+        """``poke_interval``, or with ``exponential_backoff`` doubled after each look, capped by
+        ``max_wait`` (as a poking sensor with those settings would)."""
+        if not self.exponential_backoff:
+            return self.poke_interval
+        interval = self.poke_interval * 2.0 ** min(max(looks - 1, 0), MAX_BACKOFF_EXPONENT)
+        return interval if self.max_wait is None else min(interval, max(self.max_wait, self.poke_interval))
+
     async def _poll(
         self, lease: _Lease, config: FaxPlusConfig, policy: WaitPolicy, renewed: bool = False
     ) -> AsyncIterator[TriggerEvent]:
         """Poll until there is an event to yield (exactly one). ``renewed``: a 401 already made it
         refresh or re-read the connection, and no call has succeeded since."""
         failures = 0
+        looks = 0
         logged: tuple[object, ...] | None = None
-        unwatched = time.time() - self.progress.started_at
-        if self.progress.ever_seen or unwatched <= self.poke_interval + HANDOVER_SECONDS:
-            unwatched = 0.0
         while True:
             decision: Decision
             token = ""
+            seen_before = self.progress.ever_seen
             try:
                 token = await access_token(lease, config)
                 record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
@@ -366,6 +417,7 @@ class OutboxFaxTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
                 return
             failures = 0
+            looks += 1
             if decision.action == "left":
                 log.info("%s", decision.message)
                 yield TriggerEvent(
@@ -373,11 +425,25 @@ class OutboxFaxTrigger(BaseTrigger):
                 )
                 return
             if decision.action == "fail":
-                message = decision.message + _unwatched_note(unwatched)
-                yield TriggerEvent({"status": "error", "kind": "never_seen", "message": message})
+                yield TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
+                return
+            if self.progress.ever_seen is True and seen_before is not True:
+                # The first sighting: hand it to the sensor, which defers again with it in the kwargs,
+                # the only part of a trigger that Airflow keeps when a triggerer restarts.
+                log.info("%s; first sighting, checkpointed through the sensor", decision.message)
+                yield TriggerEvent(
+                    {
+                        "status": "checkpoint",
+                        "message": decision.message,
+                        "progress": self.progress.to_dict(),
+                        "deferred_at": self.deferred_at,
+                    }
+                )
                 return
             # INFO when what we know changes, DEBUG for the same again: a triggerer may hold thousands.
+            # A status the spec does not know is a WARNING, once per fax and status.
             known = (decision.action, self.progress.last_status, self.progress.ever_seen)
-            log.log(logging.INFO if known != logged else logging.DEBUG, "%s", decision.message)
+            level = logging.INFO if known != logged else logging.DEBUG
+            log.log(logging.WARNING if decision.unknown_status else level, "%s", decision.message)
             logged = known
-            await asyncio.sleep(self.poke_interval)
+            await asyncio.sleep(self._next_interval(looks))

@@ -27,11 +27,12 @@ for name, mode_kwargs in MODES.items():
         schedule=None,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
-        params={"outbox_fax_id": "", "waiting_statuses": None},
+        params={"outbox_fax_id": "", "waiting_statuses": None, "conn_id": "faxplus_default"},
     ) as dag:
         wait = OutboxFaxSensor(
             task_id="wait",
             outbox_fax_id="{{ params.outbox_fax_id }}",
+            faxplus_conn_id="{{ params.conn_id }}",  # templated: the hook uses the rendered id
             poke_interval=1,
             timeout=120,
             not_found_grace_period=3,

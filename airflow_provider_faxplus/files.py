@@ -1,0 +1,120 @@
+"""Files to upload: a local path, bytes with a file name, or an Airflow ``ObjectStoragePath`` (S3, GCS, ...),
+streamed into a multipart body without reading it whole (a 150 MB file is never held twice in memory)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from airflow_provider_faxplus.exceptions import FaxPlusInputError
+from airflow_provider_faxplus.send import validate_file_name
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Where one file's bytes come from; ``open`` may be called once per upload attempt."""
+
+    file_name: str
+    size: int
+    open: Callable[[], IO[bytes]]
+    describe: str  # for messages: a name or a location, never contents
+
+
+def is_object_storage_uri(value: object) -> bool:
+    """``s3://...``, ``gs://...``, ``file://...``: anything Airflow's ObjectStoragePath opens."""
+    return isinstance(value, str) and "://" in value
+
+
+def object_storage_path(uri: str) -> Any:
+    try:  # Airflow 3
+        from airflow.sdk import ObjectStoragePath
+    except ImportError:  # Airflow 2.11
+        from airflow.io.path import ObjectStoragePath  # type: ignore[no-redef]
+    return ObjectStoragePath(uri)
+
+
+def file_source(source: object, file_name: str | None = None) -> FileSource:
+    """A :class:`FileSource` for bytes (``file_name`` required), a local path, or an object-storage path;
+    the name (given or the path's) must have a type Fax.Plus accepts."""
+    if isinstance(source, FileSource):
+        return source
+    if isinstance(source, bytes | bytearray | memoryview):
+        if file_name is None:
+            raise FaxPlusInputError("file_name is required with bytes: it gives Fax.Plus the file type")
+        data = bytes(source)
+        return FileSource(validate_file_name(file_name), len(data), lambda: io.BytesIO(data), file_name)
+    if isinstance(source, str) and is_object_storage_uri(source):
+        source = object_storage_path(source)
+    if isinstance(source, str | Path):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise FaxPlusInputError(f"cannot read file {str(path)!r}: {exc.strerror or exc}") from None
+        if not path.is_file():
+            raise FaxPlusInputError(f"{str(path)!r} is not a file")
+        name = validate_file_name(file_name or path.name)
+        return FileSource(name, size, lambda: path.open("rb"), str(path))
+    if hasattr(source, "size") and hasattr(source, "open"):  # ObjectStoragePath on both Airflow lines
+        where = str(source)
+        try:
+            size = int(source.size())
+        except (OSError, ValueError) as exc:
+            raise FaxPlusInputError(f"cannot read {where!r}: {exc}") from None
+        name = validate_file_name(file_name or str(getattr(source, "name", "")))
+        return FileSource(name, size, lambda: source.open("rb"), where)
+    if isinstance(source, os.PathLike):
+        return file_source(os.fspath(source), file_name)
+    raise FaxPlusInputError(
+        f"a file must be a local path, bytes or an ObjectStoragePath, got {type(source).__name__}"
+    )
+
+
+class MultipartBody:
+    """A file-like ``head + file + tail`` of known length, read in chunks by the HTTP client, so
+    requests sends a ``Content-Length`` and streams the file."""
+
+    def __init__(self, head: bytes, source: FileSource, tail: bytes) -> None:
+        self._length = len(head) + source.size + len(tail)
+        self._parts = self._chunks(head, source, tail)
+        self._buffer = b""
+        self._offset = 0
+        self._sent = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    @staticmethod
+    def _chunks(head: bytes, source: FileSource, tail: bytes) -> Iterator[bytes]:
+        yield head
+        with source.open() as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield chunk
+        yield tail
+
+    def read(self, size: int = -1) -> bytes:
+        # One chunk at a time and an offset into it: no copying of what is still to send.
+        while self._offset >= len(self._buffer):
+            chunk = next(self._parts, None)
+            if chunk is None:
+                if self._sent != self._length:
+                    raise FaxPlusInputError(
+                        f"the file changed size while uploading ({self._sent:,} of {self._length:,} bytes)"
+                    )
+                return b""
+            self._buffer, self._offset = chunk, 0
+        end = len(self._buffer) if size < 0 else min(len(self._buffer), self._offset + size)
+        out = self._buffer[self._offset : end]
+        self._offset = end
+        self._sent += len(out)
+        return out
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK_BYTES):
+            yield chunk

@@ -1,0 +1,431 @@
+"""Sending faxes without I/O: validate payloads, build the upload/send/list/cancel calls, parse answers,
+and the mark that lets a retried task find the fax an earlier try may have sent.
+
+Sources: Fax.Plus's SDK (faxplus-api 3.0.5 models ``PayloadOutbox``, ``OutboxOptions``, ``RetryOptions``,
+``OutboxCoverPage``, ``SendFaxResponse``, ``FilePath``) and reference pages (see FAXPLUS_FACTS): at most
+10 files and 150 MB in all per send; file types from apidoc.fax.plus/concepts/fax (DOC, DOCX, PDF, TXT,
+RTF, JPG, PNG, TIFF, XLS, XLSX).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from airflow_provider_faxplus.config import FaxPlusConfig
+from airflow_provider_faxplus.exceptions import FaxPlusInputError, FaxPlusRequestError
+from airflow_provider_faxplus.protocol import (
+    ApiCall,
+    Operation,
+    _malformed,
+    base_headers,
+    error_from_response,
+    validate_path_param,
+)
+
+# The upload's scope is a file scope (faxplus-api 3.0.5, FilesApi.upload_file).
+UPLOAD_FILE = Operation("Upload a file", "uploadFile", "POST", ("fax:all:edit", "fax:file:edit"))
+SEND_FAX = Operation("Send a fax", "sendFax", "POST", ("fax:all:edit", "fax:fax:edit"))
+LIST_OUTBOX = Operation("List outgoing faxes", "listOutboxFaxes", "GET", ("fax:all:read", "fax:fax:read"))
+CANCEL_OUTBOX_FAX = Operation(
+    "Delete an outgoing fax", "deleteOutboxFax", "DELETE", ("fax:all:edit", "fax:fax:edit")
+)
+
+MAX_FILES = 10
+MAX_TOTAL_BYTES = 150 * 1000 * 1000  # "150 MB in all" (FAXPLUS_FACTS); decimal megabytes, the stricter
+MAX_DESTINATIONS = 4000
+ACCEPTED_EXTENSIONS = frozenset(
+    {"pdf", "doc", "docx", "txt", "rtf", "jpg", "jpeg", "png", "tif", "tiff", "xls", "xlsx"}
+)
+UPLOAD_FORMATS = frozenset({"pdf", "tiff"})
+NO_NUMBER = "no_number"
+# E.164: a country code and subscriber number, 15 digits at most, no leading zero; Fax.Plus's SDK and
+# docs write numbers as "+" and digits only. 8 digits at least: shorter ones are no international number.
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+COVER_PAGE_FIELDS = frozenset({"name_to", "name_from", "subject", "flags", "message"})
+COVER_PAGE_FLAGS = frozenset({"urgent", "for_review", "please_reply", "confidential"})
+MARK_PREFIX = "airflow-"
+MARK_PATTERN = re.compile(r"airflow-[0-9a-f]{12}")
+
+
+class FaxPlusSendUncertainError(FaxPlusRequestError):
+    """The send request may have reached Fax.Plus but its answer was lost (timeout, dropped connection,
+    5xx): the fax may have been created. Never retried blindly; see the README's never-twice policy."""
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file uploaded with *Upload a file*: pass ``path`` in a send's ``files``."""
+
+    path: str
+    file_name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class SentFax:
+    """The outbox id of each destination of one send."""
+
+    outbox_fax_ids: dict[str, str]
+    mark: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """What the outbox list says of one fax (the fields the never-twice check needs)."""
+
+    id: str
+    to: tuple[str, ...]
+    tags: tuple[str, ...]
+    status: str | None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Validation -------------------------------------------------------------------------------------
+
+
+def validate_number(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise FaxPlusInputError(f"{name} must be a string fax number, got {type(value).__name__}")
+    if not E164.fullmatch(value):
+        raise FaxPlusInputError(
+            f"{name} {value!r:.40} is not a fax number in E.164 form: '+', the country code and the "
+            "number, 8 to 15 digits in all, no spaces or dashes (e.g. '+16699990000')"
+        )
+    return value
+
+
+def validate_destinations(to: object) -> list[str]:
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list | tuple):
+        raise FaxPlusInputError(f"to must be a fax number or a list of them, got {type(to).__name__}")
+    if not to:
+        raise FaxPlusInputError("to is empty: give at least one destination")
+    if len(to) > MAX_DESTINATIONS:
+        raise FaxPlusInputError(f"to has {len(to)} destinations; Fax.Plus accepts at most {MAX_DESTINATIONS}")
+    numbers = [validate_number("destination", number) for number in to]
+    duplicates = sorted({number for number in numbers if numbers.count(number) > 1})
+    if duplicates:
+        raise FaxPlusInputError(f"destination(s) given twice: {', '.join(duplicates)}")
+    return numbers
+
+
+def validate_file_name(file_name: object) -> str:
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise FaxPlusInputError(f"file name must be a non-empty string, got {file_name!r:.60}")
+    if any(ord(char) < 0x20 or char in '"\\/' for char in file_name):
+        raise FaxPlusInputError(f"file name {file_name!r:.60} contains '/', '\\', '\"' or control characters")
+    extension = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
+    if extension not in ACCEPTED_EXTENSIONS:
+        raise FaxPlusInputError(
+            f"file {file_name!r:.80} has a type Fax.Plus does not accept (.{extension or '?'}); accepted: "
+            + ", ".join(sorted(ACCEPTED_EXTENSIONS))
+        )
+    return file_name
+
+
+def validate_sizes(sizes: Mapping[str, int]) -> None:
+    """At most ``MAX_FILES`` files and ``MAX_TOTAL_BYTES`` in all (names are shown, never contents)."""
+    if len(sizes) > MAX_FILES:
+        raise FaxPlusInputError(f"{len(sizes)} files given; Fax.Plus accepts at most {MAX_FILES} per fax")
+    total = sum(sizes.values())
+    if total > MAX_TOTAL_BYTES:
+        listed = ", ".join(f"{name} ({size:,} bytes)" for name, size in sizes.items())
+        raise FaxPlusInputError(
+            f"the files add up to {total:,} bytes; Fax.Plus accepts at most {MAX_TOTAL_BYTES:,}: {listed}"
+        )
+
+
+def is_transient_path(value: object) -> bool:
+    """A path answered by *Upload a file* (``/transient-...``), not a local file."""
+    return isinstance(value, str) and value.startswith("/transient-")
+
+
+def format_send_time(send_time: object) -> str:
+    """``YYYY-MM-DD HH:mm:ss +0000`` from an aware datetime; a naive one is refused (its zone is a guess)."""
+    if not isinstance(send_time, datetime):
+        raise FaxPlusInputError(f"send_time must be a datetime, got {type(send_time).__name__}")
+    if send_time.tzinfo is None or send_time.utcoffset() is None:
+        raise FaxPlusInputError(
+            f"send_time {send_time.isoformat()} has no time zone; give an aware datetime (e.g. in UTC)"
+        )
+    return send_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
+
+
+def _retry_option(name: str, value: object, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise FaxPlusInputError(f"{name} must be a whole number from 0 to {maximum}, got {value!r:.40}")
+    return value
+
+
+def validate_cover_page(cover_page: object) -> dict[str, Any]:
+    if not isinstance(cover_page, Mapping):
+        raise FaxPlusInputError(f"cover_page must be a mapping, got {type(cover_page).__name__}")
+    unknown = sorted(set(map(str, cover_page)) - COVER_PAGE_FIELDS)
+    if unknown:
+        raise FaxPlusInputError(
+            f"cover_page has unknown field(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(COVER_PAGE_FIELDS))}"
+        )
+    result: dict[str, Any] = {}
+    for name, value in cover_page.items():
+        if name == "flags":
+            if not isinstance(value, list | tuple) or not all(flag in COVER_PAGE_FLAGS for flag in value):
+                raise FaxPlusInputError(
+                    f"cover_page flags {value!r:.80} must be a list of {', '.join(sorted(COVER_PAGE_FLAGS))}"
+                )
+            result[name] = list(value)
+        elif not isinstance(value, str):
+            raise FaxPlusInputError(f"cover_page {name} must be a string, got {type(value).__name__}")
+        else:
+            result[name] = value
+    return result
+
+
+def validate_tags(tags: object) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, list | tuple):
+        raise FaxPlusInputError(f"comment_tags must be a list of strings, got {type(tags).__name__}")
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            raise FaxPlusInputError(f"comment tag {tag!r:.40} must be a non-empty string")
+    return list(tags)
+
+
+def send_payload(
+    *,
+    to: object,
+    files: object,
+    from_number: object = NO_NUMBER,
+    comment: object = None,
+    comment_tags: object = None,
+    send_time: object = None,
+    retry_count: object = None,
+    retry_delay: object = None,
+    enhancement: object = None,
+    cover_page: object = None,
+) -> dict[str, Any]:
+    """The ``PayloadOutbox`` body, every field checked; ``return_ids`` is always true."""
+    if from_number != NO_NUMBER:
+        validate_number("from_number", from_number)
+    if isinstance(files, str) or not isinstance(files, list | tuple) or not files:
+        raise FaxPlusInputError("files must be a non-empty list of uploaded (/transient-...) paths")
+    if len(files) > MAX_FILES:
+        raise FaxPlusInputError(f"{len(files)} files given; Fax.Plus accepts at most {MAX_FILES} per fax")
+    for path in files:
+        if not is_transient_path(path):
+            raise FaxPlusInputError(
+                f"file {path!r:.80} is not an uploaded path (/transient-...): upload it first"
+            )
+    payload: dict[str, Any] = {
+        "from": from_number,
+        "to": validate_destinations(to),
+        "files": list(files),  # type: ignore[arg-type]
+        "return_ids": True,
+    }
+    if comment is not None and not isinstance(comment, str):
+        raise FaxPlusInputError(f"comment must be a string, got {type(comment).__name__}")
+    tags = validate_tags(comment_tags)
+    if comment is not None or tags:
+        payload["comment"] = {"tags": tags, "text": comment or ""}
+    options: dict[str, Any] = {}
+    if enhancement is not None:
+        if not isinstance(enhancement, bool):
+            raise FaxPlusInputError(f"enhancement must be true or false, got {enhancement!r:.40}")
+        options["enhancement"] = enhancement
+    if retry_count is not None or retry_delay is not None:
+        options["retry"] = {
+            "count": _retry_option("retry_count", 0 if retry_count is None else retry_count, 3),
+            "delay": _retry_option("retry_delay", 0 if retry_delay is None else retry_delay, 180),
+        }
+    if options:
+        payload["options"] = options
+    if send_time is not None:
+        payload["send_time"] = format_send_time(send_time)
+    if cover_page is not None:
+        payload["cover_page"] = validate_cover_page(cover_page)
+    return payload
+
+
+# The mark -----------------------------------------------------------------------------------------
+
+
+def send_mark(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
+    """A short stable tag naming one task instance: the same on every try, different for any other.
+    A hash, so it shows nothing of the DAG (and can hold no secret)."""
+    key = "\x00".join((dag_id, task_id, run_id, str(map_index)))
+    return MARK_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+def find_marked(entries: Iterable[OutboxEntry], mark: str) -> dict[str, str]:
+    """Destination -> outbox id of the faxes carrying ``mark``."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        if mark in entry.tags:
+            for destination in entry.to:
+                found.setdefault(destination, entry.id)
+    return found
+
+
+# Calls --------------------------------------------------------------------------------------------
+
+
+def _account_path(user_id: object, tail: str) -> str:
+    user = validate_path_param("user_id", user_id)
+    return f"/accounts/{quote(user, safe='')}/{tail}"
+
+
+def _call(
+    config: FaxPlusConfig, op: Operation, path: str, headers: dict[str, str], body: bytes | None = None
+) -> ApiCall:
+    return ApiCall(op, path, config.base_url + path, "", headers, body)
+
+
+def upload_call(
+    config: FaxPlusConfig, file_name: str, boundary: str, user_id: object = "self", fmt: object = None
+) -> ApiCall:
+    """*Upload a file*; the multipart body is streamed by the transport (see :func:`multipart_parts`)."""
+    path = _account_path(user_id, "files")
+    if fmt is not None:
+        if fmt not in UPLOAD_FORMATS:
+            raise FaxPlusInputError(f"format {fmt!r:.20} must be one of {', '.join(sorted(UPLOAD_FORMATS))}")
+        path += "?" + urlencode({"format": fmt})
+    validate_file_name(file_name)
+    headers = {**base_headers(config), "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return _call(config, UPLOAD_FILE, path, headers)
+
+
+def new_boundary() -> str:
+    return "faxplus-" + uuid.uuid4().hex
+
+
+def multipart_parts(file_name: str, boundary: str) -> tuple[bytes, bytes]:
+    """The bytes before and after the file's contents in a ``fax_file`` multipart body."""
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="fax_file"; filename="{file_name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head, f"\r\n--{boundary}--\r\n".encode()
+
+
+def send_call(config: FaxPlusConfig, payload: Mapping[str, Any], user_id: object = "self") -> ApiCall:
+    path = _account_path(user_id, "outbox")
+    headers = {**base_headers(config), "Content-Type": "application/json; charset=utf-8"}
+    return _call(config, SEND_FAX, path, headers, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+
+
+def list_outbox_call(config: FaxPlusConfig, user_id: object = "self") -> ApiCall:
+    return _call(config, LIST_OUTBOX, _account_path(user_id, "outbox"), base_headers(config))
+
+
+def cancel_call(config: FaxPlusConfig, outbox_fax_id: object, user_id: object = "self") -> ApiCall:
+    fax_id = validate_path_param("outbox_fax_id", outbox_fax_id)
+    path = _account_path(user_id, f"outbox/{quote(fax_id, safe='')}")
+    return ApiCall(CANCEL_OUTBOX_FAX, path, config.base_url + path, fax_id, base_headers(config))
+
+
+# Answers ------------------------------------------------------------------------------------------
+
+
+def _json_object(call: ApiCall, status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    try:
+        decoded = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _malformed(call, status, f"the body is not JSON ({len(body)} bytes)") from None
+    if not isinstance(decoded, dict):
+        raise _malformed(call, status, "the body is not a JSON object")
+    return decoded
+
+
+def parse_upload_response(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> str:
+    if not 200 <= status < 300:
+        raise error_from_response(config, call, status, headers, body)
+    path = _json_object(call, status, headers, body).get("path")
+    if not isinstance(path, str) or not path:
+        raise _malformed(call, status, "no 'path' in the answer")
+    return path
+
+
+def parse_send_response(
+    config: FaxPlusConfig,
+    call: ApiCall,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    destinations: Sequence[str],
+) -> dict[str, str]:
+    """Destination -> outbox id from ``{"ids": {...}}`` (``return_ids: true``)."""
+    if not 200 <= status < 300:
+        raise error_from_response(config, call, status, headers, body)
+    ids = _json_object(call, status, headers, body).get("ids")
+    if not isinstance(ids, dict) or not all(isinstance(v, str) and v for v in ids.values()):
+        raise _malformed(call, status, "no 'ids' object of outbox ids in the answer (return_ids was true)")
+    missing = [d for d in destinations if d not in ids]
+    if missing:
+        raise _malformed(call, status, f"no outbox id for destination(s) {', '.join(missing)}")
+    return {destination: ids[destination] for destination in destinations}
+
+
+def parse_list_response(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> list[OutboxEntry]:
+    if status != 200:
+        raise error_from_response(config, call, status, headers, body)
+    records = _json_object(call, status, headers, body).get("records")
+    if not isinstance(records, list):
+        raise _malformed(call, status, "no 'records' list in the answer")
+    entries = []
+    for record in records:
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise _malformed(call, status, "a record without an 'id'")
+        comment = record.get("comment")
+        tags = comment.get("tags") if isinstance(comment, dict) else None
+        to = record.get("to")
+        entries.append(
+            OutboxEntry(
+                id=record["id"],
+                to=tuple(str(n) for n in to) if isinstance(to, list) else (),
+                tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+                status=record.get("status") if isinstance(record.get("status"), str) else None,
+                raw=record,
+            )
+        )
+    return entries
+
+
+def check_cancel_response(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> None:
+    if not 200 <= status < 300:
+        raise error_from_response(config, call, status, headers, body)
+
+
+# Never twice ---------------------------------------------------------------------------------------
+
+# Answers that say the request was refused before it was processed: 408 (the server did not receive
+# the whole request) and 429 (refused for the rate). A 5xx, even 503, may come after the fax was made.
+SEND_NOT_PROCESSED_STATUSES = frozenset({408, 429})
+
+
+def uncertain(call: ApiCall, exc: FaxPlusRequestError) -> FaxPlusSendUncertainError:
+    return FaxPlusSendUncertainError(
+        f"{exc} - the send may have reached Fax.Plus and created the fax: it is not retried blindly",
+        operation=call.operation.name,
+        method=call.method,
+        path=call.path,
+        status=exc.status,
+        error=exc.error,
+        description=exc.description,
+    )

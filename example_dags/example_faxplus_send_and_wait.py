@@ -1,0 +1,108 @@
+"""Send a generated PDF, tag the fax's comment, wait (deferrable) until it has left the outbox, report.
+
+Trigger with a destination:
+``airflow dags trigger example_faxplus_send_and_wait -c '{"to": "+16699990000"}'``.
+Needs a ``faxplus_default`` connection whose token has ``fax:fax:edit`` (upload, send, comment) and
+``fax:fax:read`` (the sensor, and the outbox lookup of a retried send). Sending a fax costs money:
+SendFaxOperator never sends twice (see the README), and its retries look for the fax first.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+
+try:  # Airflow 3
+    from airflow.sdk import DAG, Param, task
+except ImportError:  # Airflow 2.11
+    from airflow import DAG
+    from airflow.decorators import task
+    from airflow.models.param import Param
+
+from airflow_provider_faxplus.operators.outbox import UpdateOutboxCommentOperator
+from airflow_provider_faxplus.operators.send import SendFaxOperator
+from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor
+
+# The demo polls fast against the sandbox; against Fax.Plus keep it at a minute or more.
+POKE_INTERVAL = float(os.environ.get("FAXPLUS_EXAMPLE_POKE_INTERVAL", "60"))
+FAX_ID = "{{ ti.xcom_pull(task_ids='send_fax')['outbox_fax_ids'][params.to] }}"
+
+
+def one_page_pdf(text: str) -> bytes:
+    """A valid one-page PDF showing ``text`` (ASCII), built by hand: no PDF library needed."""
+    safe = text.encode("ascii", "replace").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+    stream = b"BT /F1 18 Tf 72 720 Td (" + safe + b") Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+with DAG(
+    dag_id="example_faxplus_send_and_wait",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"to": Param("+16699990000", type="string", description="Destination fax number (E.164)")},
+    tags=["example", "faxplus"],
+) as dag:
+
+    @task
+    def upload_report(ds: str | None = None) -> str:
+        from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+
+        pdf = one_page_pdf(f"Daily report {ds}")
+        return FaxPlusHook().upload_file(pdf, file_name="report.pdf").path
+
+    send = SendFaxOperator(
+        task_id="send_fax",
+        to="{{ params.to }}",
+        files=[upload_report()],
+        comment="daily report {{ ds }}",
+        comment_tags=["report"],
+        # Retries look in the outbox for this task's fax before sending again; Fax.Plus can take
+        # about 30 s to show a new fax, so wait at least that long between tries.
+        retries=2,
+        retry_delay=timedelta(seconds=30),
+    )
+
+    tag = UpdateOutboxCommentOperator(
+        task_id="tag_comment", outbox_fax_id=FAX_ID, comment="daily report {{ ds }} (run {{ run_id }})"
+    )
+
+    wait = OutboxFaxSensor(
+        task_id="wait_until_sent",
+        outbox_fax_id=FAX_ID,
+        deferrable=True,
+        poke_interval=POKE_INTERVAL,
+        timeout=60 * 60,
+    )
+
+    @task
+    def report(sent: dict[str, Any], result: dict[str, Any]) -> str:
+        line = (
+            f"fax {result['outbox_fax_id']} to {', '.join(sent['outbox_fax_ids'])} left the outbox "
+            f"({result['reason']}) at {result['detected_at']}; last status {result['last_status']}"
+        )
+        print(f"FAXPLUS-REPORT: {line}")
+        return line
+
+    send >> tag >> wait
+    report(send.output, wait.output)

@@ -1,0 +1,59 @@
+"""SendFaxOperator with Airflow retries: the never-twice policy in real runs (tests/test_send_dags.py).
+
+The conf gives ``to`` (and ``to2``) and ``file`` (a path the test wrote); the DAGs differ in
+``on_ambiguous`` and the number of destinations."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+
+try:
+    from airflow.sdk import DAG, task
+except ImportError:
+    from airflow import DAG
+    from airflow.decorators import task
+
+from airflow_provider_faxplus.operators.send import SendFaxOperator
+
+for name, on_ambiguous, two in (
+    ("faxplus_send_fail", "fail", False),
+    ("faxplus_send_resend", "resend", False),
+    ("faxplus_send_two", "fail", True),
+):
+    with DAG(
+        dag_id=name,
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        params={"to": "", "to2": "", "file": ""},
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
+    ) as dag:
+        sent = SendFaxOperator(
+            task_id="send",
+            to=["{{ params.to }}", "{{ params.to2 }}"] if two else "{{ params.to }}",
+            files=["{{ params.file }}"],
+            comment="run {{ run_id }}",
+            on_ambiguous=on_ambiguous,
+        )
+
+        @task
+        def report(result: dict[str, Any]) -> None:
+            print("FAXPLUS-SENT:", json.dumps(result))
+
+        report(sent.output)
+    globals()[dag.dag_id] = dag
+
+with DAG(
+    dag_id="faxplus_send_mapped",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"file": ""},
+) as mapped_dag:
+    SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"], comment="mapped").expand(
+        to=["+16699990001", "+16699990002"]
+    )
