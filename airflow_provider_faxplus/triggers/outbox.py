@@ -7,7 +7,7 @@ import hashlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -113,6 +113,33 @@ async def shared_session(config: FaxPlusConfig) -> AsyncIterator[_Lease]:
             await lease.session.close()
 
 
+async def _exchange(
+    lease: _Lease,
+    config: FaxPlusConfig,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    data: bytes | None,
+    proxy: str | None,
+    transport_error: Callable[[str], FaxPlusRequestError],
+    tls_error: Callable[[str], FaxPlusRequestError],
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP exchange on the shared session; failures become the caller's errors (as the hook's)."""
+    try:
+        async with lease.session.request(
+            method, url, headers=headers, data=data, allow_redirects=False, proxy=proxy
+        ) as response:
+            return response.status, dict(response.headers), await response.read()
+    except TimeoutError:
+        raise transport_error(f"no answer within {config.timeout:g} s") from None
+    except aiohttp.ClientError as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        if protocol.is_certificate_failure(exc):
+            raise tls_error(reason) from None
+        raise transport_error(reason) from None
+
+
 async def fetch_outbox_fax(
     lease: _Lease, config: FaxPlusConfig, outbox_fax_id: str, user_id: str, token: str | None = None
 ) -> OutboxFax:
@@ -120,19 +147,17 @@ async def fetch_outbox_fax(
     access token to send (default: the connection's)."""
     call = protocol.get_outbox_fax_call(config, outbox_fax_id, user_id)
     headers = {**call.headers, "Authorization": f"Bearer {token or config.token}"}
-    try:
-        async with lease.session.request(
-            call.method, call.url, headers=headers, allow_redirects=False, proxy=lease.proxy
-        ) as response:
-            body = await response.read()
-            status, response_headers = response.status, dict(response.headers)
-    except TimeoutError:
-        raise protocol.transport_error(call, f"no answer within {config.timeout:g} s") from None
-    except aiohttp.ClientError as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:300]
-        if protocol.is_certificate_failure(exc):
-            raise protocol.tls_error(call, lease.tls, reason) from None
-        raise protocol.transport_error(call, reason) from None
+    status, response_headers, body = await _exchange(
+        lease,
+        config,
+        call.method,
+        call.url,
+        headers=headers,
+        data=None,
+        proxy=lease.proxy,
+        transport_error=lambda reason: protocol.transport_error(call, reason),
+        tls_error=lambda reason: protocol.tls_error(call, lease.tls, reason),
+    )
     log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
     return protocol.parse_get_response(config, call, status, response_headers, body)
 
@@ -140,23 +165,17 @@ async def fetch_outbox_fax(
 async def fetch_token_grant(lease: _Lease, config: FaxPlusConfig, refresh_token: str) -> oauth.TokenGrant:
     """One refresh at the token endpoint, no retries (the poll loop backs off on transient errors)."""
     call = oauth.refresh_call(config, refresh_token)
-    try:
-        async with lease.session.post(
-            call.url,
-            data=call.body,
-            headers=dict(call.headers),
-            allow_redirects=False,
-            proxy=proxy_for(config.token_url),
-        ) as response:
-            body = await response.read()
-            status, response_headers = response.status, dict(response.headers)
-    except TimeoutError:
-        raise oauth.transport_error(call, f"no answer within {config.timeout:g} s") from None
-    except aiohttp.ClientError as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:300]
-        if protocol.is_certificate_failure(exc):
-            raise oauth.tls_error(call, lease.tls, reason) from None
-        raise oauth.transport_error(call, reason) from None
+    status, response_headers, body = await _exchange(
+        lease,
+        config,
+        "POST",
+        call.url,
+        headers=dict(call.headers),
+        data=call.body,
+        proxy=proxy_for(config.token_url),
+        transport_error=lambda reason: oauth.transport_error(call, reason),
+        tls_error=lambda reason: oauth.tls_error(call, lease.tls, reason),
+    )
     grant = oauth.parse_token_response(call, status, response_headers, body)
     log.info("Fax.Plus OAuth2 access token refreshed at %s", call.describe())
     return grant
