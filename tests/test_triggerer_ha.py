@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from urllib.parse import quote
 
 import psutil
@@ -122,38 +122,48 @@ def test_sensors_on_two_triggerers_complete_once_when_one_is_killed(deployment):
     wait_for(lambda: len(_triggerer_jobs(home)) == 1, "the first triggerer's job")
     [first] = _triggerer_jobs(home)
     run = deployment.dags_test(DAG_ID, {"outbox_fax_ids": ids, "receipt_fax_id": receipt})
-    wait_for(lambda: len(_assignments(home)) == FAXES, "every sensor deferred", timeout=300)
-    wait_for(lambda: list(_assignments(home).values()).count(first) == FIRST_CAPACITY, "the first's claim")
+    try:
+        wait_for(lambda: len(_assignments(home)) == FAXES, "every sensor deferred", timeout=300)
+        wait_for(
+            lambda: list(_assignments(home).values()).count(first) == FIRST_CAPACITY, "the first's claim"
+        )
 
-    # The second triggerer claims the rest: both now run some of the triggers.
-    deployment.start("second", "triggerer")
-    wait_for(lambda: len(_triggerer_jobs(home)) == 2, "the second triggerer's job")
-    [second] = [job for job in _triggerer_jobs(home) if job != first]
-    wait_for(lambda: set(_assignments(home).values()) == {first, second}, "the second's claim")
-    before = _assignments(home)
-    on_first = {index for index, job in before.items() if job == first}
-    on_second = {index for index, job in before.items() if job == second}
-    assert (len(on_first), len(on_second)) == (FIRST_CAPACITY, FAXES - FIRST_CAPACITY), before
-    wait_for(lambda: _polled_by(deployment, first, on_first), "the first triggerer's polls")
-    wait_for(lambda: _polled_by(deployment, second, on_second), "the second triggerer's polls")
+        # The second triggerer claims the rest: both now run some of the triggers.
+        deployment.start("second", "triggerer")
+        wait_for(lambda: len(_triggerer_jobs(home)) == 2, "the second triggerer's job")
+        [second] = [job for job in _triggerer_jobs(home) if job != first]
+        wait_for(lambda: set(_assignments(home).values()) == {first, second}, "the second's claim")
+        before = _assignments(home)
+        on_first = {index for index, job in before.items() if job == first}
+        on_second = {index for index, job in before.items() if job == second}
+        assert (len(on_first), len(on_second)) == (FIRST_CAPACITY, FAXES - FIRST_CAPACITY), before
+        wait_for(lambda: _polled_by(deployment, first, on_first), "the first triggerer's polls")
+        wait_for(lambda: _polled_by(deployment, second, on_second), "the second triggerer's polls")
 
-    # A crash: SIGKILL to the triggerer and every process it started (its trigger runner on Airflow 3).
-    process = deployment.processes.pop("first")
-    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for member in family:
-        os.kill(member.pid, signal.SIGKILL)
-    process.wait()
-    killed_at = time.monotonic()
-    wait_for(
-        lambda: set(_assignments(home).values()) == {second},
-        "the surviving triggerer to take over the dead one's triggers",
-        timeout=120,
-    )
-    failover = time.monotonic() - killed_at
-    wait_for(lambda: _polled_by(deployment, second, on_first), "the survivor's polls of the moved triggers")
+        # A crash: SIGKILL to the triggerer and every process it started (its trigger runner on Airflow 3).
+        process = deployment.processes.pop("first")
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        for member in family:
+            with suppress(ProcessLookupError):
+                os.kill(member.pid, signal.SIGKILL)
+        process.wait()
+        killed_at = time.monotonic()
+        wait_for(
+            lambda: set(_assignments(home).values()) == {second},
+            "the surviving triggerer to take over the dead one's triggers",
+            timeout=120,
+        )
+        failover = time.monotonic() - killed_at
+        wait_for(
+            lambda: _polled_by(deployment, second, on_first), "the survivor's polls of the moved triggers"
+        )
 
-    control.advance(3600)  # now every fax leaves the outbox
-    returncode, output = run.finish(timeout=300)
+        control.advance(3600)  # now every fax leaves the outbox
+        returncode, output = run.finish(timeout=300)
+    finally:
+        if run.process.poll() is None:  # a failed wait: leave no dags test (and its workers) behind
+            run.process.terminate()
+            run.process.wait(timeout=60)
     assert returncode == 0, output[-5000:]
 
     # Every task instance succeeded in its first try.
