@@ -202,6 +202,9 @@ with create_session() as session:
         "running": sorted(row.try_number for row in running),
         "state": None if ti is None else str(ti.state),
         "hostname": None if ti is None else ti.hostname,
+        # The deadline the scheduler enforces on the deferral, from the sensor's timeout.
+        "timeout_s": None if ti is None or ti.trigger_timeout is None or ti.start_date is None
+        else (ti.trigger_timeout - ti.start_date).total_seconds(),
         "trigger_kwargs": None if trigger is None else {k: str(v) for k, v in trigger.kwargs.items()},
     }))
 """
@@ -298,6 +301,8 @@ def test_the_sensor_waits_in_the_triggerer_without_a_worker(scheduled_deployment
     waiting = json.loads(home.python(_RUNNING, DAG_ID, "wait"))
     assert waiting["running"] == [], waiting  # no worker has started the task
     assert waiting["state"] == "deferred", waiting
+    assert not waiting["hostname"], waiting  # set when a worker starts the task
+    assert 599 <= waiting["timeout_s"] <= 601, waiting  # the sensor's timeout=600 bounds the wait
     assert waiting["trigger_kwargs"]["outbox_fax_id"] == TEMPLATE  # rendered only in the triggerer
     assert "Started in the triggerer (start_from_trigger), try 1" in trigger_log()
     worker_logs = list((home.path / "logs").glob(f"dag_id={DAG_ID}/**/task_id=wait/attempt=1.log"))
