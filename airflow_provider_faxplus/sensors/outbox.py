@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow import __version__ as AIRFLOW_VERSION
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
     AirflowSkipException,
@@ -34,6 +36,20 @@ log = logging.getLogger(__name__)
 STATE_KEY = "faxplus_outbox_sensor"
 # Trigger error events that no retry of the task can fix (see OutboxFaxTrigger).
 FATAL_EVENT_KINDS = frozenset({"auth", "config", "input", "rejected", "never_seen"})
+TRIGGER_CLASSPATH = "airflow_provider_faxplus.triggers.outbox.OutboxFaxTrigger"
+
+
+def airflow_release(version: str) -> tuple[int, int]:
+    """(major, minor) of an Airflow version string such as ``3.3.2`` or ``3.4.0b2``."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise ValueError(f"not an Airflow version: {version!r}")
+    return int(found[1]), int(found[2])
+
+
+# A task started in the triggerer has its templated fields rendered there only from Airflow 3.3
+# (apache/airflow PR #55068); before that the trigger would get the raw templates.
+TRIGGERER_RENDERS_TEMPLATES = airflow_release(AIRFLOW_VERSION) >= (3, 3)
 
 
 class OutboxFaxSensor(BaseSensorOperator):
@@ -62,6 +78,14 @@ class OutboxFaxSensor(BaseSensorOperator):
         poke, on an Airflow without a task state store) a not-found after the grace period counts as
         left and the XCom says ``ever_seen: null``.
     :param deferrable: Check once, then wait in the triggerer (frees the worker slot).
+    :param start_from_trigger: With ``deferrable=True`` on Airflow 3.3+: the scheduler hands the task
+        straight to the triggerer, which renders the templated fields and makes the first look itself;
+        no worker runs the task until the trigger has an event (the first sighting of the fax, which a
+        worker records and defers again, or the verdict). ``timeout`` still bounds the wait. A retry starts
+        in the triggerer too, which cannot read the task state store: it does not know what earlier tries
+        saw, so a not-found after the grace period counts as left (``ever_seen: null``), never as a wrong
+        id. On older Airflow, in mapped tasks and in ``airflow dags test`` (which Airflow starts on a
+        worker) the sensor defers from the worker as with ``deferrable=True`` and warns once.
     """
 
     template_fields: Sequence[str] = ("outbox_fax_id", "user_id", "faxplus_conn_id")
@@ -77,6 +101,7 @@ class OutboxFaxSensor(BaseSensorOperator):
         not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD,
         fail_if_never_seen: bool | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        start_from_trigger: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -89,8 +114,46 @@ class OutboxFaxSensor(BaseSensorOperator):
         self.not_found_grace_period = float(not_found_grace_period)
         self.fail_if_never_seen = fail_if_never_seen
         self.deferrable = deferrable
+        if not isinstance(start_from_trigger, bool):
+            raise TypeError("start_from_trigger must be True or False")
+        if start_from_trigger and not deferrable:
+            raise ValueError(
+                "start_from_trigger=True needs deferrable=True: only a deferrable sensor waits in the "
+                "triggerer"
+            )
+        self.start_from_trigger_requested = start_from_trigger
+        self.start_from_trigger = start_from_trigger and TRIGGERER_RENDERS_TEMPLATES
+        if self.start_from_trigger:
+            self.start_trigger_args = self._start_trigger_args()
         self._progress: WaitProgress | None = None
         self._saved: dict[str, Any] | None = None
+
+    def _start_trigger_args(self) -> Any:
+        """What the scheduler stores as the trigger of a task that starts in the triggerer: the kwargs are
+        fixed when the DAG is parsed; the triggerer renders the templated ones (the sensor's template
+        fields are the trigger's attributes of the same names). No ``progress``: the trigger makes the
+        first look, and the grace period runs from it."""
+        from airflow.triggers.base import StartTriggerArgs
+
+        max_wait = self.max_wait.total_seconds() if isinstance(self.max_wait, timedelta) else self.max_wait
+        return StartTriggerArgs(
+            trigger_cls=TRIGGER_CLASSPATH,
+            trigger_kwargs={
+                "outbox_fax_id": self.outbox_fax_id,
+                "user_id": self.user_id,
+                "faxplus_conn_id": self.faxplus_conn_id,
+                "poke_interval": float(self.poke_interval),
+                "waiting_statuses": list(self.waiting_statuses),
+                "not_found_grace_period": self.not_found_grace_period,
+                # A deferrable sensor remembers its looks (the trigger checkpoints a first sighting).
+                "fail_if_never_seen": self.fail_if_never_seen is not False,
+                "exponential_backoff": bool(self.exponential_backoff),
+                "max_wait": None if max_wait is None else float(max_wait),
+            },
+            next_method="execute_complete",
+            next_kwargs=None,
+            timeout=timedelta(seconds=float(self.timeout)),
+        )
 
     @cached_property
     def hook(self) -> FaxPlusHook:
@@ -233,6 +296,17 @@ class OutboxFaxSensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        if self.start_from_trigger_requested:
+            if TRIGGERER_RENDERS_TEMPLATES:
+                why = (
+                    "Airflow started this task on a worker (it does for mapped tasks and `airflow dags test`)"
+                )
+            else:
+                why = (
+                    f"Airflow {AIRFLOW_VERSION} renders templated fields in the triggerer only from 3.3, so "
+                    "the task cannot start there"
+                )
+            log.warning("start_from_trigger=True: %s; looking once from this worker, then deferring", why)
         try:
             policy = self._resolved_policy(context)
             progress = self._load_progress(context)

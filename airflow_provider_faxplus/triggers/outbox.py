@@ -276,6 +276,9 @@ class OutboxFaxTrigger(BaseTrigger):
         self.waiting_statuses = sorted(s.value for s in parse_waiting_statuses(waiting_statuses))
         self.not_found_grace_period = float(not_found_grace_period)
         self.fail_if_never_seen = bool(fail_if_never_seen)
+        # No progress: the task started in the triggerer (the sensor's start_from_trigger) and this
+        # trigger makes the first look; the grace period runs from it.
+        self.first_look_here = not progress
         self.progress = WaitProgress.from_dict(progress) if progress else WaitProgress(started_at=time.time())
         self.exponential_backoff = bool(exponential_backoff)
         self.max_wait = None if max_wait is None else float(max_wait)
@@ -317,6 +320,8 @@ class OutboxFaxTrigger(BaseTrigger):
         config: FaxPlusConfig | None = None
         yielded = False
         try:
+            if self.first_look_here:
+                self._start_without_a_worker_look()
             config = await self._load_config()
             policy = WaitPolicy(
                 waiting_statuses=parse_waiting_statuses(self.waiting_statuses),
@@ -340,6 +345,21 @@ class OutboxFaxTrigger(BaseTrigger):
                 log.warning("After the event: %s", _redacted(f"{type(exc).__name__}: {exc}", config))
                 return
             yield TriggerEvent(self._error_event(exc, config))
+
+    def _start_without_a_worker_look(self) -> None:
+        try_number = getattr(self.task_instance, "try_number", None) or 1
+        if try_number > 1:
+            # Earlier tries wrote what they saw to the task state store, which a trigger cannot read.
+            self.progress.forget_earlier_looks(
+                f"this is try {try_number}, started in the triggerer, which cannot read what earlier tries "
+                "saw (the task state store is served to workers only)"
+            )
+        log.info(
+            "Started in the triggerer (start_from_trigger), try %d: the first look at outbox fax %r is "
+            "this trigger's",
+            try_number,
+            self.outbox_fax_id,
+        )
 
     async def _renew_after_401(self, config: FaxPlusConfig, token: str) -> bool:
         """After a 401: with a refresh token, drop the refused access token (the next poll refreshes,
