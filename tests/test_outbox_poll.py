@@ -359,3 +359,28 @@ def test_a_large_list_lets_the_event_loop_run_while_it_is_decoded(faxplus_conn, 
     assert len(snapshot.records) == 10_000
     assert snapshot.records["fax09999"].to == ("+16699990001",)
     assert turns >= 10_000 // DECODE_CHUNK
+
+
+def test_one_poll_per_identity_and_user():
+    from airflow_provider_faxplus.config import FaxPlusConfig
+
+    base = "https://restapi.fax.plus/v3"
+    pat = FaxPlusConfig(base_url=base, token="pat-1")
+    oauth_a = FaxPlusConfig(base_url=base, client_id="c", client_secret="s", refresh_token="rt-a")
+    oauth_b = FaxPlusConfig(base_url=base, client_id="c", client_secret="s", refresh_token="rt-b")
+
+    async def scenario():
+        async with (
+            account_poll(pat, "self") as first,
+            account_poll(pat, "self") as again,
+            account_poll(pat, MEMBER) as member,
+            account_poll(oauth_a, "self") as a,
+            account_poll(oauth_b, "self") as b,
+        ):
+            assert first is again
+            assert first.holders == 2
+            assert len({id(first), id(member), id(a), id(b)}) == 4
+            assert a.lease is b.lease  # one pool for the connection, two accounts' answers
+        return first.holders
+
+    assert asyncio.run(scenario()) == 0

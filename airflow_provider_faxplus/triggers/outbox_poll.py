@@ -11,6 +11,7 @@ on a few faxes of a 10,000-fax outbox parses those few.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -286,10 +287,13 @@ _POLLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...
 @asynccontextmanager
 async def account_poll(config: FaxPlusConfig, user_id: str) -> AsyncIterator[AccountPoll]:
     """The event loop's poll of ``user_id``'s outbox through connection ``config``, held while in use;
-    one per connection identity (the shared session's) and ``user_id``."""
+    one per connection identity (the shared session's key, and the OAuth2 refresh token) and ``user_id``."""
     async with shared_session(config) as lease:
         polls = _POLLS.setdefault(asyncio.get_running_loop(), {})
-        key = (*session_key(config), user_id)
+        # With OAuth2 the session's key has no access token: the refresh token names the identity
+        # (two identities may share a pool, never an account's answers).
+        identity = hashlib.sha256((config.refresh_token or "").encode()).hexdigest()
+        key = (*session_key(config), identity, user_id)
         poll = polls.get(key)
         if poll is None or poll.lease is not lease:
             poll = polls[key] = AccountPoll(lease, config, user_id)
