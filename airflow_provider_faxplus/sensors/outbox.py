@@ -86,6 +86,9 @@ class OutboxFaxSensor(BaseSensorOperator):
         saw, so a not-found after the grace period counts as left (``ever_seen: null``), never as a wrong
         id. On older Airflow, in mapped tasks and in ``airflow dags test`` (which Airflow starts on a
         worker) the sensor defers from the worker as with ``deferrable=True`` and warns once.
+    :param shared_poll: Deferred, share one *List outgoing faxes* request per poll with the other
+        sensors of the connection and ``user_id`` in the triggerer (the README's "Shared polling");
+        ``False``: poll this fax alone with *Get outgoing fax*.
     """
 
     template_fields: Sequence[str] = ("outbox_fax_id", "user_id", "faxplus_conn_id")
@@ -102,6 +105,7 @@ class OutboxFaxSensor(BaseSensorOperator):
         fail_if_never_seen: bool | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         start_from_trigger: bool = False,
+        shared_poll: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -121,6 +125,7 @@ class OutboxFaxSensor(BaseSensorOperator):
                 "start_from_trigger=True needs deferrable=True: only a deferrable sensor waits in the "
                 "triggerer"
             )
+        self.shared_poll = bool(shared_poll)
         self.start_from_trigger_requested = start_from_trigger
         self.start_from_trigger = start_from_trigger and TRIGGERER_RENDERS_TEMPLATES
         if self.start_from_trigger:
@@ -149,6 +154,7 @@ class OutboxFaxSensor(BaseSensorOperator):
                 "fail_if_never_seen": self.fail_if_never_seen is not False,
                 "exponential_backoff": bool(self.exponential_backoff),
                 "max_wait": None if max_wait is None else float(max_wait),
+                "shared_poll": self.shared_poll,
             },
             next_method="execute_complete",
             next_kwargs=None,
@@ -344,6 +350,7 @@ class OutboxFaxSensor(BaseSensorOperator):
                 exponential_backoff=bool(self.exponential_backoff),
                 max_wait=None if max_wait is None else float(max_wait),
                 deferred_at=deferred_at,
+                shared_poll=self.shared_poll,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout),
