@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,47 +98,71 @@ def lint(line: str = DEFAULT_LINE) -> None:
 
 def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: bool) -> None:
     """pytest on each line. The lines run at the same time by default: much of a line's time is spent
-    waiting on Airflow processes, so two lines on 2 cores take far less than twice one line. The first
-    line's output is shown as it comes, each other line's once it has finished."""
-    if with_lint:
-        lint()
-    ensure_chromium()
-    pythons = {line: str(ensure_env(line)) for line in lines}
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    if not concurrent or len(lines) == 1:
-        for line, python in pythons.items():
-            print(f"== tests on Airflow {line}", flush=True)
-            _run([python, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
-        return
-    print(f"== tests on Airflow {', '.join(lines)} at the same time", flush=True)
+    waiting on Airflow processes, so two lines on 2 cores take far less than twice one line. Each
+    other line (its virtualenv set up if needed, then its tests) runs in a child ``dev.py test``
+    started before the lint; the first line's output is shown as it comes, the others' after it."""
+    ensure_chromium()  # before any child starts: one apt-get at a time
+    others: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="faxplus-dev-") as outputs:
-        running: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
-        for line, python in pythons.items():
-            cmd = [python, "-m", "pytest", *pytest_args]
-            print("+", " ".join(cmd), flush=True)
-            with (Path(outputs) / f"{line}.out").open("wb") as sink:
-                live = line == lines[0]
-                process = subprocess.Popen(
-                    cmd, cwd=ROOT, env=env, stdout=None if live else sink, stderr=None if live else sink
+        try:
+            if concurrent:
+                for line in lines[1:]:
+                    cmd = [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "test",
+                        "--airflow",
+                        line,
+                        "--no-lint",
+                    ]
+                    cmd += ["--", *pytest_args]
+                    print(
+                        f"== tests on Airflow {line} in the background (its output comes after)", flush=True
+                    )
+                    with (Path(outputs) / f"{line}.out").open("wb") as sink:
+                        # A session of its own: stopping it stops its pytest and Airflow processes too.
+                        process = subprocess.Popen(
+                            cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+                        )
+                    others[line] = (cmd, process)
+            if with_lint:
+                lint()
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+            failed: subprocess.CalledProcessError | None = None
+            for line in lines if not concurrent else lines[:1]:
+                python = str(ensure_env(line))
+                print(f"== tests on Airflow {line}", flush=True)
+                try:
+                    _run([python, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+                except subprocess.CalledProcessError as exc:
+                    if not others:
+                        raise
+                    failed = exc
+                print(
+                    f"== Airflow {line}: {'FAILED' if failed else 'passed'} ({_minutes(started)} in)",
+                    flush=True,
                 )
-            running[line] = (cmd, process)
-        took: dict[str, float] = {}
-        while len(took) < len(running):
-            for line, (_, process) in running.items():
-                if line not in took and process.poll() is not None:
-                    took[line] = time.monotonic() - started
-            time.sleep(0.5)
-        for line in lines[1:]:
-            print(f"\n== output of the tests on Airflow {line}", flush=True)
-            sys.stdout.buffer.write((Path(outputs) / f"{line}.out").read_bytes())
-            sys.stdout.flush()
-    for line, (_, process) in running.items():
-        verdict = "passed" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
-        print(f"== Airflow {line}: {verdict} in {took[line] / 60:.1f} min", flush=True)
-    for cmd, process in running.values():
-        if process.returncode != 0:
-            raise subprocess.CalledProcessError(process.returncode, cmd)
+            for line, (cmd, process) in others.items():
+                process.wait()
+                print(f"\n== output of the tests on Airflow {line}", flush=True)
+                sys.stdout.buffer.write((Path(outputs) / f"{line}.out").read_bytes())
+                sys.stdout.flush()
+                verdict = "passed" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+                print(f"== Airflow {line}: {verdict} (all lines done {_minutes(started)} in)", flush=True)
+                if process.returncode != 0 and failed is None:
+                    failed = subprocess.CalledProcessError(process.returncode, cmd)
+            if failed is not None:
+                raise failed
+        finally:
+            for _, process in others.values():
+                if process.poll() is None:  # the lint, the first line or Ctrl-C stopped us
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait()
+
+
+def _minutes(since: float) -> str:
+    return f"{(time.monotonic() - since) / 60:.1f} min"  # since the start of `dev.py test`
 
 
 def bench(args: list[str]) -> None:
