@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Project runner that needs nothing but python3: it creates and reuses its own virtualenvs.
 
-python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11
+python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11 (at the same time)
 python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest args
 python3 scripts/dev.py demo              # the sandbox demo (see README)
 python3 scripts/dev.py lint              # ruff + mypy
