@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Project runner that needs nothing but python3: it creates and reuses its own virtualenvs.
 
-python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11
+python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11 (at the same time)
 python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest args
 python3 scripts/dev.py demo              # the sandbox demo (see README)
 python3 scripts/dev.py lint              # ruff + mypy
@@ -15,8 +15,10 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import venv
 from pathlib import Path
@@ -94,15 +96,73 @@ def lint(line: str = DEFAULT_LINE) -> None:
     _run([python, "-m", "mypy"], cwd=ROOT)
 
 
-def test(lines: list[str], pytest_args: list[str], with_lint: bool) -> None:
-    if with_lint:
-        lint()
-    ensure_chromium()
-    for line in lines:
-        python = str(ensure_env(line))
-        print(f"== tests on Airflow {line}", flush=True)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        _run([python, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: bool) -> None:
+    """pytest on each line. The lines run at the same time by default: much of a line's time is spent
+    waiting on Airflow processes, so two lines on 2 cores take far less than twice one line. Each
+    other line (its virtualenv set up if needed, then its tests) runs in a child ``dev.py test``
+    started before the lint; the first line's output is shown as it comes, the others' after it."""
+    ensure_chromium()  # before any child starts: one apt-get at a time
+    others: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="faxplus-dev-") as outputs:
+        try:
+            if concurrent:
+                for line in lines[1:]:
+                    cmd = [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "test",
+                        "--airflow",
+                        line,
+                        "--no-lint",
+                    ]
+                    cmd += ["--", *pytest_args]
+                    print(
+                        f"== tests on Airflow {line} in the background (its output comes after)", flush=True
+                    )
+                    with (Path(outputs) / f"{line}.out").open("wb") as sink:
+                        # A session of its own: stopping it stops its pytest and Airflow processes too.
+                        process = subprocess.Popen(
+                            cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+                        )
+                    others[line] = (cmd, process)
+            if with_lint:
+                lint()
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+            failed: subprocess.CalledProcessError | None = None
+            for line in lines if not concurrent else lines[:1]:
+                python = str(ensure_env(line))
+                print(f"== tests on Airflow {line}", flush=True)
+                try:
+                    _run([python, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+                except subprocess.CalledProcessError as exc:
+                    if not others:
+                        raise
+                    failed = exc
+                print(
+                    f"== Airflow {line}: {'FAILED' if failed else 'passed'} ({_minutes(started)} in)",
+                    flush=True,
+                )
+            for line, (cmd, process) in others.items():
+                process.wait()
+                print(f"\n== output of the tests on Airflow {line}", flush=True)
+                sys.stdout.buffer.write((Path(outputs) / f"{line}.out").read_bytes())
+                sys.stdout.flush()
+                verdict = "passed" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+                print(f"== Airflow {line}: {verdict} (all lines done {_minutes(started)} in)", flush=True)
+                if process.returncode != 0 and failed is None:
+                    failed = subprocess.CalledProcessError(process.returncode, cmd)
+            if failed is not None:
+                raise failed
+        finally:
+            for _, process in others.values():
+                if process.poll() is None:  # the lint, the first line or Ctrl-C stopped us
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait()
+
+
+def _minutes(since: float) -> str:
+    return f"{(time.monotonic() - since) / 60:.1f} min"  # since the start of `dev.py test`
 
 
 def bench(args: list[str]) -> None:
@@ -127,6 +187,9 @@ def main() -> int:
     p_test = sub.add_parser("test", help="lint, then pytest on each Airflow line")
     p_test.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), action="append", help="only this line")
     p_test.add_argument("--no-lint", action="store_true", help="skip ruff and mypy")
+    p_test.add_argument(
+        "--one-at-a-time", action="store_true", help="run the lines one after the other, not at the same time"
+    )
     p_test.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     p_demo = sub.add_parser("demo", help="run the example DAGs against the sandbox")
     p_demo.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), default=DEFAULT_LINE)
@@ -137,7 +200,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "test":
-            test(args.airflow or ["3.3", "2.11"], args.pytest_args, not args.no_lint)
+            test(args.airflow or ["3.3", "2.11"], args.pytest_args, not args.no_lint, not args.one_at_a_time)
         elif args.command == "demo":
             demo(args.airflow)
         elif args.command == "bench":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pendulum
@@ -197,3 +199,18 @@ def test_example_mapped(examples_home, control):
     assert all(state == "success" for _, _, state in tasks)
     for fax_id in ids:
         assert control.fax(fax_id)["comment"]["text"].startswith("batch run manual__")
+
+
+def test_each_home_starts_from_its_own_copy_of_a_migrated_database(test_dags_home, examples_home):
+    """``AirflowHome.create`` copies one database migrated per process instead of migrating each home:
+    the copy is at the head revision of the installed Airflow's migrations (every DAG run in this
+    module then uses it), and no two homes share a file."""
+    import airflow
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory(str(Path(airflow.__file__).parent / "migrations")).get_heads())
+    for home in (test_dags_home, examples_home):
+        with closing(sqlite3.connect(home.path / "airflow.db")) as db:
+            assert {row[0] for row in db.execute("SELECT version_num FROM alembic_version")} == heads
+            assert db.execute("SELECT count(*) FROM slot_pool").fetchone() == (1,)  # default_pool
+    assert not (test_dags_home.path / "airflow.db").samefile(examples_home.path / "airflow.db")

@@ -5,6 +5,7 @@ every task runs supervised by an executor and writes its log files under ``$AIRF
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -69,14 +70,64 @@ def wait_for(check: Callable[[], object], what: str, timeout: float = 90) -> Non
         time.sleep(0.5)
 
 
+# Airflow 3.3's LocalExecutor.end() sends one stop message per live worker, then joins them all; now
+# and then (more often on a busy machine) a worker gets none and the join waits forever, after the run
+# has finished. An idle worker still there this long after the shutdown began missed its message.
+_SHUTDOWN = b"Shutting down LocalExecutor"
+_IDLE_WORKER = b"airflow worker -- LocalExecutor: <idle>"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it has just exited
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _title(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @dataclass
 class DagsTest:
     process: subprocess.Popen[bytes]
     output_file: Path
+    missed_stop_after: float = 15.0
 
     def finish(self, timeout: float) -> tuple[int, str]:
-        returncode = self.process.wait(timeout=timeout)
-        return returncode, self.output_file.read_text(errors="replace")
+        """Wait for ``dags test`` to exit; stop the idle LocalExecutor workers that missed their stop
+        message (see ``_SHUTDOWN``); kill it and its workers (no process left behind) on timeout."""
+        started = time.monotonic()
+        seen, shutdown_at = 0, None
+        while self.process.poll() is None:
+            now = time.monotonic()
+            if now - started > timeout:
+                for child in _children(self.process.pid):
+                    os.kill(child, signal.SIGKILL)
+                self.process.kill()
+                self.process.wait()
+                raise subprocess.TimeoutExpired(self.process.args, timeout)
+            if shutdown_at is None:
+                with self.output_file.open("rb") as output:
+                    output.seek(start := max(seen - len(_SHUTDOWN), 0))
+                    chunk = output.read()
+                seen = start + len(chunk)
+                if _SHUTDOWN in chunk:
+                    shutdown_at = now
+            elif now - shutdown_at > self.missed_stop_after:
+                for child in _children(self.process.pid):
+                    if _title(child).startswith(_IDLE_WORKER):
+                        os.kill(child, signal.SIGTERM)
+            time.sleep(0.5)
+        return self.process.returncode, self.output_file.read_text(errors="replace")
 
 
 @dataclass

@@ -10,12 +10,14 @@ Used by the demo and the tests; handy for developing DAGs against the sandbox to
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,42 @@ with create_session() as session:
     print("FAXPLUS-OUT:", json.dumps({"run_id": run and run.run_id, "state": run and str(run.state),
         "tasks": sorted([[ti.task_id, ti.map_index, str(ti.state)] for ti in rows])}))
 """
+
+
+# Settings that ``airflow db migrate`` writes into the database: a home that sets one migrates its own.
+_MIGRATE_INPUTS = (
+    "AIRFLOW__DATABASE__",
+    "AIRFLOW__LOGGING__LOG_FILENAME_TEMPLATE",
+    "AIRFLOW__LOGGING__LOG_PROCESSOR_FILENAME_TEMPLATE",
+    "AIRFLOW__ELASTICSEARCH__LOG_ID_TEMPLATE",
+    "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT",
+    "AIRFLOW__CORE__AUTH_MANAGER",
+)
+_template_lock = threading.Lock()
+_template: Path | None = None
+
+
+def _migrated_database() -> Path:
+    """A SQLite database migrated once per process (``db migrate`` takes many seconds) in a home of
+    its own with default settings; each new home starts from a copy of it."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            path = Path(tempfile.mkdtemp(prefix="faxplus-airflow-template-"))
+            atexit.register(shutil.rmtree, path, ignore_errors=True)
+            (path / "dags").mkdir()
+            AirflowHome(path, path / "dags", _base_env(path, path / "dags")).airflow("db", "migrate")
+            _template = path / "airflow.db"
+        return _template
+
+
+def _base_env(home: Path, dags_folder: Path) -> dict[str, str]:
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder.resolve()),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
 
 
 @dataclass
@@ -71,18 +109,17 @@ class AirflowHome:
         path: str | os.PathLike[str] | None = None,
     ) -> AirflowHome:
         home = Path(path or tempfile.mkdtemp(prefix="faxplus-airflow-"))
-        env = {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(Path(dags_folder).resolve()),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        }
+        env = _base_env(home, Path(dags_folder))
         for conn_id, value in (connections or {}).items():
             text = value.connection_json() if isinstance(value, SandboxServer) else value
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = text
         env.update(extra_env or {})
         instance = cls(home, Path(dags_folder).resolve(), env)
-        instance.airflow("db", "migrate")
+        if any(key.startswith(_MIGRATE_INPUTS) for key in env) or (home / "airflow.db").exists():
+            instance.airflow("db", "migrate")
+        else:
+            home.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_migrated_database(), home / "airflow.db")
         return instance
 
     def _environ(self) -> dict[str, str]:
