@@ -321,3 +321,53 @@ def test_the_example_dag_folder_imports_on_both_lines():
     new = {"example_faxplus_tag_new_faxes", "example_faxplus_faxes_left"}
     assert (new <= set(bag.dag_ids)) is AIRFLOW_3
     assert "example_faxplus_tag_and_wait" in bag.dag_ids
+
+
+@run_async
+async def test_a_record_that_does_not_parse_is_still_reported_and_a_malformed_answer_is_retried(
+    faxplus_conn, control, quick
+):
+    """The fax is in the outbox even when its record does not parse (status and record None); an answer
+    that is not JSON is transient (a proxy in between), not a reason to stop."""
+    body = json.dumps({"records": [{"id": "broken", "uid": 7}]})
+    control.add_fault(status=200, method="GET", path_contains=LIST, body="<html>proxy</html>", times=1)
+    control.add_fault(status=200, method="GET", path_contains=LIST, body=body, times=1)
+    running = Running(make(quick, FakeStore(), report_existing=True))
+    try:
+        await running.until(lambda: running.events, "the event")
+    finally:
+        await running.stop()
+    [payload] = running.events
+    assert (payload["event"], payload["outbox_fax_id"], payload["status"], payload["record"]) == (
+        "entered",
+        "broken",
+        None,
+        None,
+    )
+
+
+@run_async
+async def test_two_watchers_of_one_account_share_its_list_calls(faxplus_conn, control, quick):
+    """An entered and a left watcher of the same account: one list call per interval serves both."""
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    store = FakeStore()
+    entered = Running(make(quick, store, report_existing=True, events=["entered"], poll_interval=0.3))
+    left = Running(make(quick, store, report_existing=True, events=["left"], poll_interval=0.3))
+    try:
+        await entered.until(lambda: entered.events, "the entered event")
+        await left.until(lambda: cursor(store, left.trigger), "the left watcher's cursor")
+        control.advance(3600)
+        await left.until(lambda: left.events, "the left event")
+        calls = list_calls(control)
+        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(3.0)
+        elapsed = asyncio.get_running_loop().time() - started
+        more = list_calls(control) - calls
+    finally:
+        await entered.stop()
+        await left.stop()
+    assert entered.kinds() == [("entered", fax_id)]
+    assert left.kinds() == [("left", fax_id)]
+    # Unshared, two watchers would send about 2 * elapsed / 0.3 calls.
+    print(f"list calls in {elapsed:.1f} s: {more}")
+    assert 1 <= more <= elapsed / 0.3 + 2, (more, elapsed)

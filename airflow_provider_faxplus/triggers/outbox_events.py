@@ -252,7 +252,7 @@ class OutboxEventTrigger(BaseEventTrigger):
                                 oauth.source_for(config).invalidate(token)
                             continue
                         raise _Parked(_redacted(str(exc), config)) from None
-                    if not protocol.is_retryable(exc):
+                    if protocol.is_permanent(exc):  # no retry can fix it (a malformed answer may pass)
                         raise _Parked(_redacted(str(exc), config)) from None
                     failures += 1
                     wait = max(
@@ -293,20 +293,31 @@ class OutboxEventTrigger(BaseEventTrigger):
         before = known or {}
         after: dict[str, dict[str, Any]] = {}
         fired: list[dict[str, Any]] = []
-        for fax_id, record in snapshot.records.items():
+        for fax_id in snapshot.records:
+            record = self._record(snapshot, fax_id)
+            status = None if record is None else str(record.status)
             entry = before.get(fax_id)
             reported = list(entry["reported"]) if entry else []
             if entry is None and (self.report_existing or not first) and "entered" in self.events:
-                fired.append(self._payload("entered", fax_id, str(record.status), record))
+                fired.append(self._payload("entered", fax_id, status, record))
                 reported.append("entered")
-            after[fax_id] = {"status": str(record.status), "reported": reported}
-            self._last_seen[fax_id] = record
+            after[fax_id] = {"status": status, "reported": reported}
+            if record is not None:
+                self._last_seen[fax_id] = record
         for fax_id, entry in before.items():
             if fax_id not in snapshot.records:
                 seen = self._last_seen.pop(fax_id, None)
                 if "left" in self.events:
                     fired.append(self._payload("left", fax_id, entry.get("status"), seen))
         return fired, after
+
+    def _record(self, snapshot: OutboxSnapshot, fax_id: str) -> OutboxFax | None:
+        """The fax's record, or None when it does not parse: the fax is in the outbox all the same."""
+        try:
+            return snapshot.records[fax_id]
+        except FaxPlusError as exc:
+            log.warning("Outbox fax %s: its record in the list does not parse: %s", fax_id, exc)
+            return None
 
     def _payload(
         self, event: str, fax_id: str, status: str | None, record: OutboxFax | None
