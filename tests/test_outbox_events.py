@@ -371,3 +371,23 @@ async def test_two_watchers_of_one_account_share_its_list_calls(faxplus_conn, co
     # Unshared, two watchers would send about 2 * elapsed / 0.3 calls.
     print(f"list calls in {elapsed:.1f} s: {more}")
     assert 1 <= more <= elapsed / 0.3 + 2, (more, elapsed)
+
+
+@run_async
+async def test_the_cursor_is_written_after_the_events_never_before(faxplus_conn, control, quick, monkeypatch):
+    """Airflow takes a yielded event on its next sync (about a second): the cursor follows it, so a
+    triggerer stopped in between reports the fax again rather than never."""
+    monkeypatch.setattr(quick, "SETTLE_SECONDS", 0.5)
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=False)
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger) == {}, "the first (empty) cursor")
+        fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await running.until(lambda: running.events, "the event")
+        assert cursor(store, trigger) == {}  # yielded, not yet recorded
+        await running.until(lambda: cursor(store, trigger), "the cursor after the settling time")
+    finally:
+        await running.stop()
+    assert cursor(store, trigger) == {fax_id: {"status": "submitted", "reported": ["entered"]}}
+    assert store.writes == 2
