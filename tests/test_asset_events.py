@@ -215,6 +215,14 @@ def test_five_new_faxes_make_five_runs_across_a_triggerer_restart_and_leaving_is
     reported = [fax_id for run in runs(deployment, LEFT_DAG) for values in run["xcom"] for fax_id in values]
     assert set(reported) <= everyone
     assert len(reported) == len(set(reported))
+    # What the watchers and tasks sent, and the sandbox answered, conforms to the spec; no file of the
+    # deployment (logs, the database with the triggers' kwargs and the asset events) holds the token.
+    from tests.conformance import problems
+
+    found = problems(deployment.sandbox.root_url, control.requests())
+    assert not found, "spec conformance:\n" + "\n".join(found[:20])
+    files = [path for path in deployment.home.path.rglob("*") if path.is_file()]
+    assert [str(path) for path in files if TOKEN.encode() in path.read_bytes()] == []
     print(f"\nasset-event deployment test: {time.monotonic() - started:.0f} s after start-up")
 
 
