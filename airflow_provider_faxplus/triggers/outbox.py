@@ -230,6 +230,18 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     return config
 
 
+async def load_connection(conn_id: str) -> FaxPlusConfig:
+    """The connection, read once for all triggers that ask at the same moment (a triggerer restart
+    starts thousands together); nothing is kept once the read completes, so a rotated token is seen."""
+    loop = asyncio.get_running_loop()
+    pending = _LOADING.setdefault(loop, {})
+    future = pending.get(conn_id)
+    if future is None:
+        future = pending[conn_id] = asyncio.ensure_future(_read_connection(conn_id))
+        future.add_done_callback(lambda _: pending.pop(conn_id, None))
+    return await asyncio.shield(future)
+
+
 def _error_kind(exc: FaxPlusRequestError) -> str:
     if isinstance(exc, FaxPlusAuthError):
         return "auth"
@@ -320,17 +332,7 @@ class OutboxFaxTrigger(BaseTrigger):
         )
 
     async def _load_config(self) -> FaxPlusConfig:
-        """The connection, read once for all triggers that ask at the same moment (a triggerer restart
-        starts thousands together); nothing is kept once the read completes, so a rotated token is seen."""
-        loop = asyncio.get_running_loop()
-        pending = _LOADING.setdefault(loop, {})
-        future = pending.get(self.faxplus_conn_id)
-        if future is None:
-            future = pending[self.faxplus_conn_id] = asyncio.ensure_future(
-                _read_connection(self.faxplus_conn_id)
-            )
-            future.add_done_callback(lambda _: pending.pop(self.faxplus_conn_id, None))
-        return await asyncio.shield(future)
+        return await load_connection(self.faxplus_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Exactly one event: every exception but cancellation becomes an error event."""

@@ -1,0 +1,393 @@
+"""OutboxEventTrigger against the real sandbox: entered/left events, the option for faxes already there,
+the cursor across a restart, errors. Airflow's asset state store lives in the triggerer's supervisor,
+which no unit test has: a fake store with its async ``aget``/``aset`` stands in for it here (the
+deployment test, tests/test_asset_events.py, uses Airflow's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from airflow import __version__ as airflow_version
+
+AIRFLOW_3 = int(airflow_version.split(".")[0]) >= 3
+LIST = "/v3/accounts/self/outbox"
+ONE_HOUR = [{"status": "submitted", "seconds": 3600}]
+
+
+@pytest.mark.skipif(AIRFLOW_3, reason="Airflow 2 only")
+def test_on_airflow_2_importing_the_trigger_says_it_needs_airflow_3():
+    with pytest.raises(ImportError, match=r"needs Airflow 3\.0 or later.*this is Airflow 2\."):
+        import airflow_provider_faxplus.triggers.outbox_events  # noqa: F401
+
+
+def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """An async test run in its own event loop (pytest sees the same fixtures)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+class FakeStore:
+    """Stands in for Airflow's asset state store accessor: JSON values, async access, counted writes."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.writes = 0
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.values[key]) if key in self.values else default
+
+    async def aset(self, key: str, value: Any) -> None:
+        self.values[key] = json.dumps(value)
+        self.writes += 1
+
+
+class Running:
+    """A trigger's run() in a task, its event payloads collected."""
+
+    def __init__(self, trigger: Any) -> None:
+        self.trigger = trigger
+        self.events: list[dict[str, Any]] = []
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        async for event in self.trigger.run():
+            self.events.append(event.payload)
+
+    async def until(self, check: Callable[[], object], what: str, timeout: float = 30) -> None:
+        async def wait() -> None:
+            while not check():
+                if self.task.done():
+                    self.task.result()
+                    raise AssertionError(f"run() ended before {what}")
+                await asyncio.sleep(0.05)
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; events: {self.events}") from None
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    def kinds(self) -> list[tuple[str, str]]:
+        return [(e["event"], e["outbox_fax_id"]) for e in self.events]
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """The trigger module (Airflow 3 only), its waits shortened."""
+    if not AIRFLOW_3:
+        pytest.skip("asset watchers need Airflow 3")
+    from airflow_provider_faxplus.triggers import outbox_events
+
+    monkeypatch.setattr(outbox_events, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(outbox_events, "PARKED_RECHECK_SECONDS", 0.2)
+    return outbox_events
+
+
+def make(quick, store: FakeStore | None, **kwargs: Any) -> Any:
+    trigger = quick.OutboxEventTrigger(poll_interval=kwargs.pop("poll_interval", 0.2), **kwargs)
+    if store is not None:
+        trigger.asset_state_store = store
+    return trigger
+
+
+def cursor(store: FakeStore, trigger: Any) -> dict[str, Any] | None:
+    raw = store.values.get(trigger.cursor_key)
+    return None if raw is None else json.loads(raw)["known"]
+
+
+def list_calls(control) -> int:
+    return sum(1 for entry in control.requests() if entry["method"] == "GET" and entry["path"] == LIST)
+
+
+async def _entered_and_left(quick, control, report_existing: bool) -> Running:
+    existing = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=report_existing)
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger) is not None, "the first cursor")
+        new = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await running.until(lambda: ("entered", new) in running.kinds(), "the new fax entering")
+        control.advance(3600)  # both leave
+        await running.until(lambda: len([k for k, _ in running.kinds() if k == "left"]) == 2, "two left")
+        await running.until(lambda: cursor(store, trigger) == {}, "the cursor after they left")
+    finally:
+        await running.stop()
+    expected = [("entered", new), ("left", existing), ("left", new)]
+    if report_existing:
+        expected.insert(0, ("entered", existing))
+    assert sorted(running.kinds()) == sorted(expected)
+    return running
+
+
+@run_async
+async def test_faxes_entering_and_leaving_are_reported_once_each(faxplus_conn, control, quick):
+    running = await _entered_and_left(quick, control, report_existing=False)
+    [entered] = [e for e in running.events if e["event"] == "entered"]
+    assert entered["status"] == "submitted"
+    assert entered["record"]["id"] == entered["outbox_fax_id"]
+    assert entered["user_id"] == "self"
+    for payload in running.events:
+        assert json.loads(json.dumps(payload)) == payload  # JSON-safe as it is
+        detected = datetime.fromisoformat(payload["detected_at"])
+        assert detected.utcoffset() == timedelta(0)
+    left = [e for e in running.events if e["event"] == "left"]
+    assert all(e["status"] == "submitted" and e["record"]["status"] == "submitted" for e in left)
+
+
+@run_async
+async def test_faxes_already_in_the_outbox_are_reported_only_when_asked(faxplus_conn, control, quick):
+    await _entered_and_left(quick, control, report_existing=True)
+
+
+@run_async
+async def test_only_the_chosen_events(faxplus_conn, control, quick):
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=True, events=["left"])
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger), "the first cursor")
+        control.advance(3600)
+        await running.until(lambda: running.events, "the left event")
+    finally:
+        await running.stop()
+    assert running.kinds() == [("left", fax_id)]
+
+
+@run_async
+async def test_the_cursor_carries_across_a_restart(faxplus_conn, control, quick):
+    """What a stopped triggerer reported is not reported again; what happened while none ran is."""
+    store = FakeStore()
+    stays = control.create_fax(lifecycle=[{"status": "submitted", "seconds": 7200}])["id"]
+    goes = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    first = Running(make(quick, store, report_existing=True))
+    try:
+        await first.until(lambda: len(cursor(store, first.trigger) or {}) == 2, "both faxes reported")
+    finally:
+        await first.stop()
+    assert sorted(first.kinds()) == sorted([("entered", stays), ("entered", goes)])
+
+    control.advance(3600)  # while no trigger runs: one leaves, one comes
+    comes = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    second = Running(make(quick, store, report_existing=True))  # rebuilt from the same kwargs
+    try:
+        await second.until(lambda: len(second.events) >= 2, "the changes made during the stop")
+        await second.until(lambda: set(cursor(store, second.trigger) or {}) == {stays, comes}, "the cursor")
+        before = list_calls(control)
+        await second.until(lambda: list_calls(control) >= before + 3, "three more polls")
+    finally:
+        await second.stop()
+    assert sorted(second.kinds()) == sorted([("left", goes), ("entered", comes)])
+    [left] = [e for e in second.events if e["event"] == "left"]
+    assert left["status"] == "submitted"  # from the cursor; this process never saw its record
+    assert left["record"] is None
+
+
+@run_async
+async def test_without_a_state_store_the_cursor_is_kept_in_memory(faxplus_conn, control, quick, caplog):
+    caplog.set_level(logging.WARNING)
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    trigger = make(quick, None, report_existing=True, user_id="self", faxplus_conn_id="faxplus_default")
+    quick._MEMORY.values.pop(trigger.cursor_key, None)
+    first = Running(trigger)
+    try:
+        await first.until(lambda: first.events, "the fax entering")
+        await first.until(lambda: trigger.cursor_key in quick._MEMORY.values, "the cursor in memory")
+    finally:
+        await first.stop()
+    assert "kept in memory" in caplog.text
+    # Airflow starts a watcher's run() again in the same process: nothing is reported twice.
+    again = Running(make(quick, None, report_existing=True))
+    try:
+        before = list_calls(control)
+        await again.until(lambda: list_calls(control) >= before + 3, "three polls")
+    finally:
+        await again.stop()
+        quick._MEMORY.values.pop(trigger.cursor_key, None)
+    assert first.kinds() == [("entered", fax_id)]
+    assert again.events == []
+
+
+@run_async
+async def test_transient_errors_back_off_and_then_report(faxplus_conn, control, quick):
+    control.add_fault(status=503, retry_after="0", times=2, method="GET", path_contains=LIST)
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    running = Running(make(quick, FakeStore(), report_existing=True))
+    try:
+        await running.until(lambda: running.events, "the event after two 503s")
+    finally:
+        await running.stop()
+    assert running.kinds() == [("entered", fax_id)]
+    statuses = [e["status"] for e in control.requests() if e["path"] == LIST]
+    assert statuses[:3] == [503, 503, 200]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@run_async
+async def test_a_refused_token_logs_one_error_and_stops_polling(
+    faxplus_conn, control, quick, caplog, status, sandbox
+):
+    caplog.set_level(logging.INFO)
+    control.add_fault(status=status, times=1000, method="GET", path_contains=LIST)
+    store = FakeStore()
+    running = Running(make(quick, store, report_existing=True))
+    try:
+        await running.until(lambda: "stops polling" in caplog.text, "the error")
+        calls = list_calls(control)
+        await asyncio.sleep(2.0)  # ten poll intervals, several re-reads of the connection
+    finally:
+        await running.stop()
+    assert list_calls(control) == calls <= 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert f"HTTP {status}" in errors[0].getMessage() or str(status) in errors[0].getMessage()
+    assert sandbox.token not in caplog.text
+    assert running.events == []
+    assert store.values == {}
+
+
+@run_async
+async def test_a_refused_token_polls_again_once_the_connection_changes(
+    faxplus_conn, control, quick, caplog, sandbox, monkeypatch
+):
+    caplog.set_level(logging.INFO)
+    control.add_fault(status=401, times=1, method="GET", path_contains=LIST)
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    running = Running(make(quick, FakeStore(), report_existing=True))
+    try:
+        await running.until(lambda: "stops polling" in caplog.text, "the error")
+        monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", sandbox.connection_json(initial_backoff=0.06))
+        await running.until(lambda: running.events, "the event after the connection changed")
+    finally:
+        await running.stop()
+    assert running.kinds() == [("entered", fax_id)]
+
+
+def test_kwargs_are_fixed_and_checked(quick):
+    trigger = quick.OutboxEventTrigger(report_existing=False, events=["left", "entered"], poll_interval=5)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_faxplus.triggers.outbox_events.OutboxEventTrigger"
+    assert kwargs == {
+        "report_existing": False,
+        "user_id": "self",
+        "faxplus_conn_id": "faxplus_default",
+        "events": ["entered", "left"],
+        "poll_interval": 5.0,
+    }
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert quick.OutboxEventTrigger(**kwargs).serialize() == (classpath, kwargs)  # same hash, same row
+    with pytest.raises(TypeError):
+        quick.OutboxEventTrigger()  # report_existing is a required, explicit choice
+    for bad, message in [
+        ({"report_existing": "yes"}, "report_existing"),
+        ({"report_existing": True, "events": "entered"}, "not the string"),
+        ({"report_existing": True, "events": ["sent"]}, "events must be"),
+        ({"report_existing": True, "events": []}, "events must be"),
+        ({"report_existing": True, "poll_interval": 0}, "poll_interval"),
+        ({"report_existing": True, "user_id": ""}, "user_id"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            quick.OutboxEventTrigger(**bad)
+
+
+def test_the_example_dag_folder_imports_on_both_lines():
+    """On Airflow 3 the event-driven examples parse; on Airflow 2 the file defines no DAG, and breaks none."""
+    from pathlib import Path
+
+    try:
+        from airflow.dag_processing.dagbag import DagBag  # Airflow 3
+    except ImportError:
+        from airflow.models import DagBag  # type: ignore[attr-defined,no-redef]
+
+    bag = DagBag(str(Path(__file__).resolve().parent.parent / "example_dags"))  # examples off: conftest
+    assert bag.import_errors == {}
+    new = {"example_faxplus_tag_new_faxes", "example_faxplus_faxes_left"}
+    assert (new <= set(bag.dag_ids)) is AIRFLOW_3
+    assert "example_faxplus_tag_and_wait" in bag.dag_ids
+
+
+@run_async
+async def test_a_record_that_does_not_parse_is_still_reported_and_a_malformed_answer_is_retried(
+    faxplus_conn, control, quick
+):
+    """The fax is in the outbox even when its record does not parse (status and record None); an answer
+    that is not JSON is transient (a proxy in between), not a reason to stop."""
+    body = json.dumps({"records": [{"id": "broken", "uid": 7}]})
+    control.add_fault(status=200, method="GET", path_contains=LIST, body="<html>proxy</html>", times=1)
+    control.add_fault(status=200, method="GET", path_contains=LIST, body=body, times=1)
+    running = Running(make(quick, FakeStore(), report_existing=True))
+    try:
+        await running.until(lambda: running.events, "the event")
+    finally:
+        await running.stop()
+    [payload] = running.events
+    assert (payload["event"], payload["outbox_fax_id"], payload["status"], payload["record"]) == (
+        "entered",
+        "broken",
+        None,
+        None,
+    )
+
+
+@run_async
+async def test_two_watchers_of_one_account_share_its_list_calls(faxplus_conn, control, quick):
+    """An entered and a left watcher of the same account: one list call per interval serves both."""
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    store = FakeStore()
+    entered = Running(make(quick, store, report_existing=True, events=["entered"], poll_interval=0.3))
+    left = Running(make(quick, store, report_existing=True, events=["left"], poll_interval=0.3))
+    try:
+        await entered.until(lambda: entered.events, "the entered event")
+        await left.until(lambda: cursor(store, left.trigger), "the left watcher's cursor")
+        control.advance(3600)
+        await left.until(lambda: left.events, "the left event")
+        calls = list_calls(control)
+        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(3.0)
+        elapsed = asyncio.get_running_loop().time() - started
+        more = list_calls(control) - calls
+    finally:
+        await entered.stop()
+        await left.stop()
+    assert entered.kinds() == [("entered", fax_id)]
+    assert left.kinds() == [("left", fax_id)]
+    # Unshared, two watchers would send about 2 * elapsed / 0.3 calls.
+    print(f"list calls in {elapsed:.1f} s: {more}")
+    assert 1 <= more <= elapsed / 0.3 + 2, (more, elapsed)
+
+
+@run_async
+async def test_the_cursor_is_written_after_the_events_never_before(faxplus_conn, control, quick, monkeypatch):
+    """Airflow takes a yielded event on its next sync (about a second): the cursor follows it, so a
+    triggerer stopped in between reports the fax again rather than never."""
+    monkeypatch.setattr(quick, "SETTLE_SECONDS", 0.5)
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=False)
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger) == {}, "the first (empty) cursor")
+        fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await running.until(lambda: running.events, "the event")
+        assert cursor(store, trigger) == {}  # yielded, not yet recorded
+        await running.until(lambda: cursor(store, trigger), "the cursor after the settling time")
+    finally:
+        await running.stop()
+    assert cursor(store, trigger) == {fax_id: {"status": "submitted", "reported": ["entered"]}}
+    assert store.writes == 2
