@@ -120,8 +120,7 @@ FAULTS: list[Fault] = [
         put_error=FaxPlusRateLimitError,
         says=("HTTP 429",),
         operator="raises",
-        min_gap=0.9,
-        notes="a date has whole seconds: the first wait is 1 to 2 s; later ones, past the date, are short",
+        notes="a date has whole seconds: no retry before it; later ones, past the date, are short",
     ),
     *TRANSIENT_SERVER,
     Fault(
