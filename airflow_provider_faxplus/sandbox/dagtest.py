@@ -1,4 +1,5 @@
-"""Run DAGs for real with ``airflow dags test`` in a throw-away ``AIRFLOW_HOME`` (SQLite).
+"""Run DAGs for real with ``airflow dags test`` in a throw-away ``AIRFLOW_HOME`` (SQLite), or run that
+home as an Airflow 3 deployment (api-server, dag-processor, scheduler, triggerer) for event-driven DAGs.
 
 Used by the demo and the tests; handy for developing DAGs against the sandbox too::
 
@@ -6,6 +7,9 @@ Used by the demo and the tests; handy for developing DAGs against the sandbox to
         home = AirflowHome.create(dags_folder="example_dags", connections={"faxplus_default": sandbox})
         run = home.dags_test("example_faxplus_tag_and_wait", conf={"outbox_fax_id": fax_id})
         run.succeeded, home.task_states("example_faxplus_tag_and_wait")
+        with AirflowDeployment.airflow3(home) as deployment:
+            deployment.unpause("example_faxplus_tag_new_faxes")
+            deployment.dag_runs("example_faxplus_tag_new_faxes")
 """
 
 from __future__ import annotations
@@ -13,13 +17,21 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from airflow_provider_faxplus.sandbox.server import SandboxServer
@@ -172,3 +184,196 @@ class AirflowHome:
         """The latest run's state and ``[task_id, map_index, state]`` of each of its task instances."""
         states: dict[str, Any] = json.loads(self.python(_TASK_STATES, dag_id))
         return states
+
+
+# Airflow 3 queries for a running deployment (run by ``AirflowHome.python``).
+_UNPAUSE = """
+import json, sys
+from airflow.models.dag import DagModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    found = session.query(DagModel).filter(DagModel.dag_id.in_(sys.argv[1:])).all()
+    if len(found) == len(sys.argv[1:]):
+        for dag in found:
+            dag.is_paused = False
+    print("FAXPLUS-OUT:", json.dumps(sorted(dag.dag_id for dag in found)))
+"""
+_DAG_RUNS = """
+import json, sys
+from airflow.models.dagrun import DagRun
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    runs = session.query(DagRun).filter(DagRun.dag_id == sys.argv[1]).order_by(DagRun.id).all()
+    out = []
+    for run in runs:
+        rows = session.query(XComModel).filter(
+            XComModel.dag_id == sys.argv[1], XComModel.run_id == run.run_id, XComModel.key == "return_value"
+        ).all()
+        values = []
+        for row in rows:
+            value = row.value
+            if isinstance(value, (bytes, str)):
+                value = json.loads(value)
+            values.append(value)
+        out.append({"run_id": run.run_id, "state": str(run.state), "xcom": values})
+    print("FAXPLUS-OUT:", json.dumps(out))
+"""
+_ASSET_EVENTS = """
+import json, sys
+from sqlalchemy import select
+from airflow.models.asset import AssetEvent, AssetModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    rows = session.execute(
+        select(AssetEvent.extra).join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+        .where(AssetModel.name == sys.argv[1]).order_by(AssetEvent.id)
+    ).all()
+    print("FAXPLUS-OUT:", json.dumps([(extra or {}).get("payload") for (extra,) in rows]))
+"""
+_ASSET_STATE = """
+import json, sys
+from sqlalchemy import select
+from airflow.models.asset import AssetModel
+from airflow.models.asset_state_store import AssetStateStoreModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    rows = session.execute(
+        select(AssetStateStoreModel.key, AssetStateStoreModel.value)
+        .join(AssetModel, AssetModel.id == AssetStateStoreModel.asset_id)
+        .where(AssetModel.name == sys.argv[1])
+    ).all()
+    print("FAXPLUS-OUT:", json.dumps({key: value for key, value in rows}))
+"""
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float, interval: float = 1.0) -> None:
+    """Poll ``check`` until it is true; after ``timeout`` seconds raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+            return int(response.status) < 500
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class AirflowDeployment:
+    """Airflow processes started on one ``AirflowHome``; each writes to ``<home>/<name>.out``.
+
+    A context manager: leaving it (also on an exception or Ctrl-C) stops every process it started."""
+
+    home: AirflowHome
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    api_port: int | None = None
+
+    @classmethod
+    def airflow3(cls, home: AirflowHome, startup_timeout: float = 300) -> AirflowDeployment:
+        """Start an api-server on 127.0.0.1 (the execution API the tasks talk to), then a dag-processor,
+        a scheduler and a triggerer. Sets the home's settings they share; stops them all if one fails."""
+        port = free_port()
+        home.env.update(
+            {
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            }
+        )
+        deployment = cls(home, api_port=port)
+        try:
+            deployment.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
+            deployment.wait_healthy(startup_timeout)
+            for name in ("dag-processor", "scheduler", "triggerer"):
+                deployment.start(name, name)
+        except BaseException:
+            deployment.stop_all()
+            raise
+        return deployment
+
+    def start(self, name: str, *args: str) -> None:
+        if name in self.processes:
+            raise ValueError(f"an Airflow process named {name!r} is already running")
+        with (self.home.path / f"{name}.out").open("ab") as output:
+            self.processes[name] = subprocess.Popen(  # noqa: S603 - our own airflow binary
+                [self.home._airflow_bin(), *args], env=self.home._environ(), stdout=output, stderr=output
+            )
+
+    def wait_healthy(self, timeout: float) -> None:
+        url = f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health"
+
+        def healthy() -> bool:
+            self.check_alive()
+            return _answers(url)
+
+        wait_until(healthy, "the api-server to answer", timeout)
+
+    def check_alive(self) -> None:
+        """Raise ``RuntimeError`` naming a process that has exited, and where its output is."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                output = self.home.path / f"{name}.out"
+                raise RuntimeError(f"airflow {name} exited with code {process.returncode}; see {output}")
+
+    def stop(self, name: str, timeout: float = 60) -> None:
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop_all(self) -> None:
+        # The scheduler first: it starts task processes that talk to the api-server.
+        for name in sorted(self.processes, key=lambda name: name == "api-server"):
+            self.stop(name)
+
+    def __enter__(self) -> AirflowDeployment:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop_all()
+
+    def unpause(self, *dag_ids: str, timeout: float = 300) -> None:
+        """Unpause the DAGs once the dag-processor has stored them all."""
+        wanted = sorted(dag_ids)
+
+        def unpaused() -> bool:
+            self.check_alive()
+            found: list[str] = json.loads(self.home.python(_UNPAUSE, *dag_ids))
+            return found == wanted
+
+        wait_until(unpaused, f"the dag-processor to store {', '.join(wanted)}", timeout, interval=2)
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """Each run of the DAG, oldest first: ``run_id``, ``state`` and the XComs its tasks returned."""
+        runs: list[dict[str, Any]] = json.loads(self.home.python(_DAG_RUNS, dag_id))
+        return runs
+
+    def asset_events(self, asset: str) -> list[dict[str, Any]]:
+        """The payload of each event of the asset, oldest first."""
+        found: list[dict[str, Any]] = json.loads(self.home.python(_ASSET_EVENTS, asset))
+        return found
+
+    def asset_state(self, asset: str) -> dict[str, str]:
+        """What the asset's watchers keep in its state store (empty before they first wrote)."""
+        stored: dict[str, str] = json.loads(self.home.python(_ASSET_STATE, asset))
+        return stored
