@@ -14,13 +14,14 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import FaxPlusInputError, FaxPlusRequestError
+from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
 from airflow_provider_faxplus.protocol import (
     ApiCall,
     Operation,
@@ -75,17 +76,6 @@ class SentFax:
 
     outbox_fax_ids: dict[str, str]
     mark: str | None = None
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    """What the outbox list says of one fax (the fields the never-twice check needs)."""
-
-    id: str
-    to: tuple[str, ...]
-    tags: tuple[str, ...]
-    status: str | None
-    raw: Mapping[str, Any] = field(default_factory=dict)
 
 
 # Validation -------------------------------------------------------------------------------------
@@ -266,13 +256,13 @@ def send_mark(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     return MARK_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
-def find_marked(entries: Iterable[OutboxEntry], mark: str) -> dict[str, str]:
-    """Destination -> outbox id of the faxes carrying ``mark``."""
+def find_marked(records: Iterable[OutboxFax], mark: str) -> dict[str, str]:
+    """Destination -> outbox id of the faxes carrying ``mark`` (a comment tag)."""
     found: dict[str, str] = {}
-    for entry in entries:
-        if mark in entry.tags:
-            for destination in entry.to:
-                found.setdefault(destination, entry.id)
+    for record in records:
+        if mark in record.comment.tags:
+            for destination in record.to:
+                found.setdefault(destination, record.id)
     return found
 
 
@@ -378,31 +368,36 @@ def parse_send_response(
     return {destination: ids[destination] for destination in destinations}
 
 
-def parse_list_response(
+def list_records(
     config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
-) -> list[OutboxEntry]:
+) -> list[Any]:
+    """The decoded ``records`` of a *List outgoing faxes* answer, not yet parsed, or the exception."""
     if status != 200:
         raise error_from_response(config, call, status, headers, body)
     records = _json_object(call, status, headers, body).get("records")
     if not isinstance(records, list):
         raise _malformed(call, status, "no 'records' list in the answer")
-    entries = []
-    for record in records:
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            raise _malformed(call, status, "a record without an 'id'")
-        comment = record.get("comment")
-        tags = comment.get("tags") if isinstance(comment, dict) else None
-        to = record.get("to")
-        entries.append(
-            OutboxEntry(
-                id=record["id"],
-                to=tuple(str(n) for n in to) if isinstance(to, list) else (),
-                tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
-                status=record.get("status") if isinstance(record.get("status"), str) else None,
-                raw=record,
-            )
-        )
-    return entries
+    return records
+
+
+def parse_list_record(call: ApiCall, status: int, index: int, record: object) -> OutboxFax:
+    """One record of a list answer as an :class:`OutboxFax`; a record that is no ``Outbox`` raises a
+    malformed-response error naming it (its position, and its id where it has one)."""
+    try:
+        return parse_outbox(record)
+    except OutboxParseError as exc:
+        fax_id = record.get("id") if isinstance(record, dict) else None
+        named = f"record #{index}" + (f" (id {fax_id!r:.80})" if isinstance(fax_id, str) else "")
+        raise _malformed(call, status, f"{named} is not an Outbox: {exc}") from None
+
+
+def parse_list_response(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> list[OutboxFax]:
+    """Every record of a *List outgoing faxes* answer; one that does not parse fails the whole answer
+    (a list with a hole could hide the very fax a caller looks for)."""
+    records = list_records(config, call, status, headers, body)
+    return [parse_list_record(call, status, index, record) for index, record in enumerate(records)]
 
 
 def check_cancel_response(

@@ -12,11 +12,14 @@ import pytest
 from airflow_provider_faxplus import send
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
+    FaxPlusAuthError,
     FaxPlusInputError,
     FaxPlusNotFoundError,
     FaxPlusNotSentError,
+    FaxPlusResponseError,
 )
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+from airflow_provider_faxplus.models import OutboxFax, OutboxStatus, parse_outbox
 from airflow_provider_faxplus.send import FaxPlusSendUncertainError
 from tests.conftest import TOKEN
 
@@ -94,7 +97,8 @@ def test_send_returns_an_outbox_id_per_destination_with_every_field(hook, contro
     listed = {entry.id: entry for entry in hook.list_outbox_faxes()}
     for destination, fax_id in sent.outbox_fax_ids.items():
         assert listed[fax_id].to == (destination,)
-        assert listed[fax_id].tags == ("billing",)
+        assert listed[fax_id].comment.tags == ("billing",)
+        assert listed[fax_id].status == "submitted"
         assert hook.get_outbox_fax(fax_id).comment.text == "batch 1"
 
 
@@ -257,10 +261,14 @@ def test_the_mark_is_stable_per_task_instance_and_differs_otherwise():
 
 
 def test_find_marked_maps_destinations_to_the_marked_faxes():
+    def record(fax_id: str, to: str, tags: list[str], status: str) -> OutboxFax:
+        body = {"id": fax_id, "uid": "u", "status": status, "to": [to], "comment": {"tags": tags}}
+        return parse_outbox(body)
+
     entries = [
-        send.OutboxEntry("a", ("+16699990001",), ("airflow-000000000001",), "submitted"),
-        send.OutboxEntry("b", ("+16699990002",), ("x", "airflow-000000000001"), "sending"),
-        send.OutboxEntry("c", ("+16699990003",), ("airflow-000000000002",), "submitted"),
+        record("a", "+16699990001", ["airflow-000000000001"], "submitted"),
+        record("b", "+16699990002", ["x", "airflow-000000000001"], "sending"),
+        record("c", "+16699990003", ["airflow-000000000002"], "submitted"),
     ]
     assert send.find_marked(entries, "airflow-000000000001") == {"+16699990001": "a", "+16699990002": "b"}
     assert send.find_marked(entries, "airflow-ffffffffffff") == {}
@@ -281,3 +289,52 @@ def test_the_sandbox_refuses_an_upload_over_150_mb_from_its_declared_length(sand
     assert response.status == 413
     assert json.loads(response.read())["error"] == "payload_too_large"
     conn.close()
+
+
+# List outgoing faxes --------------------------------------------------------------------------------
+
+
+def test_list_outbox_faxes_answers_typed_records(hook, control):
+    control.create_fax(id="f1", tags=["t1"], lifecycle=[{"status": "converting", "seconds": 60}])
+    control.create_fax(id="f2", lifecycle=[{"status": "sending", "seconds": 60}])
+    records = {record.id: record for record in hook.list_outbox_faxes()}
+    assert set(records) == {"f1", "f2"}
+    assert isinstance(records["f1"], OutboxFax)
+    assert records["f1"].status is OutboxStatus.CONVERTING
+    assert records["f1"].comment.tags == ("t1",)
+    assert records["f2"].last_updated_status_time is not None
+    [entry] = control.requests()
+    assert (entry["method"], entry["path"]) == ("GET", "/v3/accounts/self/outbox")
+
+
+def test_list_outbox_faxes_checks_its_input_before_any_request(hook, control):
+    with pytest.raises(FaxPlusInputError, match="user_id"):
+        hook.list_outbox_faxes("../self")
+    assert control.requests() == []
+
+
+def test_list_outbox_faxes_is_retried_like_a_get(hook, control):
+    control.create_fax(id="f1")
+    control.add_fault(status=503, method="GET", path_contains="/outbox", times=2)
+    assert [record.id for record in hook.list_outbox_faxes()] == ["f1"]
+    assert [entry["status"] for entry in control.requests()] == [503, 503, 200]
+
+
+def test_list_outbox_faxes_maps_errors_like_a_get(hook, control):
+    control.add_fault(status=403, method="GET", path_contains="/outbox")
+    with pytest.raises(FaxPlusAuthError, match="List outgoing faxes") as caught:
+        hook.list_outbox_faxes()
+    assert caught.value.status == 403
+    assert TOKEN not in str(caught.value)
+
+
+def test_a_list_record_that_is_no_outbox_fails_the_list_naming_it(hook, control):
+    """A list with a hole could hide the fax a caller (the send operator's mark lookup) looks for:
+    the whole answer fails, and the message names the record."""
+    body = json.dumps(
+        {"records": [{"id": "ok", "uid": "u", "status": "sending"}, {"id": "broken", "uid": 7}]}
+    )
+    control.add_fault(status=200, method="GET", path_contains="/outbox", body=body)
+    with pytest.raises(FaxPlusResponseError, match=r"record #1 \(id 'broken'\) is not an Outbox") as caught:
+        hook.list_outbox_faxes()
+    assert "uid, status" in str(caught.value)

@@ -291,7 +291,8 @@ def test_triggers_of_one_connection_share_one_pool(faxplus_conn, control):
     seen = {"started_at": time.time(), "ever_seen": True, "last_status": "sending"}
 
     async def many():
-        triggers = [make(outbox_fax_id=f"f{i}", progress=seen) for i in range(count)]
+        # Each polls its own fax: the pool is the point here, not the shared list poll.
+        triggers = [make(outbox_fax_id=f"f{i}", progress=seen, shared_poll=False) for i in range(count)]
         return await asyncio.gather(*(first_event(trigger) for trigger in triggers))
 
     events = asyncio.run(many())

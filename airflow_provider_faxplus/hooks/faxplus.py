@@ -43,7 +43,7 @@ from airflow_provider_faxplus.exceptions import (
 )
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import retry_kwargs
-from airflow_provider_faxplus.send import OutboxEntry, SentFax, UploadedFile
+from airflow_provider_faxplus.send import SentFax, UploadedFile
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +283,26 @@ class FaxPlusHook(BaseHook):
         log.info("Sent a fax to %d destination(s): outbox ids %s", len(ids), ", ".join(ids.values()))
         return SentFax(outbox_fax_ids=ids)
 
-    def list_outbox_faxes(self, user_id: str = "self") -> list[OutboxEntry]:
-        """*List outgoing faxes*: every fax in the user's outbox (no pagination in the API)."""
+    def list_outbox_faxes(self, user_id: str = "self") -> list[OutboxFax]:
+        """*List outgoing faxes*: the typed record of every fax in the user's outbox (no pagination in
+        the API), retried like :meth:`get_outbox_fax`.
+
+        :raises FaxPlusResponseError: the answer is malformed, or one of its records is no ``Outbox``
+            (the message names it): a list with a hole could hide the fax a caller looks for.
+        :raises FaxPlusAuthError: the token is rejected or lacks ``fax:fax:read``.
+        """
         call = send.list_outbox_call(self.config, user_id)
         status, headers, body = self._send(call)
-        return send.parse_list_response(self.config, call, status, headers, body)
+        records = send.parse_list_response(self.config, call, status, headers, body)
+        for record in records:
+            if record.parse_warnings:
+                log.warning(
+                    "Outbox fax %s: field(s) that did not parse were left empty (the raw value is kept "
+                    "in record.raw): %s",
+                    record.id,
+                    "; ".join(record.parse_warnings),
+                )
+        return records
 
     def cancel_outbox_fax(self, outbox_fax_id: str, user_id: str = "self") -> None:
         """Cancel an outgoing fax (``DELETE .../outbox/{id}``); retried: a second cancel changes nothing.

@@ -195,8 +195,13 @@ async def list_outbox(request: Request) -> Response:
         return owner
     state = _state(request)
     now = state.clock.now()
-    # Listing shows faxes but moves no poll-counted lifecycle: only a GET of one fax counts as a poll.
-    records = [fax.to_outbox(now) for fax in state.faxes.values() if state.find(owner, fax.id) is fax]
+    # A list answer that shows a fax is a look at it, as a GET is: poll-counted lifecycles move on (a
+    # shared list poll would otherwise never see a poll-counted fax leave).
+    shown = [fax for fax in state.faxes.values() if state.find(owner, fax.id) is fax]
+    records = [fax.to_outbox(now) for fax in shown]
+    if request.method == "GET":  # a HEAD shows nothing
+        for fax in shown:
+            fax.record_poll(now)
     return JSONResponse({"records": records})
 
 

@@ -58,7 +58,7 @@ class SandboxClient:
         return result
 
     def add_fault(self, **spec: Any) -> dict[str, Any]:
-        """Script a fault: ``times``, ``method``, ``path_contains``, ``status``, ``body``,
+        """Script a fault: ``times``, ``method``, ``path_contains``, ``path_endswith``, ``status``, ``body``,
         ``content_type``, ``headers``, ``retry_after``, ``delay``, ``drop``, ``drop_after`` (handle the
         request, then cut the answer off: a send creates its fax and the client never learns it)."""
         result: dict[str, Any] = self._call("POST", "/faults", spec)

@@ -3,8 +3,8 @@
 Faxes go through their lifecycle (by default submitted -> converting -> scheduled_for_sending ->
 sending, then out of the outbox) on a virtual clock: ``pace`` virtual seconds per real second, plus
 whatever the control API adds with ``advance``. A lifecycle can count polls instead of seconds
-(``{"status": "submitted", "polls": 2}``): the fax then moves on each time a GET has shown it so many
-times, which keeps tests deterministic however slowly the client gets round to looking.
+(``{"status": "submitted", "polls": 2}``): the fax then moves on each time an answer (a GET, or a list)
+has shown it so many times, which keeps tests deterministic however slowly the client gets round to looking.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Fax:
         return None
 
     def record_poll(self, now: float) -> None:
-        """A GET has shown the fax: poll-counted lifecycles move on."""
+        """A GET or a list answer has shown the fax: poll-counted lifecycles move on."""
         if self.unit != "polls":
             return
         if not self.poll_stage_starts:
@@ -195,6 +195,8 @@ class Fault:
     times: int = 1
     method: str | None = None
     path_contains: str | None = None
+    # "/outbox" picks the list (and send) route alone: path_contains would match every fax's path too.
+    path_endswith: str | None = None
     status: int | None = None
     body: str | None = None
     content_type: str = "application/json"
@@ -206,8 +208,10 @@ class Fault:
     drop_after: bool = False
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (
-            self.path_contains is None or self.path_contains in path
+        return (
+            (self.method is None or self.method == method)
+            and (self.path_contains is None or self.path_contains in path)
+            and (self.path_endswith is None or path.endswith(self.path_endswith))
         )
 
     def describe(self) -> dict[str, Any]:
@@ -363,6 +367,7 @@ class SandboxState:
             times=int(times),
             method=(_string(data, "method") or "").upper() or None,
             path_contains=_string(data, "path_contains"),
+            path_endswith=_string(data, "path_endswith"),
             status=status,
             body=_string(data, "body"),
             content_type=_string(data, "content_type", "application/json") or "application/json",

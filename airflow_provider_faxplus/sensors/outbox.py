@@ -62,6 +62,9 @@ class OutboxFaxSensor(BaseSensorOperator):
         poke, on an Airflow without a task state store) a not-found after the grace period counts as
         left and the XCom says ``ever_seen: null``.
     :param deferrable: Check once, then wait in the triggerer (frees the worker slot).
+    :param shared_poll: Deferred, share one *List outgoing faxes* request per poll with the other
+        sensors of the connection and ``user_id`` in the triggerer (the README's "Shared polling");
+        ``False``: poll this fax alone with *Get outgoing fax*.
     """
 
     template_fields: Sequence[str] = ("outbox_fax_id", "user_id", "faxplus_conn_id")
@@ -77,6 +80,7 @@ class OutboxFaxSensor(BaseSensorOperator):
         not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD,
         fail_if_never_seen: bool | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        shared_poll: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -89,6 +93,7 @@ class OutboxFaxSensor(BaseSensorOperator):
         self.not_found_grace_period = float(not_found_grace_period)
         self.fail_if_never_seen = fail_if_never_seen
         self.deferrable = deferrable
+        self.shared_poll = bool(shared_poll)
         self._progress: WaitProgress | None = None
         self._saved: dict[str, Any] | None = None
 
@@ -270,6 +275,7 @@ class OutboxFaxSensor(BaseSensorOperator):
                 exponential_backoff=bool(self.exponential_backoff),
                 max_wait=None if max_wait is None else float(max_wait),
                 deferred_at=deferred_at,
+                shared_poll=self.shared_poll,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout),

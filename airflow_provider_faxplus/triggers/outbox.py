@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -40,6 +40,9 @@ from airflow_provider_faxplus.waiting import (
     observe_record,
     parse_waiting_statuses,
 )
+
+if TYPE_CHECKING:
+    from airflow_provider_faxplus.triggers.outbox_poll import AccountPoll
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,18 @@ def _new_session(config: FaxPlusConfig, tls: TlsSettings) -> aiohttp.ClientSessi
     )
 
 
+def session_key(config: FaxPlusConfig) -> tuple[Any, ...]:
+    """What makes two connections one identity: the same session, the same account polls."""
+    return (
+        config.base_url,
+        hashlib.sha256(config.token.encode()).hexdigest(),
+        config.client_id,
+        tls_settings(config),
+        environment_proxy(config.base_url),
+        config.timeout,
+    )
+
+
 @asynccontextmanager
 async def shared_session(config: FaxPlusConfig) -> AsyncIterator[_Lease]:
     """The event loop's session for this connection, shared by every trigger holding a lease on it;
@@ -91,14 +106,7 @@ async def shared_session(config: FaxPlusConfig) -> AsyncIterator[_Lease]:
     loop = asyncio.get_running_loop()
     tls = tls_settings(config)
     proxy = environment_proxy(config.base_url)
-    key = (
-        config.base_url,
-        hashlib.sha256(config.token.encode()).hexdigest(),
-        config.client_id,
-        tls,
-        proxy,
-        config.timeout,
-    )
+    key = session_key(config)
     leases = _SESSIONS.setdefault(loop, {})
     lease = leases.get(key)
     if lease is None or lease.session.closed:
@@ -251,6 +259,12 @@ class OutboxFaxTrigger(BaseTrigger):
     other exception), which a retry of the task may. Transient errors (429, 5xx, network) back off
     exponentially, never faster than ``poke_interval`` and never sooner than ``Retry-After``.
     The token is never part of the serialized kwargs: the connection is read again in the triggerer.
+
+    With ``shared_poll`` (the default), the triggers of one connection and ``user_id`` in a triggerer
+    share one *List outgoing faxes* request per tick (see ``outbox_poll``); a fax absent from the list
+    waits within its grace period, and any verdict on absence is confirmed by one *Get outgoing fax*.
+    A trigger alone on its account, or on an account whose list the API refuses, polls its own fax.
+    ``shared_poll=False``: every look is its own *Get outgoing fax*.
     """
 
     def __init__(
@@ -267,6 +281,7 @@ class OutboxFaxTrigger(BaseTrigger):
         exponential_backoff: bool = False,
         max_wait: float | None = None,
         deferred_at: float | None = None,
+        shared_poll: bool = True,
     ) -> None:
         super().__init__()
         self.outbox_fax_id = outbox_fax_id
@@ -280,6 +295,7 @@ class OutboxFaxTrigger(BaseTrigger):
         self.exponential_backoff = bool(exponential_backoff)
         self.max_wait = None if max_wait is None else float(max_wait)
         self.deferred_at = time.time() if deferred_at is None else float(deferred_at)
+        self.shared_poll = bool(shared_poll)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -296,6 +312,7 @@ class OutboxFaxTrigger(BaseTrigger):
                 "exponential_backoff": self.exponential_backoff,
                 "max_wait": self.max_wait,
                 "deferred_at": self.deferred_at,
+                "shared_poll": self.shared_poll,
             },
         )
 
@@ -326,8 +343,8 @@ class OutboxFaxTrigger(BaseTrigger):
             renewed = False
             while True:
                 try:
-                    async with shared_session(config) as lease:
-                        async for event in self._poll(lease, config, policy, renewed):
+                    async with self._hold(config) as (lease, poll):
+                        async for event in self._poll(lease, config, policy, renewed, poll):
                             yielded = True
                             yield event
                             return
@@ -340,6 +357,58 @@ class OutboxFaxTrigger(BaseTrigger):
                 log.warning("After the event: %s", _redacted(f"{type(exc).__name__}: {exc}", config))
                 return
             yield TriggerEvent(self._error_event(exc, config))
+
+    @asynccontextmanager
+    async def _hold(self, config: FaxPlusConfig) -> AsyncIterator[tuple[_Lease, AccountPoll | None]]:
+        """The shared session, and with ``shared_poll`` the account's poll on it."""
+        if not self.shared_poll:
+            async with shared_session(config) as lease:
+                yield lease, None
+            return
+        from airflow_provider_faxplus.triggers.outbox_poll import account_poll
+
+        async with account_poll(config, self.user_id) as poll:
+            yield poll.lease, poll
+
+    async def _look(
+        self,
+        lease: _Lease,
+        config: FaxPlusConfig,
+        policy: WaitPolicy,
+        token: str,
+        poll: AccountPoll | None,
+        due: float,
+        interval: float,
+    ) -> tuple[Decision, float]:
+        """One look at the fax: its decision, and the moment the next interval counts from. With a shared
+        poll the account's list answers; where absence would decide (the fax left, or was never seen
+        after the grace period), one *Get outgoing fax* confirms. Raises the GET's errors (a not-found
+        included) and the list's."""
+        from airflow_provider_faxplus.triggers.outbox_poll import ListUnavailable
+
+        confirming = False
+        if poll is not None and poll.shared:
+            try:
+                snapshot = await poll.snapshot(due=due, interval=interval)
+            except ListUnavailable:
+                pass  # the poll said so once; this look and the next are GETs
+            else:
+                record = snapshot.records.get(self.outbox_fax_id)
+                now = time.time()
+                if record is not None:
+                    return observe_record(
+                        record, self.progress, policy, now, self.user_id
+                    ), snapshot.started_at
+                absent = observe_not_found(self.outbox_fax_id, self.progress, policy, now, self.user_id)
+                if absent.action == "wait":  # never seen, within the grace period: no request
+                    return absent, snapshot.started_at
+                confirming = True
+        if not confirming:
+            await asyncio.sleep(max(0.0, due - time.time()))
+        record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
+        # The next GET is an interval after this answer, as ever; a list look counts from its tick.
+        now = time.time()
+        return observe_record(record, self.progress, policy, now, self.user_id), now
 
     async def _renew_after_401(self, config: FaxPlusConfig, token: str) -> bool:
         """After a 401: with a refresh token, drop the refused access token (the next poll refreshes,
@@ -391,23 +460,31 @@ class OutboxFaxTrigger(BaseTrigger):
         return interval if self.max_wait is None else min(interval, max(self.max_wait, self.poke_interval))
 
     async def _poll(
-        self, lease: _Lease, config: FaxPlusConfig, policy: WaitPolicy, renewed: bool = False
+        self,
+        lease: _Lease,
+        config: FaxPlusConfig,
+        policy: WaitPolicy,
+        renewed: bool = False,
+        poll: AccountPoll | None = None,
     ) -> AsyncIterator[TriggerEvent]:
         """Poll until there is an event to yield (exactly one). ``renewed``: a 401 already made it
         refresh or re-read the connection, and no call has succeeded since."""
         failures = 0
         looks = 0
         logged: tuple[object, ...] | None = None
+        # The first look may take a list answer up to one interval old; a GET goes at once.
+        due = time.time() - self.poke_interval
         while True:
             decision: Decision
             token = ""
             seen_before = self.progress.ever_seen
+            interval = self._next_interval(looks)
             try:
                 token = await access_token(lease, config)
-                record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
+                decision, answered_at = await self._look(lease, config, policy, token, poll, due, interval)
                 renewed = False
-                decision = observe_record(record, self.progress, policy, time.time(), self.user_id)
             except FaxPlusNotFoundError:
+                answered_at = time.time()
                 renewed = False
                 decision = observe_not_found(
                     self.outbox_fax_id, self.progress, policy, time.time(), self.user_id
@@ -431,6 +508,7 @@ class OutboxFaxTrigger(BaseTrigger):
                 )
                 log.warning("Transient error #%d, polling again in %.1f s: %s", failures, wait, exc)
                 await asyncio.sleep(wait)
+                due = time.time()
                 continue
             except FaxPlusInputError as exc:
                 yield TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
@@ -465,4 +543,4 @@ class OutboxFaxTrigger(BaseTrigger):
             level = logging.INFO if known != logged else logging.DEBUG
             log.log(logging.WARNING if decision.unknown_status else level, "%s", decision.message)
             logged = known
-            await asyncio.sleep(self._next_interval(looks))
+            due = answered_at + self._next_interval(looks)

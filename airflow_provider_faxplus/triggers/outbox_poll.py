@@ -1,21 +1,79 @@
 """The account's outbox poll: *List outgoing faxes* answers, shared by the triggers of one event loop.
 
-INTERFACE SKELETON: every ``snapshot()`` sends its own list request for now; sharing one request per
-tick between all triggers of a connection and ``user_id`` comes next (issue 13).
+One :class:`AccountPoll` per event loop, connection identity (the shared session's key) and ``user_id``,
+held while triggers use it. Callers ask for a snapshot no older than a moment (``due``); all callers of a
+tick share one list request, and the poll never sends more than one list request per the shortest
+interval of its waiting callers. Records are parsed on first use: a triggerer waiting on a few faxes of
+a 10,000-fax outbox parses those few.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
 
 from airflow_provider_faxplus import protocol, send
 from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import FaxPlusRequestError
-from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
-from airflow_provider_faxplus.triggers.outbox import _exchange, _Lease, access_token, shared_session
+from airflow_provider_faxplus.models import OutboxFax
+from airflow_provider_faxplus.triggers.outbox import (
+    _exchange,
+    _Lease,
+    access_token,
+    session_key,
+    shared_session,
+)
+
+log = logging.getLogger(__name__)
+
+# Answers that mean the API refuses the list operation itself: fall back to per-fax GETs.
+LIST_UNAVAILABLE_STATUSES = frozenset({403, 404, 405})
+# A request sent this much before a caller's due still serves it (callers of one interval fall onto one
+# tick even when they ask a little apart), at most a tenth of the caller's interval.
+MAX_TOLERANCE = 0.5
+
+
+def tolerance(interval: float) -> float:
+    return min(MAX_TOLERANCE, max(interval, 0.0) / 10)
+
+
+class OutboxRecords(Mapping[str, OutboxFax]):
+    """The records of one list answer by outbox id, each parsed on first use.
+
+    A record that does not parse raises :class:`FaxPlusResponseError` naming it, for the caller that
+    asks for that id alone (as a malformed *Get outgoing fax* answer would).
+    """
+
+    def __init__(self, call: protocol.ApiCall, status: int, raw: dict[str, tuple[int, Any]]) -> None:
+        self._call = call
+        self._status = status
+        self._raw = raw
+        self._parsed: dict[str, OutboxFax] = {}
+
+    def __getitem__(self, outbox_fax_id: str) -> OutboxFax:
+        record = self._parsed.get(outbox_fax_id)
+        if record is None:
+            index, body = self._raw[outbox_fax_id]
+            record = self._parsed[outbox_fax_id] = send.parse_list_record(
+                self._call, self._status, index, body
+            )
+        return record
+
+    def __contains__(self, outbox_fax_id: object) -> bool:
+        return outbox_fax_id in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 @dataclass(frozen=True)
@@ -36,23 +94,129 @@ class ListUnavailable(Exception):
         self.cause = cause
 
 
+@dataclass(eq=False)
+class _Waiter:
+    due: float
+    interval: float
+    future: asyncio.Future[OutboxSnapshot]
+
+    @property
+    def ripe_at(self) -> float:
+        return self.due - tolerance(self.interval)
+
+
+@dataclass(eq=False)
+class _Request:
+    started_at: float
+    futures: list[asyncio.Future[OutboxSnapshot]] = field(default_factory=list)
+
+
 class AccountPoll:
+    """The shared list poll of one account; see :func:`account_poll`."""
+
     def __init__(self, lease: _Lease, config: FaxPlusConfig, user_id: str) -> None:
         self.lease = lease
         self.config = config
         self.user_id = user_id
+        self.holders = 0
+        # Set once the API refused the list: every holder polls its own fax from then on.
+        self.unavailable: ListUnavailable | None = None
+        self.requests_sent = 0
+        self._last: OutboxSnapshot | None = None
+        self._last_sent = -math.inf
+        self._inflight: _Request | None = None
+        self._waiters: list[_Waiter] = []
+        self._changed = asyncio.Event()
+        self._driver: asyncio.Task[None] | None = None
+        self._skipped_warned = False
+
+    @property
+    def shared(self) -> bool:
+        """Whether a look should ask the list: another trigger holds the poll too (one GET of a lone
+        fax is smaller than the whole outbox), and the API has not refused the list."""
+        return self.holders > 1 and self.unavailable is None
 
     async def snapshot(self, *, due: float, interval: float) -> OutboxSnapshot:
-        """The first list answer whose request was sent at or after ``due`` (epoch seconds), shared with
-        every other waiter of this account; at most one list request per ``interval`` for them all.
+        """The first list answer whose request was sent at or after ``due`` (epoch seconds, less a small
+        tolerance), shared with every other waiter of this account; at most one list request per
+        ``interval`` (the shortest of the waiting callers') for them all.
 
         :raises FaxPlusRequestError: the list call failed (the same error for every waiter of it).
         :raises ListUnavailable: the API refuses the list operation.
         """
-        del due, interval  # the skeleton asks at once
+        if self.unavailable is not None:
+            raise ListUnavailable(self.unavailable.cause)
+        ripe_at = due - tolerance(interval)
+        if self._last is not None and self._last.started_at >= ripe_at:
+            return self._last
+        future: asyncio.Future[OutboxSnapshot] = asyncio.get_running_loop().create_future()
+        if self._inflight is not None and self._inflight.started_at >= ripe_at:
+            self._inflight.futures.append(future)
+            return await future
+        waiter = _Waiter(due, interval, future)
+        self._waiters.append(waiter)
+        self._changed.set()
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.ensure_future(self._drive())
+        try:
+            return await future
+        finally:
+            if waiter in self._waiters:  # cancelled before its tick
+                self._waiters.remove(waiter)
+                self._changed.set()
+
+    async def _drive(self) -> None:
+        """Send the list request of each tick while anyone waits."""
+        while self._waiters:
+            now = time.time()
+            send_at = max(
+                min(waiter.ripe_at for waiter in self._waiters),
+                self._last_sent + min(waiter.interval for waiter in self._waiters),
+            )
+            if send_at > now:
+                self._changed.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), send_at - now)
+                continue
+            started_at = time.time()
+            request = _Request(started_at)
+            for waiter in [w for w in self._waiters if w.ripe_at <= started_at]:
+                self._waiters.remove(waiter)
+                request.futures.append(waiter.future)
+            self._inflight = request
+            self._last_sent = started_at
+            try:
+                snapshot = await self._list(started_at)
+            except ListUnavailable as exc:
+                self._refused(exc)
+                # Everyone waiting learns it now; nobody sends another list request.
+                request.futures.extend(waiter.future for waiter in self._waiters)
+                self._waiters.clear()
+                _settle(request, exc)
+            except Exception as exc:
+                _settle(request, exc)
+            else:
+                self._last = snapshot
+                _settle(request, snapshot)
+            finally:
+                self._inflight = None
+
+    def _refused(self, exc: ListUnavailable) -> None:
+        self.unavailable = exc
+        log.warning(
+            "Fax.Plus refused List outgoing faxes for user %r (%s). The %d trigger(s) waiting on this "
+            "account now each send their own Get outgoing fax per poll instead of sharing one list "
+            "request per tick: one request per waiting fax per interval. A token with the scope "
+            "fax:all:read or fax:fax:read on the account's outbox, or shared_poll=False, silences this.",
+            self.user_id,
+            exc.cause,
+            self.holders,
+        )
+
+    async def _list(self, started_at: float) -> OutboxSnapshot:
         call = send.list_outbox_call(self.config, self.user_id)
         token = await access_token(self.lease, self.config)
-        started_at = time.time()
+        self.requests_sent += 1
         status, headers, body = await _exchange(
             self.lease,
             self.config,
@@ -64,23 +228,72 @@ class AccountPoll:
             transport_error=lambda reason: protocol.transport_error(call, reason),
             tls_error=lambda reason: protocol.tls_error(call, self.lease.tls, reason),
         )
+        log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
         try:
-            entries = send.parse_list_response(self.config, call, status, headers, body)
+            records = send.list_records(self.config, call, status, headers, body)
         except FaxPlusRequestError as exc:
-            if exc.status in (403, 404, 405):
+            if exc.status in LIST_UNAVAILABLE_STATUSES:
                 raise ListUnavailable(exc) from None
             raise
-        records: dict[str, OutboxFax] = {}
-        for entry in entries:
-            try:
-                records[entry.id] = parse_outbox(dict(entry.raw))
-            except OutboxParseError:
-                continue  # the skeleton skips what it cannot read
-        return OutboxSnapshot(self.user_id, started_at, records)
+        by_id: dict[str, tuple[int, Any]] = {}
+        skipped: list[int] = []
+        for index, record in enumerate(records):
+            fax_id = record.get("id") if isinstance(record, dict) else None
+            if isinstance(fax_id, str):
+                by_id[fax_id] = (index, record)
+            else:
+                skipped.append(index)
+        if skipped:
+            # No waiting fax can be one without an id; said once per poll, not every tick.
+            log.log(
+                logging.DEBUG if self._skipped_warned else logging.WARNING,
+                "%s answered %d record(s) without a string id (record #%s), skipped: no waiting fax can "
+                "be one of them",
+                call.describe(),
+                len(skipped),
+                ", #".join(str(index) for index in skipped[:10]),
+            )
+            self._skipped_warned = True
+        return OutboxSnapshot(self.user_id, started_at, OutboxRecords(call, status, by_id))
+
+    async def close(self) -> None:
+        if self._driver is not None and not self._driver.done():
+            self._driver.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._driver
+        self._driver = None
+
+
+def _settle(request: _Request, outcome: OutboxSnapshot | BaseException) -> None:
+    for future in request.futures:
+        if future.done():  # its waiter was cancelled
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+_POLLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], AccountPoll]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @asynccontextmanager
 async def account_poll(config: FaxPlusConfig, user_id: str) -> AsyncIterator[AccountPoll]:
-    """The event loop's poll of ``user_id``'s outbox through connection ``config``, held while in use."""
+    """The event loop's poll of ``user_id``'s outbox through connection ``config``, held while in use;
+    one per connection identity (the shared session's) and ``user_id``."""
     async with shared_session(config) as lease:
-        yield AccountPoll(lease, config, user_id)
+        polls = _POLLS.setdefault(asyncio.get_running_loop(), {})
+        key = (*session_key(config), user_id)
+        poll = polls.get(key)
+        if poll is None or poll.lease is not lease:
+            poll = polls[key] = AccountPoll(lease, config, user_id)
+        poll.holders += 1
+        try:
+            yield poll
+        finally:
+            poll.holders -= 1
+            if poll.holders == 0 and polls.get(key) is poll:
+                del polls[key]
+                await poll.close()
