@@ -153,7 +153,7 @@ def run(
             kind_of.append((entry["at"], "confirm" if entry["status"] in (400, 404) else "get"))
     first = min((at for at, _ in kind_of), default=started)
     last = max((at for at, _ in kind_of), default=started)
-    intervals = max(1.0, (last - first) / poll)
+    intervals = (last - first) // poll + 1  # the intervals of the run that saw requests
     totals = Counter(kind for _, kind in kind_of)
     buckets: Counter[int] = Counter()
     excess: Counter[int] = Counter()  # per interval: requests beyond accounts + confirmations
