@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import time
 
-from _common import Sandbox, percentile, rss_kib
+from _common import FullCollections, Sandbox, percentile, rss_kib
 
 
 async def _ticks(count: int, interval: float, ticks: int) -> dict[str, float]:
@@ -27,6 +28,7 @@ async def _ticks(count: int, interval: float, ticks: int) -> dict[str, float]:
     config = FaxPlusHook().config
     stalls: list[float] = []
     first: set[str] = set()  # callers that have had their first answer
+    tracked: list[int] = []  # objects the garbage collector tracks, once all callers run
     stop = asyncio.Event()
 
     async def monitor() -> None:
@@ -45,12 +47,15 @@ async def _ticks(count: int, interval: float, ticks: int) -> dict[str, float]:
                 snapshot = await poll.snapshot(due=due, interval=interval)
                 assert snapshot.records[fax_id].status is not None
                 first.add(fax_id)
+                if len(first) == count and not tracked:
+                    tracked.append(len(gc.get_objects()))
                 due = snapshot.started_at + interval
 
         watcher = asyncio.ensure_future(monitor())
         cpu0 = os.times()  # start-up included: per tick it is (ticks - 1) ticks of work plus the start
         started = time.time()
-        await asyncio.gather(*(caller(f"fax{i:06d}") for i in range(count)))
+        with FullCollections() as collections:
+            await asyncio.gather(*(caller(f"fax{i:06d}") for i in range(count)))
         elapsed = time.time() - started
         cpu1 = os.times()
         poll.holders -= 1
@@ -64,6 +69,9 @@ async def _ticks(count: int, interval: float, ticks: int) -> dict[str, float]:
         "cpu_per_tick_s": ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / ticks,
         "stall_p99_ms": percentile(stalls, 99) * 1000,
         "stall_max_ms": max(stalls) * 1000,
+        "tracked_objects": tracked[0] if tracked else 0,
+        "full_gcs": len(collections.durations),
+        "full_gc_max_ms": max(collections.durations, default=0.0) * 1000,
     }
 
 
@@ -93,14 +101,16 @@ def run(count: int, interval: float = 5.0, ticks: int = 4) -> dict[str, float]:
 def table(results: list[dict[str, float]]) -> list[str]:
     lines = [
         "| callers (records per list) | list requests / ticks | loop stall p99 / max "
-        "| triggerer CPU per tick | sandbox CPU per tick | RSS added |",
-        "|---|---|---|---|---|---|",
+        "| triggerer CPU per tick | sandbox CPU per tick | RSS added | objects the GC tracks "
+        "| full GCs (longest) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['count']:,} | {r['list_requests_logged']} / {r['ticks']} | {r['stall_p99_ms']:.0f} / "
             f"{r['stall_max_ms']:.0f} ms | {r['cpu_per_tick_s']:.2f} s | "
-            f"{r['sandbox_cpu_per_tick_s']:.2f} s | {r['rss_added_mib']:.0f} MiB |"
+            f"{r['sandbox_cpu_per_tick_s']:.2f} s | {r['rss_added_mib']:.0f} MiB | "
+            f"{r['tracked_objects']:,} | {r['full_gcs']} ({r['full_gc_max_ms']:.0f} ms) |"
         )
     return lines
 

@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter
 
-from _common import Sandbox, percentile, rss_kib
+from _common import FullCollections, Sandbox, percentile, rss_kib
 
 MODES = ("per-fax", "shared")
 
@@ -128,9 +128,10 @@ def run(
         profiler = cProfile.Profile() if profile else None
         if profiler:
             profiler.enable()
-        done, events, kinds = asyncio.run(
-            _drive(triggers, lag, rss, timeout=window + 20 * poll + count / 500)
-        )
+        with FullCollections() as collections:
+            done, events, kinds = asyncio.run(
+                _drive(triggers, lag, rss, timeout=window + 20 * poll + count / 500)
+            )
         if profiler:
             profiler.disable()
             profiler.dump_stats(profile)
@@ -194,6 +195,9 @@ def run(
         "client_cpu_share": client_cpu / elapsed,
         "sandbox_cpu_share": sandbox_cpu / elapsed,
         "load_average": os.getloadavg(),
+        "full_gcs": len(collections.durations),
+        "full_gc_max_ms": max(collections.durations, default=0.0) * 1000,
+        "full_gc_total_s": sum(collections.durations),
     }
 
 
@@ -224,8 +228,9 @@ def table(results: list[dict[str, object]]) -> list[str]:
     lines = [
         "| waiting faxes | accounts | mode | requests per 5 s interval: list / confirm GET / per-fax GET "
         "(max in one, over goal) | loop lag p50 / p99 / max | leave → event p50 / p99 / max (over interval "
-        "+ 1 s) | RSS per waiting fax | events missing / duplicated | CPU: triggerer / sandbox | run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "+ 1 s) | RSS per waiting fax | events missing / duplicated | CPU: triggerer / sandbox "
+        "| full GCs (longest) | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -237,7 +242,8 @@ def table(results: list[dict[str, object]]) -> list[str]:
             f"({r['late_events']:,}) | "
             f"{r['rss_per_trigger_kib']:.1f} KiB ({r['peak_rss_added_mib']:.0f} MiB) | "
             f"{r['missing']} / {r['duplicated']} | "
-            f"{r['client_cpu_share']:.0%} / {r['sandbox_cpu_share']:.0%} | {r['elapsed_s']:.0f} s |"
+            f"{r['client_cpu_share']:.0%} / {r['sandbox_cpu_share']:.0%} | "
+            f"{r['full_gcs']} ({r['full_gc_max_ms']:.0f} ms) | {r['elapsed_s']:.0f} s |"
         )
     return lines
 
