@@ -130,7 +130,7 @@ def run(
             profiler.enable()
         with FullCollections() as collections:
             done, events, kinds = asyncio.run(
-                _drive(triggers, lag, rss, timeout=window + 20 * poll + count / 500)
+                _drive(triggers, lag, rss, timeout=window + 10 * poll + count / 1000)
             )
         if profiler:
             profiler.disable()
