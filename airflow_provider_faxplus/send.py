@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -378,6 +378,83 @@ def list_records(
     if not isinstance(records, list):
         raise _malformed(call, status, "no 'records' list in the answer")
     return records
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def iter_list_records(
+    config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
+) -> Iterator[Any]:
+    """The decoded records of a *List outgoing faxes* answer one at a time, unparsed, so an async caller
+    can let its event loop run between them (decoding 10,000 records at once blocks it for 100s of ms).
+    Raises as :func:`list_records` does; what was yielded before an error is not an answer."""
+    if status != 200:
+        raise error_from_response(config, call, status, headers, body)
+    not_json = _malformed(call, status, f"the body is not JSON ({len(body)} bytes)")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_json from None
+    decoder = json.JSONDecoder()
+
+    def skip(pos: int) -> int:
+        match = _WHITESPACE.match(text, pos)
+        return pos if match is None else match.end()
+
+    def value_at(pos: int) -> tuple[Any, int]:
+        try:
+            return decoder.raw_decode(text, pos)
+        except ValueError:
+            raise not_json from None
+
+    pos = skip(0)
+    if not text.startswith("{", pos):
+        value_at(pos)  # not JSON at all, or JSON but not an object
+        raise _malformed(call, status, "the body is not a JSON object")
+    pos, found = skip(pos + 1), False
+    if text.startswith("}", pos):
+        pos += 1
+    else:
+        while True:
+            key, pos = value_at(pos)
+            pos = skip(pos)
+            if not isinstance(key, str) or not text.startswith(":", pos):
+                raise not_json
+            pos = skip(pos + 1)
+            if key == "records" and not found and text.startswith("[", pos):
+                found = True
+                pos = skip(pos + 1)
+                if text.startswith("]", pos):
+                    pos += 1
+                else:
+                    while True:
+                        record, pos = value_at(pos)
+                        yield record
+                        pos = skip(pos)
+                        if text.startswith(",", pos):
+                            pos = skip(pos + 1)
+                        elif text.startswith("]", pos):
+                            pos += 1
+                            break
+                        else:
+                            raise not_json
+            else:
+                _, pos = value_at(pos)
+                if key == "records":
+                    raise _malformed(call, status, "no 'records' list in the answer")
+            pos = skip(pos)
+            if text.startswith(",", pos):
+                pos = skip(pos + 1)
+            elif text.startswith("}", pos):
+                pos += 1
+                break
+            else:
+                raise not_json
+    if skip(pos) != len(text):
+        raise not_json
+    if not found:
+        raise _malformed(call, status, "no 'records' list in the answer")
 
 
 def parse_list_record(call: ApiCall, status: int, index: int, record: object) -> OutboxFax:

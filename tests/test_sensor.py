@@ -118,8 +118,16 @@ def test_deferrable_checks_once_then_defers_with_json_safe_kwargs(single_attempt
     _, kwargs = trigger.serialize()
     assert kwargs["progress"]["ever_seen"] is True
     assert kwargs["waiting_statuses"] == ["sending"]
+    assert kwargs["shared_poll"] is True
     json.dumps(kwargs)
     assert len(control.requests()) == 1
+
+
+def test_shared_poll_false_reaches_the_trigger(single_attempt, control):
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "seconds": 3600}])
+    with pytest.raises(TaskDeferred) as info:
+        sensor(deferrable=True, shared_poll=False).execute({})
+    assert info.value.trigger.serialize()[1]["shared_poll"] is False
 
 
 def test_deferrable_returns_at_once_when_already_left(single_attempt, control):

@@ -3,13 +3,15 @@
 One :class:`AccountPoll` per event loop, connection identity (the shared session's key) and ``user_id``,
 held while triggers use it. Callers ask for a snapshot no older than a moment (``due``); all callers of a
 tick share one list request, and the poll never sends more than one list request per the shortest
-interval of its waiting callers. Records are parsed on first use: a triggerer waiting on a few faxes of
-a 10,000-fax outbox parses those few.
+interval of its waiting callers. The answer is decoded a chunk of records at a time, the event loop
+running between chunks, and each record is parsed into an ``OutboxFax`` on first use: a triggerer waiting
+on a few faxes of a 10,000-fax outbox parses those few.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -38,6 +40,8 @@ LIST_UNAVAILABLE_STATUSES = frozenset({403, 404, 405})
 # A request sent this much before a caller's due still serves it (callers of one interval fall onto one
 # tick even when they ask a little apart), at most a tenth of the caller's interval.
 MAX_TOLERANCE = 0.5
+# Records decoded between two turns of the event loop: ~600 bytes each, a few ms per chunk.
+DECODE_CHUNK = 200
 
 
 def tolerance(interval: float) -> float:
@@ -229,20 +233,21 @@ class AccountPoll:
             tls_error=lambda reason: protocol.tls_error(call, self.lease.tls, reason),
         )
         log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
+        by_id: dict[str, tuple[int, Any]] = {}
+        skipped: list[int] = []
         try:
-            records = send.list_records(self.config, call, status, headers, body)
+            for index, record in enumerate(send.iter_list_records(self.config, call, status, headers, body)):
+                fax_id = record.get("id") if isinstance(record, dict) else None
+                if isinstance(fax_id, str):
+                    by_id[fax_id] = (index, record)
+                else:
+                    skipped.append(index)
+                if index % DECODE_CHUNK == DECODE_CHUNK - 1:
+                    await asyncio.sleep(0)  # let the other triggers run
         except FaxPlusRequestError as exc:
             if exc.status in LIST_UNAVAILABLE_STATUSES:
                 raise ListUnavailable(exc) from None
             raise
-        by_id: dict[str, tuple[int, Any]] = {}
-        skipped: list[int] = []
-        for index, record in enumerate(records):
-            fax_id = record.get("id") if isinstance(record, dict) else None
-            if isinstance(fax_id, str):
-                by_id[fax_id] = (index, record)
-            else:
-                skipped.append(index)
         if skipped:
             # No waiting fax can be one without an id; said once per poll, not every tick.
             log.log(
@@ -282,10 +287,13 @@ _POLLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...
 @asynccontextmanager
 async def account_poll(config: FaxPlusConfig, user_id: str) -> AsyncIterator[AccountPoll]:
     """The event loop's poll of ``user_id``'s outbox through connection ``config``, held while in use;
-    one per connection identity (the shared session's) and ``user_id``."""
+    one per connection identity (the shared session's key, and the OAuth2 refresh token) and ``user_id``."""
     async with shared_session(config) as lease:
         polls = _POLLS.setdefault(asyncio.get_running_loop(), {})
-        key = (*session_key(config), user_id)
+        # With OAuth2 the session's key has no access token: the refresh token names the identity
+        # (two identities may share a pool, never an account's answers).
+        identity = hashlib.sha256((config.refresh_token or "").encode()).hexdigest()
+        key = (*session_key(config), identity, user_id)
         poll = polls.get(key)
         if poll is None or poll.lease is not lease:
             poll = polls[key] = AccountPoll(lease, config, user_id)
