@@ -229,8 +229,8 @@ def table(results: list[dict[str, object]]) -> list[str]:
         "| waiting faxes | accounts | mode | requests per 5 s interval: list / confirm GET / per-fax GET "
         "(max in one, over goal) | loop lag p50 / p99 / max | leave → event p50 / p99 / max (over interval "
         "+ 1 s) | RSS per waiting fax | events missing / duplicated | CPU: triggerer / sandbox "
-        "| full GCs (longest) | run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| full GCs (longest) | TCP connections | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -243,7 +243,7 @@ def table(results: list[dict[str, object]]) -> list[str]:
             f"{r['rss_per_trigger_kib']:.1f} KiB ({r['peak_rss_added_mib']:.0f} MiB) | "
             f"{r['missing']} / {r['duplicated']} | "
             f"{r['client_cpu_share']:.0%} / {r['sandbox_cpu_share']:.0%} | "
-            f"{r['full_gcs']} ({r['full_gc_max_ms']:.0f} ms) | {r['elapsed_s']:.0f} s |"
+            f"{r['full_gcs']} ({r['full_gc_max_ms']:.0f} ms) | {r['connections']} | {r['elapsed_s']:.0f} s |"
         )
     return lines
 
