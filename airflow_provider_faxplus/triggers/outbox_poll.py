@@ -210,8 +210,9 @@ class AccountPoll:
         log.warning(
             "Fax.Plus refused List outgoing faxes for user %r (%s). The %d trigger(s) waiting on this "
             "account now each send their own Get outgoing fax per poll instead of sharing one list "
-            "request per tick: one request per waiting fax per interval. A token with the scope "
-            "fax:all:read or fax:fax:read on the account's outbox, or shared_poll=False, silences this.",
+            "request per tick: one request per waiting fax per interval. After a 403, a token with the "
+            "scope fax:all:read or fax:fax:read allows the list; shared_poll=False on the sensors "
+            "silences this.",
             self.user_id,
             exc.cause,
             self.holders,
