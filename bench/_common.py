@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,12 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 class Sandbox:
     """``faxplus-sandbox`` in a child process, so it never shares the measured process's CPU time or loop."""
 
-    def __init__(self) -> None:
-        exe = Path(sys.executable).parent / "faxplus-sandbox"
-        self.proc = subprocess.Popen(
-            [str(exe), "--port", "0", "--token", TOKEN], stdout=subprocess.PIPE, text=True
-        )
+    def __init__(self, members: tuple[str, ...] = ()) -> None:
+        if members:  # member accounts (user_ids of the one token): started through the server class
+            cmd = [sys.executable, str(Path(__file__).with_name("_sandbox_proc.py")), TOKEN, *members]
+        else:
+            cmd = [str(Path(sys.executable).parent / "faxplus-sandbox"), "--port", "0", "--token", TOKEN]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = ""
         while not line.startswith("Fax.Plus sandbox listening on "):
@@ -49,6 +52,12 @@ class Sandbox:
 
     def connection_json(self, **extra: Any) -> str:
         return json.dumps({"conn_type": "faxplus", "host": self.base_url, "password": TOKEN, "extra": extra})
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the sandbox process has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -93,3 +102,26 @@ def rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+class FullCollections:
+    """Full (generation 2) garbage collections while in the block: how many, the longest, the sum."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.durations.append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)

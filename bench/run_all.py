@@ -2,12 +2,14 @@
 
 python3 scripts/dev.py bench                 # all four, as in docs/benchmarks.md
 python3 scripts/dev.py bench -- --quick      # smaller sizes, for a smoke run
+python3 scripts/dev.py bench -- --table 3 --large   # table 3 alone, with the 100,000 rows
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import api_call_cost
 import import_cost
 import misbehaving
+import shared_tick
 import triggerer_load
 from _common import machine
 
@@ -23,18 +26,39 @@ from _common import machine
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not the figures)")
+    parser.add_argument("--table", type=int, choices=(1, 2, 3, 4), action="append", help="only these tables")
+    parser.add_argument(
+        "--large", action="store_true", help="table 3 also at 100,000 waiting faxes (shared polling only)"
+    )
     args = parser.parse_args()
+    tables = set(args.table or (1, 2, 3, 4))
     print(f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {machine()}.\n")
-    print("## 1. DAG-parse cost\n")
-    print("\n".join(import_cost.run(rounds=3 if args.quick else 10)), "\n", flush=True)
-    print("## 2. Cost per API call\n")
-    print("\n".join(api_call_cost.run(n=200 if args.quick else 2000)), "\n", flush=True)
-    print("## 3. A triggerer full of waiting faxes\n")
-    counts = [100] if args.quick else [1000, 10000]
-    window = 10.0 if args.quick else 60.0
-    print("\n".join(triggerer_load.table([triggerer_load.run(c, window) for c in counts])), "\n", flush=True)
-    print("## 4. Misbehaving API\n")
-    print("\n".join(misbehaving.run(seconds=5 if args.quick else 30)), flush=True)
+    if 1 in tables:
+        print("## 1. DAG-parse cost\n")
+        print("\n".join(import_cost.run(rounds=3 if args.quick else 10)), "\n", flush=True)
+    if 2 in tables:
+        print("## 2. Cost per API call\n")
+        print("\n".join(api_call_cost.run(n=200 if args.quick else 2000)), "\n", flush=True)
+    if 3 in tables:
+        print("## 3. A triggerer full of waiting faxes\n")
+        print(f"Load average (1 min) before table 3: {os.getloadavg()[0]:.2f}\n", flush=True)
+        counts = [200] if args.quick else [1000, 10000]
+        window = 10.0 if args.quick else 60.0
+        rows = triggerer_load.run_matrix(counts, [1, 10], window)
+        print("\n".join(triggerer_load.table(rows)), "\n", flush=True)
+        print(f"Load average (1 min) after the rows: {os.getloadavg()[0]:.2f}\n", flush=True)
+        ticks = [200] if args.quick else [1000, 10000]
+        print("One shared tick, N waiters on one account (bench/shared_tick.py):\n")
+        print("\n".join(shared_tick.table([shared_tick.run(n) for n in ticks])), "\n", flush=True)
+        if args.large:
+            print("100,000 waiting faxes, shared polling:\n")
+            print("\n".join(shared_tick.table([shared_tick.run(100000)])), "\n", flush=True)
+            large = triggerer_load.run_matrix([100000], [10], window, modes=("shared",))
+            print("\n".join(triggerer_load.table(large)), "\n", flush=True)
+            print(f"Load average (1 min) after the 100,000 rows: {os.getloadavg()[0]:.2f}\n", flush=True)
+    if 4 in tables:
+        print("## 4. Misbehaving API\n")
+        print("\n".join(misbehaving.run(seconds=5 if args.quick else 30)), flush=True)
 
 
 if __name__ == "__main__":

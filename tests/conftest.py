@@ -31,7 +31,7 @@ def sandbox(sandbox_server: SandboxServer) -> SandboxServer:
     # Real time again: an earlier test's advance() must not shift this test's clock.
     sandbox_server.state.clock = Clock()
     sandbox_server.client.set_pace(1.0)
-    sandbox_server.client.settings(not_found_status=404, sending_modify_status=409)
+    sandbox_server.client.settings(not_found_status=404, sending_modify_status=409, log_response_bodies=True)
     return sandbox_server
 
 

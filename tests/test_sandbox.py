@@ -80,6 +80,19 @@ def test_left_fax_answers_the_configured_not_found_status(sandbox, control):
     assert control.fax("f1")["in_outbox"] is False
 
 
+def test_request_log_keeps_answer_bodies_unless_told_not_to(sandbox, control):
+    control.create_fax(id="f1")
+    requests.get(url(sandbox), headers=AUTH, timeout=5)
+    assert json.loads(control.requests(clear=True)[-1]["response_body"])["id"] == "f1"
+    assert control.settings(log_response_bodies=False)["log_response_bodies"] is False
+    response = requests.get(url(sandbox), headers=AUTH, timeout=5)
+    assert response.json()["id"] == "f1"  # answered in full, only the log leaves the body out
+    entry = control.requests(clear=True)[-1]  # cleared: the conformance check reads logged bodies
+    assert (entry["status"], "response_body" in entry) == (200, False)
+    with pytest.raises(RuntimeError, match="log_response_bodies must be true or false"):
+        control.settings(log_response_bodies="no")
+
+
 def test_unknown_user_answers_invalid_user_id(sandbox, control):
     control.create_fax(id="f1")
     response = requests.get(url(sandbox, user="someone"), headers=AUTH, timeout=5)

@@ -298,6 +298,10 @@ async def settings(request: Request) -> Any:
         state.create_fax({"lifecycle": data["send_lifecycle"], "id": "_check"})
         state.faxes.pop("_check")
         state.send_lifecycle = data["send_lifecycle"]
+    if "log_response_bodies" in data:  # off for benchmarks: a 10,000-record list is ~6 MB per answer
+        if not isinstance(data["log_response_bodies"], bool):
+            raise SandboxInputError("log_response_bodies must be true or false")
+        state.log_response_bodies = data["log_response_bodies"]
     for name in ("not_found_status", "sending_modify_status"):
         if name in data:
             value = data[name]
@@ -305,7 +309,11 @@ async def settings(request: Request) -> Any:
                 raise SandboxInputError(f"{name} must be a 4xx status")
             setattr(state, name, value)
     return JSONResponse(
-        {"not_found_status": state.not_found_status, "sending_modify_status": state.sending_modify_status}
+        {
+            "not_found_status": state.not_found_status,
+            "sending_modify_status": state.sending_modify_status,
+            "log_response_bodies": state.log_response_bodies,
+        }
     )
 
 
@@ -382,7 +390,7 @@ class ApiLayer:
                 entry["response_headers"] = {
                     k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])
                 }
-            elif message["type"] == "http.response.body":
+            elif message["type"] == "http.response.body" and self.state.log_response_bodies:
                 response_body.append(message.get("body", b""))
                 entry["response_body"] = b"".join(response_body).decode("utf-8", errors="replace")
             await send(message)

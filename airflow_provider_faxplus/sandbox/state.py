@@ -255,6 +255,7 @@ class SandboxState:
         self.clock = Clock(pace)
         self.not_found_status = not_found_status
         self.sending_modify_status = sending_modify_status
+        self.log_response_bodies = True  # the request log keeps each answer's body (conformance checks)
         self.faxes: dict[str, Fax] = {}
         self.faults: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
