@@ -15,6 +15,7 @@ Used by the demo and the tests; handy for developing DAGs against the sandbox to
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import os
 import secrets
@@ -122,6 +123,10 @@ class AirflowHome:
     ) -> AirflowHome:
         home = Path(path or tempfile.mkdtemp(prefix="faxplus-airflow-"))
         env = _base_env(home, Path(dags_folder))
+        # Without a key every Airflow process that finds no airflow.cfg writes one with a random key of
+        # its own: a triggerer and a `dags test` started together then cannot read each other's
+        # encrypted trigger kwargs (the copied database comes without a config).
+        env["AIRFLOW__CORE__FERNET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
         for conn_id, value in (connections or {}).items():
             text = value.connection_json() if isinstance(value, SandboxServer) else value
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = text
