@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
+from airflow_provider_faxplus.sandbox.dagtest import _ASSET_EVENTS
 from tests.test_deployment import AIRFLOW_3, ROOT, TOKEN, Deployment, _answers, _free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not AIRFLOW_3, reason="asset watchers need Airflow 3")
@@ -38,19 +39,6 @@ with create_session() as session:
         .where(AssetModel.name == sys.argv[1])
     ).all()
     print("FAXPLUS-OUT:", json.dumps({key: value for key, value in rows}))
-"""
-# The asset events of an asset: the payload of each.
-_EVENTS = """
-import json, sys
-from sqlalchemy import select
-from airflow.models.asset import AssetEvent, AssetModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    rows = session.execute(
-        select(AssetEvent.extra).join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-        .where(AssetModel.name == sys.argv[1]).order_by(AssetEvent.id)
-    ).all()
-    print("FAXPLUS-OUT:", json.dumps([(extra or {}).get("payload") for (extra,) in rows]))
 """
 # Each DAG run of a DAG: run id, state, and the XCom its task returned.
 _RUNS = """
@@ -130,7 +118,7 @@ def runs(deployment: Deployment, dag_id: str) -> list[dict[str, object]]:
 
 
 def events(deployment: Deployment, asset: str) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = json.loads(deployment.home.python(_EVENTS, asset))
+    found: list[dict[str, object]] = json.loads(deployment.home.python(_ASSET_EVENTS, asset))
     return found
 
 
