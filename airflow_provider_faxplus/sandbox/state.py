@@ -206,6 +206,11 @@ class Fault:
     drop: bool = False
     # The request is handled (a send creates its fax), then the answer is cut off mid-body.
     drop_after: bool = False
+    # The request is handled, then ``status`` answers instead (a proxy that passed the POST on).
+    processed: bool = False
+    # The body is read first, then the delay, then the request is handled even if the client has gone:
+    # a send processed after the client gave up.
+    late: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -376,9 +381,15 @@ class SandboxState:
             delay=_number(data, "delay", 0.0),
             drop=bool(data.get("drop", False)),
             drop_after=bool(data.get("drop_after", False)),
+            processed=bool(data.get("processed", False)),
+            late=bool(data.get("late", False)),
         )
         if fault.status is None and not fault.drop and not fault.drop_after and fault.delay == 0:
             raise SandboxInputError("a fault needs a status, drop=true, drop_after=true or a delay")
+        if fault.processed and (fault.status is None or fault.drop or fault.drop_after):
+            raise SandboxInputError("processed=true needs a status (and no drop): it answers after handling")
+        if fault.late and (fault.delay == 0 or fault.status is not None or fault.drop or fault.drop_after):
+            raise SandboxInputError("late=true needs a delay, and no status or drop")
         self.faults.append(fault)
         return fault
 
