@@ -518,7 +518,8 @@ SEND_NOT_PROCESSED_STATUSES = frozenset({408, 429})  # refused unprocessed: the 
 
 # What the operator's next try does after each outcome (the README's table says the same).
 NEXT_TRY = {
-    NOT_SENT: "nothing changes for this destination: sent by the next try without looking",
+    NOT_SENT: "made no fax: the record stays as it was, so the next try sends what no try may have sent "
+    "(and first looks for what an earlier try may have)",
     SENT: "the ids are recorded before anything else: every later try adopts them, never sends again",
     UNKNOWN: "recorded as possibly sent: the next try lists the outbox for the mark and adopts what it "
     "finds; what it does not find follows on_ambiguous (fail, or resend)",

@@ -58,6 +58,7 @@ def test_a_send_whose_answer_is_dropped_is_retried_by_airflow_and_sent_once(send
     assert result["mark"] in fax["comment"]["tags"]
     lists = [e for e in control.requests() if e["method"] == "GET" and e["path"].endswith("/outbox")]
     assert len(lists) == 1  # the retry looked before sending
+    assert "no record of its earlier tries" not in run.output  # it read the first try's record
     assert _states(send_home, "faxplus_send_fail") == {"send": "success", "report": "success"}
 
 
@@ -166,19 +167,14 @@ def test_mapped_sends_one_fax_per_mapped_instance_each_with_its_own_mark(send_ho
     assert len(marks) == 2  # map_index is part of the mark
 
 
-def test_a_retry_after_a_failed_upload_sends_on_3_3_and_is_cautious_on_2_11(send_home, control, report_pdf):
-    """The first try fails before any send (the upload gives up after 5 x 503). Airflow 3.3's task state
-    store knows no send began, so the retry sends; on 2.11 nothing can tell, so the retry does not."""
-    from airflow import __version__ as airflow_version
-
+def test_a_retry_after_a_failed_upload_sends_on_both_lines(send_home, control, report_pdf):
+    """The first try fails before any send (the upload gives up after 5 x 503). Its record (3.3: the task
+    state store; 2.11: an Airflow Variable) says no send began, so the retry sends, once."""
     control.settings(send_lifecycle=LEAVES)
     control.add_fault(status=503, retry_after="0", times=5, method="POST", path_contains="/files")
     run = send_home.dags_test("faxplus_send_fail", conf={"to": "+16699990001", "file": report_pdf})
     assert [e["status"] for e in control.requests() if e["path"].endswith("/files")][:5] == [503] * 5
-    if int(airflow_version.split(".")[0]) >= 3:
-        assert run.succeeded, run.output[-5000:]
-        assert len(_sends(control)) == 1
-    else:
-        assert not run.succeeded
-        assert "Check the account's sent faxes" in run.output
-        assert _sends(control) == []
+    assert run.succeeded, run.output[-5000:]
+    assert len(_sends(control)) == 1
+    assert "no record of its earlier tries" not in run.output
+    assert not [e for e in control.requests() if e["method"] == "GET"]  # nothing to look for

@@ -243,7 +243,8 @@ class FaxPlusHook(BaseHook):
         API (DNS failure, refused connection, connect timeout) or was refused unprocessed (408, 429).
 
         :raises FaxPlusSendUncertainError: the request may have reached the API (read timeout, dropped
-            connection, 5xx): the fax may exist. Look for it before sending again.
+            connection, 3xx, 5xx, malformed answer): the fax may exist. Look for it before sending again.
+            ``known_ids`` holds the ids a partial answer gave. ``send.send_outcome`` is the whole rule.
         """
         payload = send.send_payload(
             to=to,
