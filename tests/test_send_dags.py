@@ -90,6 +90,26 @@ def test_a_lost_answer_for_a_fax_that_left_the_outbox_fails_rather_than_resend(
     assert _states(send_home, "faxplus_send_fail")["send"] == "failed"
 
 
+def test_a_fax_found_by_one_try_is_never_sent_again_by_a_later_try(send_home, control, report_pdf):
+    """Issue 20, finding 1, with Airflow's own retries: try 1's answer is lost; B's fax leaves at once,
+    A's stays for one look. Try 2 finds A (and records it) and resends B, whose answer is lost too; A's fax
+    then leaves. Try 3 must resend B alone (on_ambiguous="resend"), never A, and report A's first id."""
+    a, b = "+16699990001", "+16699990002"
+    control.settings(
+        send_lifecycle=LEAVES, send_lifecycles={a: [{"status": "submitted", "polls": 1}], b: LEAVES}
+    )
+    control.add_fault(drop_after=True, times=2, method="POST", path_endswith="/outbox")
+    run = send_home.dags_test("faxplus_send_two_resend", conf={"to": a, "to2": b, "file": report_pdf})
+    assert run.succeeded, run.output[-5000:]
+    assert [json.loads(e["body"])["to"] for e in _sends(control)] == [[a, b], [b], [b]]
+    [first_a] = [fax["id"] for fax in control.faxes() if fax["to"] == [a]]  # A was faxed once
+    [line] = run.lines_with("FAXPLUS-SENT:")
+    result = json.loads(line)
+    assert result["outbox_fax_ids"][a] == first_a
+    assert result["adopted"] == [a]
+    assert "no record of its earlier tries" not in run.output
+
+
 def test_on_ambiguous_resend_sends_again(send_home, control, report_pdf):
     control.settings(send_lifecycle=LEAVES)
     control.add_fault(drop_after=True, method="POST", path_contains="/outbox")

@@ -140,7 +140,7 @@ async def send_fax(request: Request) -> Response:
             fax = state.create_fax(
                 {
                     "user_id": owner,
-                    "lifecycle": state.send_lifecycle,
+                    "lifecycle": state.send_lifecycles.get(destination, state.send_lifecycle),
                     "comment": comment.get("text", ""),
                     "tags": list(comment.get("tags", [])),
                     "fields": fields,

@@ -184,6 +184,7 @@ class Fax:
             "left_at": None if left_at is None else fmt_offset(left_at),
             "left_at_ts": left_at,
             "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
+            "to": list(self.fields.get("to", [])),
         }
 
 
@@ -269,6 +270,7 @@ class SandboxState:
         self.uploads: dict[str, tuple[str, str, int]] = {}
         self.cancelled: list[str] = []
         self.send_lifecycle: list[dict[str, Any]] = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
+        self.send_lifecycles: dict[str, list[dict[str, Any]]] = {}
         # Bumped by reset(): a request delayed by a fault across a reset must not touch the new state.
         self.generation = 0
         self._fault_ids = 0
@@ -411,4 +413,5 @@ class SandboxState:
         self.uploads.clear()
         self.cancelled.clear()
         self.send_lifecycle = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
+        self.send_lifecycles = {}
         self.oauth.reset()

@@ -23,6 +23,7 @@ for name, on_ambiguous, two in (
     ("faxplus_send_fail", "fail", False),
     ("faxplus_send_resend", "resend", False),
     ("faxplus_send_two", "fail", True),
+    ("faxplus_send_two_resend", "resend", True),
 ):
     with DAG(
         dag_id=name,
