@@ -110,6 +110,27 @@ def test_a_fax_found_by_one_try_is_never_sent_again_by_a_later_try(send_home, co
     assert "no record of its earlier tries" not in run.output
 
 
+def test_a_303_after_the_fax_was_made_is_retried_by_looking_and_adopts(send_home, control, report_pdf):
+    """Finding 6 with Airflow's retries: a proxy passed the POST on (the fax exists) and answered 303.
+    Unknown, not "not sent": the try fails retryably and the retry adopts the fax."""
+    control.settings(send_lifecycle=STAYS)
+    control.add_fault(
+        processed=True,
+        status=303,
+        headers={"location": "http://127.0.0.1/elsewhere"},
+        method="POST",
+        path_endswith="/outbox",
+    )
+    run = send_home.dags_test("faxplus_send_fail", conf={"to": "+16699990001", "file": report_pdf})
+    assert run.succeeded, run.output[-5000:]
+    assert len(_sends(control)) == 1
+    [fax] = control.faxes()
+    [line] = run.lines_with("FAXPLUS-SENT:")
+    result = json.loads(line)
+    assert result["outbox_fax_ids"] == {"+16699990001": fax["id"]}
+    assert result["adopted"] == ["+16699990001"]
+
+
 def test_on_ambiguous_resend_sends_again(send_home, control, report_pdf):
     control.settings(send_lifecycle=LEAVES)
     control.add_fault(drop_after=True, method="POST", path_contains="/outbox")
