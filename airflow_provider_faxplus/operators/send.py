@@ -25,10 +25,12 @@ class SendFaxOperator(BaseOperator):
     Returns (XCom) ``{"outbox_fax_ids": {destination: outbox id}, "mark", "user_id", "files",
     "adopted"}``: ``adopted`` lists the destinations whose fax an earlier try had already sent.
 
-    Never sends twice: each send carries a comment tag (``mark``) derived from the task instance; a
-    retried try first looks for it in the outbox and adopts what it finds. When an earlier try may have
-    sent the fax and the outbox does not show it (it may have been sent already, leaving the outbox),
-    ``on_ambiguous="fail"`` (default) fails the task, ``"resend"`` sends again.
+    Never sends twice: each send carries a comment tag (``mark``) derived from the task instance, and a
+    :class:`SendRecord` keeps what the tries learned (ids, destinations possibly sent) where the next try
+    reads it; ``send.send_outcome`` is the rule for every outcome. A try that may follow a send (or finds
+    no record of earlier tries) first looks for the mark in the outbox and adopts what it finds. When the
+    outbox does not show it (it may have been sent already, leaving the outbox),
+    ``on_ambiguous="fail"`` (default) fails the task, ``"resend"`` sends to those destinations again.
 
     :param to: One destination or a list, E.164 (``+16699990000``) (templated; mappable).
     :param files: Local paths, object-storage URIs or ``ObjectStoragePath``s, or paths already uploaded
