@@ -392,15 +392,15 @@ START, END = "<!-- fault-matrix:start -->\n", "<!-- fault-matrix:end -->"
 
 # The send path: one row per fault of one request of a send --------------------------------------------
 
-SEND_PATHS = {"send": "/outbox", "upload": "/files", "list": "/outbox"}
-SEND_METHODS = {"send": "POST", "upload": "POST", "list": "GET"}
+SEND_PATHS = {"send": "/outbox", "upload": "/files", "list": "/outbox", "token": "/token"}
+SEND_METHODS = {"send": "POST", "upload": "POST", "list": "GET", "token": "POST"}
 
 
 @dataclass(frozen=True)
 class SendFault:
     key: str
     title: str
-    request: str  # "send", "upload" or "list" (send.send_outcome's names)
+    request: str  # "send", "upload", "list" or "token" (send.send_outcome's names; a token row sends)
     # SandboxClient.add_fault arguments (method and path are added); None: nothing listens.
     inject: dict[str, Any] | None
     raises: type[FaxPlusRequestError]
@@ -523,6 +523,23 @@ def _send_faults() -> list[SendFault]:
             FaxPlusTransportError,
             NOT_SENT,
             attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "token-500",
+            "token (OAuth2 refresh before a send): HTTP 500, 2 in a row",
+            "token",
+            {"status": 500, "times": MAX_ATTEMPTS},
+            FaxPlusServerError,
+            NOT_SENT,
+            attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "token-invalid-grant",
+            "token (OAuth2 refresh before a send): 400 `invalid_grant`",
+            "token",
+            {"status": 400, "body": _err("invalid_grant", "revoked")},
+            FaxPlusAuthError,
+            NOT_SENT,
         ),
         SendFault(
             "list-500",

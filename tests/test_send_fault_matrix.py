@@ -15,6 +15,8 @@ from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 from airflow_provider_faxplus.sandbox.dagtest import wait_until
 from tests.fault_matrix import EXTRA, SEND_FAULTS, SEND_METHODS, SEND_PATHS, SendFault, render_send
 
+CLIENT_ID = "APIK-send-matrix"
+CLIENT_SECRET = "csecret-send-matrix-SENTINEL"
 ROOT = Path(__file__).resolve().parent.parent
 PDF = b"%PDF-1.4\n% tiny\n%%EOF\n"
 
@@ -31,8 +33,13 @@ def test_send_fault(fault: SendFault, sandbox, control, dead_port, monkeypatch):
     value = sandbox.connection_json(**EXTRA)
     monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", value)
     hook = FaxPlusHook()
-    path = hook.upload_file(PDF, file_name="a.pdf").path if fault.request == "send" else None
+    path = hook.upload_file(PDF, file_name="a.pdf").path if fault.request in ("send", "token") else None
     hook.close()
+    if fault.request == "token":  # a connection with an OAuth2 refresh token: the send needs a token
+        control.oauth_settings(clients={CLIENT_ID: CLIENT_SECRET})
+        refresh = control.mint_refresh_token(CLIENT_ID)
+        value = sandbox.oauth_connection_json(CLIENT_ID, CLIENT_SECRET, refresh, **EXTRA)
+        monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", value)
     if fault.inject is None:
         value = value.replace(sandbox.base_url, f"http://127.0.0.1:{dead_port}/v3")
         monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", value)
@@ -46,6 +53,7 @@ def test_send_fault(fault: SendFault, sandbox, control, dead_port, monkeypatch):
         "send": lambda: hook.send_fax("+16699990001", [path]),
         "upload": lambda: hook.upload_file(PDF, file_name="a.pdf"),
         "list": lambda: hook.list_outbox_faxes(),
+        "token": lambda: hook.send_fax("+16699990001", [path]),
     }
     try:
         with pytest.raises(fault.raises) as raised:
@@ -53,6 +61,9 @@ def test_send_fault(fault: SendFault, sandbox, control, dead_port, monkeypatch):
     finally:
         hook.close()
     assert send.send_outcome(fault.request, raised.value) == fault.outcome
+    if fault.request == "token":  # the send it stopped was never made
+        assert send.send_outcome("send", raised.value) == send.NOT_SENT
+        assert not [e for e in control.requests() if e["path"].endswith("/outbox")]
     assert len(control.requests()) == fault.attempts
     if fault.made:
         wait_until(lambda: len(control.faxes()) == 1, "the fax", timeout=30, interval=0.1)
