@@ -208,6 +208,17 @@ def test_mapped_sends_one_fax_per_mapped_instance_each_with_its_own_mark(send_ho
     assert len(marks) == 2  # map_index is part of the mark
 
 
+def test_a_number_twice_in_a_literal_expand_list_is_refused(send_home, control, report_pdf):
+    """Finding 8: mapped instances have a mark each; a number listed twice would be faxed twice."""
+    run = send_home.dags_test("faxplus_send_mapped_twice", conf={"file": report_pdf})
+    assert not run.succeeded
+    assert "given twice in this task's expand(to=...): +16699990001" in run.output
+    sent = [json.loads(e["body"])["to"] for e in _sends(control)]
+    assert sent == [["+16699990002"]]  # the number listed once is sent; the doubled one never
+    states = sorted(state for _, _, state in send_home.task_states("faxplus_send_mapped_twice")["tasks"])
+    assert states == ["failed", "failed", "success"]
+
+
 def test_a_retry_after_a_failed_upload_sends_on_both_lines(send_home, control, report_pdf):
     """The first try fails before any send (the upload gives up after 5 x 503). Its record (3.3: the task
     state store; 2.11: an Airflow Variable) says no send began, so the retry sends, once."""

@@ -130,6 +130,7 @@ class SendFaxOperator(BaseOperator):
         except FaxPlusInputError as exc:
             raise AirflowFailException(str(exc)) from exc
         destinations: list[str] = payload["to"]
+        self._refuse_mapped_duplicates(destinations, getattr(ti, "map_index", -1))
 
         record = SendRecord.open(context, mark, self.log)
         if record.lost:
@@ -193,6 +194,25 @@ class SendFaxOperator(BaseOperator):
                 raise AirflowFailException(str(exc)) from exc
             raise
         return self._result({**known, **sent}, mark, adopted, destinations, paths)
+
+    def _refuse_mapped_duplicates(self, destinations: list[str], map_index: int | None) -> None:
+        """Mapped instances have a mark each, so a number listed twice in ``.expand(to=[...])`` would be
+        faxed twice. Refused where the expansion input is a literal list (an XCom's is not visible)."""
+        if map_index is None or map_index < 0:
+            return
+        dag = getattr(self, "dag", None)
+        mapped = getattr(dag, "task_dict", {}).get(self.task_id) if dag is not None else None
+        value = getattr(getattr(mapped, "expand_input", None), "value", None)
+        listed = value.get("to") if isinstance(value, Mapping) else None
+        if not isinstance(listed, list | tuple):
+            return
+        numbers = [n for item in listed for n in ([item] if isinstance(item, str) else item or [])]
+        twice = sorted({n for n in destinations if numbers.count(n) > 1})
+        if twice:
+            raise AirflowFailException(
+                f"destination(s) given twice in this task's expand(to=...): {', '.join(twice)}; each "
+                "mapped instance sends on its own, so they would be faxed twice"
+            )
 
     def _ambiguous(self, mark: str, missing: list[str], known: Mapping[str, str]) -> None:
         message = (

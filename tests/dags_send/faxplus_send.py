@@ -58,3 +58,14 @@ with DAG(
     SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"], comment="mapped").expand(
         to=["+16699990001", "+16699990002"]
     )
+
+with DAG(
+    dag_id="faxplus_send_mapped_twice",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"file": ""},
+) as mapped_twice_dag:
+    SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"], comment="mapped").expand(
+        to=["+16699990001", "+16699990002", "+16699990001"]
+    )
