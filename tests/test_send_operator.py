@@ -237,7 +237,7 @@ def test_a_failed_upload_then_a_retry_sends_once(faxplus_conn, hook, control, pd
     assert _send_bodies(control) == [[A]]
 
 
-def test_the_outcome_rule_covers_every_request(faxplus_conn, hook):
+def test_the_outcome_rule_covers_every_request():
     from airflow_provider_faxplus.exceptions import FaxPlusAPIError
 
     def api(status: int) -> FaxPlusAPIError:
