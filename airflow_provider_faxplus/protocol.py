@@ -224,6 +224,13 @@ def error_from_response(
             + (" (an OAuth2 token also needs the connection's client_id)" if not config.client_id else "")
         )
         return FaxPlusAuthError(message, **kwargs)
+    if status == 404 and not call.outbox_fax_id:
+        # A call on the whole account (send, upload, list) names no fax: its path itself is unknown.
+        return FaxPlusAPIError(
+            message + ". No such path on this API: check the connection's base URL and the user_id (self, "
+            "or a member's user id)",
+            **kwargs,
+        )
     if status == 404 or (status == 400 and error in NOT_FOUND_ERROR_CODES):
         return FaxPlusNotFoundError(
             message + ". The outbox id does not resolve: the fax has left the outbox (sent or failed) "

@@ -19,6 +19,7 @@ Behaviour and where it comes from (see also the README's sandbox section):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -298,6 +299,14 @@ async def settings(request: Request) -> Any:
         state.create_fax({"lifecycle": data["send_lifecycle"], "id": "_check"})
         state.faxes.pop("_check")
         state.send_lifecycle = data["send_lifecycle"]
+    if "send_lifecycles" in data:  # per destination, over send_lifecycle: faxes of one send that differ
+        lifecycles = data["send_lifecycles"]
+        if not isinstance(lifecycles, dict):
+            raise SandboxInputError("send_lifecycles must be an object: destination -> lifecycle")
+        for lifecycle in lifecycles.values():
+            state.create_fax({"lifecycle": lifecycle, "id": "_check"})
+            state.faxes.pop("_check")
+        state.send_lifecycles = dict(lifecycles)
     if "log_response_bodies" in data:  # off for benchmarks: a 10,000-record list is ~6 MB per answer
         if not isinstance(data["log_response_bodies"], bool):
             raise SandboxInputError("log_response_bodies must be true or false")
@@ -398,19 +407,22 @@ class ApiLayer:
         fault = self.state.take_fault(scope["method"], path)
         if fault is not None:
             entry["fault"] = fault.id
+            if fault.late:
+                await self._late(fault, scope, logged_receive, record)
+                return
             if fault.delay:
                 generation = self.state.generation
                 await asyncio.sleep(fault.delay)
                 if generation != self.state.generation:
                     raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
-            if fault.drop_after:
-                # Handled for real (a send creates its fax), then the answer is lost.
+            if fault.drop_after or fault.processed:
+                # Handled for real (a send creates its fax), then the answer is lost or replaced.
                 async def swallow(message: Message) -> None:
                     if message["type"] == "http.response.start":
                         entry["handled_status"] = message["status"]
 
                 await self.app(scope, logged_receive, swallow)
-            if fault.drop or fault.status is not None:
+            if fault.drop or (fault.status is not None and not fault.processed):
                 # The fault answers instead of the handler: read the body for the log all the same.
                 await self._drain(logged_receive, limit)
             if fault.drop or fault.drop_after:
@@ -434,6 +446,32 @@ class ApiLayer:
                 entry["grant_type"] = scope.get("state", {}).get("grant_type")
                 entry["response_body"] = "<redacted>"
         entry["fax_status"] = scope.get("state", {}).get("fax_status")
+
+    async def _late(self, fault: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the whole body, wait ``fault.delay``, then handle the request whether or not the client
+        is still there (its answer goes nowhere if it has gone)."""
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            messages.append(message)
+            if not message.get("more_body"):
+                break
+        generation = self.state.generation
+        await asyncio.sleep(fault.delay)
+        if generation != self.state.generation:
+            raise DeliberateDrop()
+        pending = iter(messages)
+
+        async def replay() -> Message:
+            return next(pending, None) or {"type": "http.disconnect"}
+
+        async def answer(message: Message) -> None:
+            with contextlib.suppress(Exception):  # the client gave up: nobody reads the answer
+                await send(message)
+
+        await self.app(scope, replay, answer)
 
     @staticmethod
     async def _drain(receive: Receive, limit: int) -> None:

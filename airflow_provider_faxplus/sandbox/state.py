@@ -184,6 +184,7 @@ class Fax:
             "left_at": None if left_at is None else fmt_offset(left_at),
             "left_at_ts": left_at,
             "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
+            "to": list(self.fields.get("to", [])),
         }
 
 
@@ -206,6 +207,11 @@ class Fault:
     drop: bool = False
     # The request is handled (a send creates its fax), then the answer is cut off mid-body.
     drop_after: bool = False
+    # The request is handled, then ``status`` answers instead (a proxy that passed the POST on).
+    processed: bool = False
+    # The body is read first, then the delay, then the request is handled even if the client has gone:
+    # a send processed after the client gave up.
+    late: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -264,6 +270,7 @@ class SandboxState:
         self.uploads: dict[str, tuple[str, str, int]] = {}
         self.cancelled: list[str] = []
         self.send_lifecycle: list[dict[str, Any]] = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
+        self.send_lifecycles: dict[str, list[dict[str, Any]]] = {}
         # Bumped by reset(): a request delayed by a fault across a reset must not touch the new state.
         self.generation = 0
         self._fault_ids = 0
@@ -376,9 +383,15 @@ class SandboxState:
             delay=_number(data, "delay", 0.0),
             drop=bool(data.get("drop", False)),
             drop_after=bool(data.get("drop_after", False)),
+            processed=bool(data.get("processed", False)),
+            late=bool(data.get("late", False)),
         )
         if fault.status is None and not fault.drop and not fault.drop_after and fault.delay == 0:
             raise SandboxInputError("a fault needs a status, drop=true, drop_after=true or a delay")
+        if fault.processed and (fault.status is None or fault.drop or fault.drop_after):
+            raise SandboxInputError("processed=true needs a status (and no drop): it answers after handling")
+        if fault.late and (fault.delay == 0 or fault.status is not None or fault.drop or fault.drop_after):
+            raise SandboxInputError("late=true needs a delay, and no status or drop")
         self.faults.append(fault)
         return fault
 
@@ -400,4 +413,5 @@ class SandboxState:
         self.uploads.clear()
         self.cancelled.clear()
         self.send_lifecycle = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
+        self.send_lifecycles = {}
         self.oauth.reset()
