@@ -27,6 +27,7 @@ from airflow_provider_faxplus.protocol import (
     Operation,
     _malformed,
     base_headers,
+    check_unicode,
     error_from_response,
     validate_path_param,
 )
@@ -311,7 +312,9 @@ def multipart_parts(file_name: str, boundary: str) -> tuple[bytes, bytes]:
 def send_call(config: FaxPlusConfig, payload: Mapping[str, Any], user_id: object = "self") -> ApiCall:
     path = _account_path(user_id, "outbox")
     headers = {**base_headers(config), "Content-Type": "application/json; charset=utf-8"}
-    return _call(config, SEND_FAX, path, headers, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+    body = json.dumps(payload, ensure_ascii=False)
+    check_unicode("the fax to send (its comment, tags or cover page)", body)
+    return _call(config, SEND_FAX, path, headers, body.encode("utf-8"))
 
 
 def list_outbox_call(config: FaxPlusConfig, user_id: object = "self") -> ApiCall:

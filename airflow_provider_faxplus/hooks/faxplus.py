@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 import requests
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -28,7 +28,7 @@ from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
     config_from_airflow_connection,
-    proxy_for,
+    requests_proxies,
     tls_settings,
 )
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
@@ -120,9 +120,13 @@ class FaxPlusHook(BaseHook):
     def _load_config(self) -> FaxPlusConfig:
         conn = self.get_connection(self.faxplus_conn_id)
         config = config_from_airflow_connection(self.faxplus_conn_id, conn, conn.extra_dejson)
-        for secret in (config.token, config.client_secret, config.refresh_token):
-            if secret:
-                mask_secret(secret)
+        oauth.mask(
+            config.token,
+            config.client_secret,
+            config.refresh_token,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+        )
         return config
 
     def __repr__(self) -> str:
@@ -138,7 +142,6 @@ class FaxPlusHook(BaseHook):
         tls = tls_settings(config)
         if tls.ca_bundle is not None:
             tls.ssl_context()
-        proxy = proxy_for(config.base_url)
         session = requests.Session()
         adapter = _DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
         session.mount("https://", adapter)
@@ -147,7 +150,7 @@ class FaxPlusHook(BaseHook):
         # requests re-reads the environment (proxies, CA bundle) on every request when trust_env is on,
         # about a fifth of a call's cost here: read it once per session instead.
         session.trust_env = False
-        session.proxies = {"https": proxy} if proxy else {}
+        session.proxies = {scheme: url for scheme, url in requests_proxies(config.base_url).items() if url}
         session.verify = tls.requests_verify()
         self._tls = tls
         return session
@@ -373,7 +376,7 @@ class FaxPlusHook(BaseHook):
         """One refresh at the token endpoint; transient failures retry like API calls."""
         config = self.config
         call = oauth.refresh_call(config, refresh_token)
-        proxy = proxy_for(config.token_url)
+        proxies = requests_proxies(config.token_url)  # None entries remove the API's proxy
         for attempt in Retrying(**retry_kwargs(config, log)):
             with attempt:
                 status, headers, body = self._exchange(
@@ -383,7 +386,7 @@ class FaxPlusHook(BaseHook):
                     headers=dict(call.headers),
                     data=call.body,
                     auth=None,
-                    proxies={"https": proxy},  # None removes the API's proxy: the rule is per URL
+                    proxies=proxies,
                     # Not-sent or not does not matter here: asking for a token again is harmless.
                     transport_error=lambda reason, _not_sent: oauth.transport_error(call, reason),
                     tls_error=lambda reason: oauth.tls_error(call, self._tls, reason),

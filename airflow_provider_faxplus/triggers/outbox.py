@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_faxplus import oauth, protocol
+from airflow_provider_faxplus import oauth, protocol, redaction
 from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
@@ -226,7 +226,13 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     environment_proxy(config.base_url)
     if config.uses_oauth_refresh:
         environment_proxy(config.token_url)
-    oauth.mask(config.token, config.client_secret, config.refresh_token)
+    oauth.mask(
+        config.token,
+        config.client_secret,
+        config.refresh_token,
+        client_id=config.client_id,
+        client_secret=config.client_secret,
+    )
     return config
 
 
@@ -249,14 +255,7 @@ def _error_kind(exc: FaxPlusRequestError) -> str:
 
 
 def _redacted(text: str, config: FaxPlusConfig | None) -> str:
-    if config is not None:
-        secrets = [config.token, config.client_secret, config.refresh_token]
-        if config.uses_oauth_refresh:
-            secrets.append(oauth.source_for(config).valid_token())
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, "***")
-    return text[:500]
+    return redaction.for_config(config)(text, 500) if config is not None else text[:500]
 
 
 class OutboxFaxTrigger(BaseTrigger):
