@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
+from airflow_provider_faxplus import protocol
 from airflow_provider_faxplus.config import FaxPlusConfig, TlsSettings, has_control_chars, safe_url
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
@@ -35,7 +36,7 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusTransportError,
 )
 from airflow_provider_faxplus.protocol import RETRYABLE_STATUSES, is_permanent, parse_retry_after
-from airflow_provider_faxplus.redaction import Redactor, basic_credentials
+from airflow_provider_faxplus.redaction import Redactor, basic_credentials, mask_forms
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ REFRESH_MARGIN = 60.0
 # A refused client secret or refresh token is remembered this long: other callers fail without a request.
 PERMANENT_FAILURE_MEMORY = 60.0
 _MAX_ERROR_CHARS = 200
+# A token answer is a small JSON object; anything larger is refused unread past this.
+MAX_TOKEN_ANSWER_BYTES = 64 << 10
 # Earlier access and refresh tokens of an identity still redacted (an answer may echo a refused one).
 REMEMBERED_TOKENS = 4
 
@@ -240,6 +243,10 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def too_large(call: TokenCall, status: int) -> FaxPlusRequestError:
+    return protocol.answer_too_large(TOKEN_OPERATION, "POST", call.path, status, MAX_TOKEN_ANSWER_BYTES)
+
+
 def transport_error(call: TokenCall, reason: str) -> FaxPlusTransportError:
     return FaxPlusTransportError(
         f"{call.describe()} failed: {call.redact(reason, _MAX_ERROR_CHARS)}",
@@ -276,12 +283,20 @@ def mask(*values: str | None, client_id: str | None = None, client_secret: str |
         from airflow.providers.common.compat.sdk import mask_secret
     except ImportError:  # pragma: no cover - outside Airflow
         return
-    pairs = [(client_id or "", client_secret)] if client_secret else []
-    for form in Redactor(values, pairs).mask_forms():
+    for form in mask_forms(values, [(client_id or "", client_secret)]):
         mask_secret(form)
-    for value in values:
-        if value:
-            mask_secret(value)
+
+
+async def amask(*values: str | None, client_id: str | None = None, client_secret: str | None = None) -> None:
+    """:func:`mask` for the event loop: Airflow 3's ``amask_secret`` tells the supervisor without the sync
+    send that can block a loop with a request already in flight; Airflow 2 has none (sync is fine there)."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:
+        mask(*values, client_id=client_id, client_secret=client_secret)
+        return
+    for form in mask_forms(values, [(client_id or "", client_secret)]):
+        await amask_secret(form)
 
 
 class TokenSource:
@@ -326,8 +341,9 @@ class TokenSource:
             if self._failure and time.monotonic() - self._failure[0] < PERMANENT_FAILURE_MEMORY:
                 raise self._failure[1]
 
-    def _store(self, grant: TokenGrant, sent_at: float) -> str:
-        mask(grant.access_token, grant.refresh_token)
+    def _store(self, grant: TokenGrant, sent_at: float, masked: bool = False) -> str:
+        if not masked:
+            mask(grant.access_token, grant.refresh_token)
         with self._lock:
             self.refreshes += 1
             self._failure = None
@@ -390,7 +406,8 @@ class TokenSource:
         except BaseException as exc:
             self._fail(exc)
             raise
-        return self._store(grant, sent_at)
+        await amask(grant.access_token, grant.refresh_token)
+        return self._store(grant, sent_at, masked=True)
 
 
 def identity_key(config: FaxPlusConfig) -> str:

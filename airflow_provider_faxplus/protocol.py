@@ -52,12 +52,20 @@ NOT_FOUND_ERROR_CODES = frozenset(
 USER_AGENT = f"airflow-provider-faxplus/{__version__}"
 
 
+# The largest answer read, per operation: a hostile endpoint (or a man in the middle with verify off)
+# could otherwise fill the memory within the timeout. Bytes after decompression.
+MAX_ANSWER_BYTES = 1 << 20
+# The whole outbox in one answer (no pagination): ~600 bytes a record, so ~400,000 records.
+MAX_LIST_ANSWER_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str  # the spec's summary, used in messages
     operation_id: str
     method: str
     scopes: tuple[str, ...]
+    max_answer_bytes: int = MAX_ANSWER_BYTES
 
 
 GET_OUTBOX_FAX = Operation("Get outgoing fax", "getOutboxFax", "GET", ("fax:all:read", "fax:fax:read"))
@@ -303,6 +311,21 @@ def tls_error(call: ApiCall, tls: TlsSettings, reason: str) -> FaxPlusTLSError:
         method=call.method,
         path=call.path,
         outbox_fax_id=call.outbox_fax_id,
+    )
+
+
+def answer_too_large(
+    operation: str, method: str, path: str, status: int, limit: int, outbox_fax_id: str | None = None
+) -> FaxPlusResponseError:
+    """An answer over its operation's size limit: refused unread past the limit."""
+    return FaxPlusResponseError(
+        f"{operation} ({method} {path}) answered HTTP {status} with a body larger than {limit} bytes, this "
+        "provider's limit for it: refused unread (a misbehaving server or something in between)",
+        operation=operation,
+        method=method,
+        path=path,
+        outbox_fax_id=outbox_fax_id,
+        status=status,
     )
 
 

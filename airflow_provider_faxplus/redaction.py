@@ -124,9 +124,21 @@ class Redactor:
                 index += 1
         return "".join(out)
 
-    def mask_forms(self) -> list[str]:
-        """The whole forms worth registering with Airflow's log masker (not the fragments)."""
-        return list(self._forms)
+
+def mask_forms(secrets: Iterable[str | None], pairs: Iterable[tuple[str, str | None]] = ()) -> list[str]:
+    """What to register with Airflow's log masker: each secret, percent-encoded and in base64, and the
+    Basic credentials of each pair. Few on purpose: the masker keeps every pattern for the process's life
+    and matches each log line against all of them (the fragments and JSON forms stay ours)."""
+    forms: list[str] = []
+    for secret in secrets:
+        if secret:
+            for form in (secret, quote(secret, safe=""), base64.b64encode(secret.encode()).decode("ascii")):
+                if form not in forms:
+                    forms.append(form)
+    for client_id, client_secret in pairs:
+        if client_secret:
+            forms.append(basic_credentials(client_id, client_secret))
+    return forms
 
 
 def for_config(config: FaxPlusConfig) -> Redactor:

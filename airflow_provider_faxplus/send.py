@@ -23,6 +23,7 @@ from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import FaxPlusInputError, FaxPlusRequestError
 from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
 from airflow_provider_faxplus.protocol import (
+    MAX_LIST_ANSWER_BYTES,
     ApiCall,
     Operation,
     _malformed,
@@ -35,7 +36,13 @@ from airflow_provider_faxplus.protocol import (
 # The upload's scope is a file scope (faxplus-api 3.0.5, FilesApi.upload_file).
 UPLOAD_FILE = Operation("Upload a file", "uploadFile", "POST", ("fax:all:edit", "fax:file:edit"))
 SEND_FAX = Operation("Send a fax", "sendFax", "POST", ("fax:all:edit", "fax:fax:edit"))
-LIST_OUTBOX = Operation("List outgoing faxes", "listOutboxFaxes", "GET", ("fax:all:read", "fax:fax:read"))
+LIST_OUTBOX = Operation(
+    "List outgoing faxes",
+    "listOutboxFaxes",
+    "GET",
+    ("fax:all:read", "fax:fax:read"),
+    max_answer_bytes=MAX_LIST_ANSWER_BYTES,
+)
 CANCEL_OUTBOX_FAX = Operation(
     "Delete an outgoing fax", "deleteOutboxFax", "DELETE", ("fax:all:edit", "fax:fax:edit")
 )

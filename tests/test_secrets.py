@@ -527,3 +527,74 @@ def test_a_lone_surrogate_is_an_input_error_before_any_request(hook, control):
         with pytest.raises(FaxPlusInputError, match="lone surrogate"):
             call()
     assert control.requests() == []
+
+
+# Also seen: answers are read up to a size limit per operation --------------------------------------------
+
+
+def test_an_oversized_api_answer_is_refused_by_the_hook_and_the_trigger(hook, control, faxplus_conn):
+    from airflow_provider_faxplus.protocol import MAX_ANSWER_BYTES
+
+    control.create_fax(id="f1")
+    huge = json.dumps({"id": "f1", "padding": "x" * (MAX_ANSWER_BYTES + 10)})
+    control.add_fault(status=200, path_contains="/outbox/f1", times=2, body=huge)
+    with pytest.raises(FaxPlusResponseError, match=f"larger than {MAX_ANSWER_BYTES} bytes"):
+        hook.get_outbox_fax("f1")
+    trigger = OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1, shared_poll=False)
+    [event] = asyncio.run(asyncio.wait_for(collect(trigger), 30))
+    assert (event["status"], event["kind"]) == ("error", "api")
+    assert f"larger than {MAX_ANSWER_BYTES} bytes" in event["message"]
+    assert hook.get_outbox_fax("f1").id == "f1"  # the limit is per answer; a normal one still reads
+
+
+def test_an_oversized_token_answer_is_refused(oauth_sandbox, control, refresh_token, monkeypatch):
+    huge = json.dumps({"access_token": "a" * (oauth.MAX_TOKEN_ANSWER_BYTES + 10), "token_type": "Bearer"})
+    control.add_fault(status=200, path_contains="/token", times=1, body=huge)
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    hook = FaxPlusHook()
+    with pytest.raises(FaxPlusResponseError, match=f"larger than {oauth.MAX_TOKEN_ANSWER_BYTES} bytes"):
+        hook.get_outbox_fax("f1")
+    hook.close()
+
+
+# Also seen: allowed_roots for files chosen by whoever triggers the DAG ----------------------------------
+
+
+def test_allowed_roots_refuse_paths_outside_them_symlinks_and_dot_dots_included(tmp_path):
+    from airflow_provider_faxplus.files import file_source
+
+    inside = tmp_path / "faxes"
+    inside.mkdir()
+    (inside / "ok.pdf").write_bytes(b"%PDF-1.4 ok")
+    outside = tmp_path / "secret.pdf"
+    outside.write_bytes(b"%PDF-1.4 secret")
+    (inside / "link.pdf").symlink_to(outside)
+    roots = [str(inside)]
+    assert file_source(str(inside / "ok.pdf"), allowed_roots=roots).size == len(b"%PDF-1.4 ok")
+    assert file_source(b"%PDF", "a.pdf", allowed_roots=roots).size == 4  # bytes are no path
+    for refused in (outside, inside / "link.pdf", inside / ".." / "secret.pdf", "s3://bucket/x.pdf"):
+        with pytest.raises(FaxPlusInputError, match="outside allowed_roots"):
+            file_source(str(refused), allowed_roots=roots)
+    assert file_source(str(outside)).size > 0  # without allowed_roots nothing changes
+
+
+def test_send_operator_with_allowed_roots_fails_before_any_request(tmp_path, faxplus_conn, control):
+    from types import SimpleNamespace
+
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_faxplus.operators.send import SendFaxOperator
+
+    outside = tmp_path / "secret.pdf"
+    outside.write_bytes(b"%PDF-1.4 secret")
+    (tmp_path / "faxes").mkdir()
+    operator = SendFaxOperator(
+        task_id="send", to="+15551234567", files=[str(outside)], allowed_roots=[str(tmp_path / "faxes")]
+    )
+    # The check runs before the task state store is read: a bare task instance is enough.
+    ti = SimpleNamespace(dag_id="d", task_id="send", run_id="r", map_index=-1)
+    with pytest.raises(AirflowFailException, match="outside allowed_roots"):
+        operator.execute({"ti": ti})
+    assert control.requests() == []
+    with pytest.raises(ValueError, match="allowed_roots must be a list"):
+        SendFaxOperator(task_id="s2", to="+1", files=[], allowed_roots="/data")

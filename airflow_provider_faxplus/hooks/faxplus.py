@@ -390,6 +390,8 @@ class FaxPlusHook(BaseHook):
                     # Not-sent or not does not matter here: asking for a token again is harmless.
                     transport_error=lambda reason, _not_sent: oauth.transport_error(call, reason),
                     tls_error=lambda reason: oauth.tls_error(call, self._tls, reason),
+                    max_bytes=oauth.MAX_TOKEN_ANSWER_BYTES,
+                    too_large=lambda status: oauth.too_large(call, status),
                 )
                 grant = oauth.parse_token_response(call, status, headers, body)
                 log.info("Fax.Plus OAuth2 access token refreshed at %s", call.describe())
@@ -439,6 +441,15 @@ class FaxPlusHook(BaseHook):
                 call, reason, not_sent=not_sent
             ),
             tls_error=lambda reason: protocol.tls_error(call, self._tls, reason),
+            max_bytes=call.operation.max_answer_bytes,
+            too_large=lambda status: protocol.answer_too_large(
+                call.operation.name,
+                call.method,
+                call.path,
+                status,
+                call.operation.max_answer_bytes,
+                call.outbox_fax_id or None,
+            ),
         )
 
     def _exchange(
@@ -453,9 +464,12 @@ class FaxPlusHook(BaseHook):
         proxies: dict[str, str | None] | None,
         transport_error: Callable[[str, bool], FaxPlusRequestError],
         tls_error: Callable[[str], FaxPlusRequestError],
+        max_bytes: int,
+        too_large: Callable[[int], FaxPlusRequestError],
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange under the whole-request deadline; failures become the caller's errors
-        (``transport_error(reason, not_sent)``: ``not_sent`` when the request provably never left)."""
+        (``transport_error(reason, not_sent)``: ``not_sent`` when the request provably never left;
+        ``too_large(status)``: the answer is over ``max_bytes``)."""
         timeout = self.config.timeout
         started = time.monotonic()
         # requests' timeout bounds each socket operation; the deadline bounds the whole request
@@ -472,8 +486,11 @@ class FaxPlusHook(BaseHook):
                     proxies=proxies,  # type: ignore[arg-type]
                     timeout=timeout,
                     allow_redirects=False,
+                    stream=True,
                 )
-                body = response.content
+                body = _read_bounded(response, max_bytes)
+                if body is None:
+                    raise too_large(response.status_code)
         except requests.ConnectTimeout:
             # No connection, so no byte of the request left: provably not sent.
             reason = f"could not connect within {timeout:g} s"
@@ -695,6 +712,19 @@ def _never_connected(exc: BaseException) -> bool:
             return True
         pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None), *item.args))
     return False
+
+
+def _read_bounded(response: requests.Response, limit: int) -> bytes | None:
+    """The body (decompressed), or ``None`` once it is over ``limit`` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            response.close()  # drops the connection: the rest is never read
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)  # read to the end: the connection goes back to the pool
 
 
 def _short(exc: BaseException) -> str:
