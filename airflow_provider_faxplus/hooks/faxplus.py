@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_faxplus import oauth, protocol, send
+from airflow_provider_faxplus import oauth, protocol, redaction, send
 from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
@@ -501,8 +501,8 @@ class FaxPlusHook(BaseHook):
             if deadline.expired:
                 raise transport_error(f"no answer within {timeout:g} s", False) from None
             if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
-                raise tls_error(_short(exc)) from None
-            raise transport_error(_short(exc), _never_connected(exc)) from None
+                raise tls_error(self._redact(_short(exc))) from None
+            raise transport_error(self._redact(_short(exc)), _never_connected(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
             method,
@@ -512,6 +512,10 @@ class FaxPlusHook(BaseHook):
             (time.monotonic() - started) * 1000,
         )
         return response.status_code, dict(response.headers), body
+
+    def _redact(self, text: str) -> str:
+        """A client library's message can quote what was sent (a header, a URL): redacted all the same."""
+        return redaction.for_config(self.config)(text)
 
     # Connection form ----------------------------------------------------------------------------
 

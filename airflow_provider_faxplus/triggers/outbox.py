@@ -152,7 +152,8 @@ async def _exchange(
     except TimeoutError:
         raise transport_error(f"no answer within {config.timeout:g} s") from None
     except aiohttp.ClientError as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:300]
+        # A client library's message can quote what was sent (a header, a URL): redacted all the same.
+        reason = redaction.for_config(config)(f"{type(exc).__name__}: {exc}", 300)
         if protocol.is_certificate_failure(exc):
             raise tls_error(reason) from None
         raise transport_error(reason) from None
