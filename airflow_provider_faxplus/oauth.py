@@ -36,7 +36,7 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusTransportError,
 )
 from airflow_provider_faxplus.protocol import RETRYABLE_STATUSES, is_permanent, parse_retry_after
-from airflow_provider_faxplus.redaction import Redactor, basic_credentials, mask_forms
+from airflow_provider_faxplus.redaction import MAX_SCANNED_CHARS, Redactor, basic_credentials, mask_forms
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def parse_token_response(call: TokenCall, status: int, headers: Mapping[str, str
             raw = decoded.get("error_description", decoded.get("description"))
             description = call.redact(str(raw), _MAX_ERROR_CHARS)
     elif text.strip():
-        description = call.redact(" ".join(text[:20_000].split()), _MAX_ERROR_CHARS)
+        description = call.redact(" ".join(text[:MAX_SCANNED_CHARS].split()), _MAX_ERROR_CHARS)
     said = " ".join(part for part in (error, f"- {description}" if description else None) if part)
     message = f"{call.describe()} failed: HTTP {status}" + (f" {said}" if said else "")
     if status in RETRYABLE_STATUSES:

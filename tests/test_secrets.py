@@ -136,6 +136,47 @@ def test_cli_sends_the_client_secret_through_no_environment_proxy(oauth_sandbox,
     assert [entry["grant_type"] for entry in control.token_requests()] == ["authorization_code"]
 
 
+@pytest.mark.parametrize("variable", ["ALL_PROXY", "all_proxy", "HTTPS_PROXY"])
+def test_cli_opens_no_proxy_tunnel_to_an_https_loopback_token_url(variable):
+    proxy = FakeProxy()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: a refused connection, quickly
+    port = closed.getsockname()[1]
+    try:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        }
+        env.update({variable: proxy.url, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET})
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "airflow_provider_faxplus.oauth_cli",
+                "--client-id",
+                CLIENT_ID,
+                "--redirect-uri",
+                REDIRECT_URI,
+                "--token-url",
+                f"https://127.0.0.1:{port}/token",
+            ],
+            input="code-123\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        proxy.close()
+        closed.close()
+    assert proxy.seen == []  # no CONNECT: loopback is never proxied
+    assert done.returncode == 1
+    assert "refused" in done.stderr.lower() or "connection" in done.stderr.lower(), done.stderr
+    assert CLIENT_SECRET not in done.stderr
+
+
 def test_cli_warns_that_a_code_on_the_command_line_is_visible(oauth_sandbox, control):
     code = control.mint_code(CLIENT_ID, REDIRECT_URI)
     done = subprocess.run(
