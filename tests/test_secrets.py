@@ -435,7 +435,11 @@ def test_sandbox_cli_refuses_a_network_address_without_a_control_token_and_a_tok
         (("--token", SECRET), "--token is not accepted"),
     ):
         proc = _sandbox_cli(*args, env=env)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()  # a sandbox that started after all must not outlive the test
+            proc.communicate()
         assert proc.returncode == 2, (args, out, err)
         assert message in err
         assert SECRET not in out + err
