@@ -391,3 +391,49 @@ async def test_the_cursor_is_written_after_the_events_never_before(faxplus_conn,
         await running.stop()
     assert cursor(store, trigger) == {fax_id: {"status": "submitted", "reported": ["entered"]}}
     assert store.writes == 2
+
+
+def test_an_asset_event_that_is_not_the_watchers_is_refused_by_name(quick):
+    read_event = quick.read_event
+
+    ours = {
+        "outbox_fax_id": "f1",
+        "user_id": "self",
+        "event": "left",
+        "status": "sending",
+        "record": None,
+        "detected_at": "2026-01-01T00:00:00+00:00",
+    }
+    assert read_event(ours) is ours
+    # What the demo once found on its left asset: a sensor trigger's event under a reused trigger id.
+    with pytest.raises(
+        ValueError, match=r"not an OutboxEventTrigger event: the payload lacks \['outbox_fax_id'"
+    ):
+        read_event({"status": "success", "result": {"id": "f1"}})
+    with pytest.raises(ValueError, match="event 'gone' is none of"):
+        read_event({**ours, "event": "gone"})
+    with pytest.raises(ValueError, match="the payload is NoneType"):
+        read_event(None)
+
+
+def test_the_example_dag_skips_a_foreign_asset_event_with_a_warning(quick, caplog):
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parent.parent / "example_dags" / "example_faxplus_tag_new_faxes.py"
+    spec = importlib.util.spec_from_file_location("example_tag", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ours = dict.fromkeys(quick.PAYLOAD_KEYS) | {"outbox_fax_id": "f1", "event": "left"}
+    foreign = SimpleNamespace(extra={"payload": {"status": "success", "result": {}}})
+    context = {
+        "triggering_asset_events": {
+            "faxplus_outbox_left": [foreign, SimpleNamespace(extra={"payload": ours})]
+        }
+    }
+    with caplog.at_level(logging.WARNING):
+        assert module._payloads(context, "left") == [ours]
+    assert "Skipping an event of faxplus_outbox_left: not an OutboxEventTrigger event" in caplog.text

@@ -185,6 +185,11 @@ class AirflowHome:
         [line] = [line for line in result.stdout.splitlines() if line.startswith("FAXPLUS-OUT:")]
         return line.partition(":")[2].strip()
 
+    def clear_leftover_triggers(self) -> int:
+        """Delete the trigger rows no deferred task, asset or callback needs (Airflow 3; what `dags test`
+        leaves behind); how many. See ``_CLEAR_LEFTOVER_TRIGGERS`` for why a deployment needs this."""
+        return int(json.loads(self.python(_CLEAR_LEFTOVER_TRIGGERS)))
+
     def task_states(self, dag_id: str) -> dict[str, Any]:
         """The latest run's state and ``[task_id, map_index, state]`` of each of its task instances."""
         states: dict[str, Any] = json.loads(self.python(_TASK_STATES, dag_id))
@@ -235,6 +240,22 @@ with create_session() as session:
         .where(AssetModel.name == sys.argv[1]).order_by(AssetEvent.id)
     ).all()
     print("FAXPLUS-OUT:", json.dumps([(extra or {}).get("payload") for (extra,) in rows]))
+"""
+# Trigger rows a finished `dags test` leaves behind (its task no longer deferred): a triggerer started
+# on the home would run them, Airflow then deletes their rows, and SQLite gives a deleted row's id to
+# the next trigger created (an asset watcher's), so the stale trigger's event lands on that asset.
+# Airflow's own clean-up (Trigger.clean_unused) removes them before any triggerer can pick them up.
+_CLEAR_LEFTOVER_TRIGGERS = """
+import json
+from sqlalchemy import func, select
+from airflow.models.trigger import Trigger
+from airflow.utils.session import create_session
+with create_session() as session:
+    before = session.scalar(select(func.count(Trigger.id)))
+Trigger.clean_unused()
+with create_session() as session:
+    after = session.scalar(select(func.count(Trigger.id)))
+print("FAXPLUS-OUT:", json.dumps(before - after))
 """
 _ASSET_STATE = """
 import json, sys
@@ -289,7 +310,10 @@ class AirflowDeployment:
     @classmethod
     def airflow3(cls, home: AirflowHome, startup_timeout: float = 300) -> AirflowDeployment:
         """Start an api-server on 127.0.0.1 (the execution API the tasks talk to), then a dag-processor,
-        a scheduler and a triggerer. Sets the home's settings they share; stops them all if one fails."""
+        a scheduler and a triggerer. Sets the home's settings they share; stops them all if one fails.
+        Trigger rows left by earlier ``dags test`` runs on the home are deleted first (see
+        ``_CLEAR_LEFTOVER_TRIGGERS``)."""
+        home.clear_leftover_triggers()
         port = free_port()
         home.env.update(
             {

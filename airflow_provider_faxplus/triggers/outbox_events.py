@@ -332,6 +332,36 @@ class OutboxEventTrigger(BaseEventTrigger):
         }
 
 
+PAYLOAD_KEYS = ("outbox_fax_id", "user_id", "event", "status", "record", "detected_at")
+
+
+def read_event(payload: Any) -> dict[str, Any]:
+    """The payload of an asset event, checked to be one :class:`OutboxEventTrigger` yields.
+
+    An asset may receive events from elsewhere (the REST API, another producer; on SQLite even a stale
+    trigger of ``airflow dags test`` whose row id Airflow gave to the watcher: see the README), and a DAG
+    should not take one for a fax.
+
+    :raises ValueError: naming what is missing or wrong.
+    """
+    if not isinstance(payload, dict):
+        raise ValueError(
+            f"not an OutboxEventTrigger event: the payload is {type(payload).__name__}, not an object"
+        )
+    missing = [key for key in PAYLOAD_KEYS if key not in payload]
+    if missing:
+        raise ValueError(
+            f"not an OutboxEventTrigger event: the payload lacks {missing} (it has {sorted(payload)})"
+        )
+    if payload["event"] not in EVENTS:
+        raise ValueError(
+            f"not an OutboxEventTrigger event: event {payload['event']!r} is none of {list(EVENTS)}"
+        )
+    if not isinstance(payload["outbox_fax_id"], str) or not payload["outbox_fax_id"]:
+        raise ValueError(f"not an OutboxEventTrigger event: outbox_fax_id {payload['outbox_fax_id']!r}")
+    return payload
+
+
 def _read_cursor(stored: Any) -> dict[str, dict[str, Any]] | None:
     """The stored cursor, or None when there is none (or one this version cannot read: logged)."""
     if stored is None:
