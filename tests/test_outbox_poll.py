@@ -119,7 +119,7 @@ def test_different_intervals_each_get_an_answer_no_older_than_their_interval(fax
         async with account_poll(config, "self") as poll:
 
             async def caller(interval: float, looks: int) -> list[tuple[float, float]]:
-                out, due = [], time.time()
+                out, due = [], time.monotonic()
                 for _ in range(looks):
                     snapshot = await poll.snapshot(due=due, interval=interval)
                     out.append((due, snapshot.started_at))
@@ -247,7 +247,7 @@ def test_a_list_record_that_does_not_parse_fails_only_its_own_fax(faxplus_conn, 
 
     async def scenario():
         async with account_poll(config, "self") as poll:
-            snapshot = await poll.snapshot(due=time.time(), interval=0.2)
+            snapshot = await poll.snapshot(due=time.monotonic(), interval=0.2)
             again = await poll.snapshot(due=snapshot.started_at + 0.2, interval=0.2)
             return snapshot, again
 
@@ -272,7 +272,7 @@ def test_a_failure_reaches_every_waiter_of_the_request(faxplus_conn, control):
 
     async def scenario():
         async with account_poll(config, "self") as poll:
-            now = time.time()
+            now = time.monotonic()
             return await asyncio.gather(
                 *(poll.snapshot(due=now, interval=1.0) for _ in range(5)), return_exceptions=True
             )
@@ -350,7 +350,7 @@ def test_a_large_list_lets_the_event_loop_run_while_it_is_decoded(faxplus_conn, 
 
         ticking = asyncio.ensure_future(ticker())
         async with account_poll(config, "self") as poll:
-            snapshot = await poll.snapshot(due=time.time(), interval=1.0)
+            snapshot = await poll.snapshot(due=time.monotonic(), interval=1.0)
         done = True
         await ticking
         return snapshot, turns
@@ -384,3 +384,12 @@ def test_one_poll_per_identity_and_user():
         return first.holders
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_malformed_list_answer_makes_every_sensor_back_off_not_fail(faxplus_conn, control):
+    """Finding 3: an HTML 200 from a proxy is a transient failure of the poll, for all its waiters."""
+    fax_ids = [control.create_fax(lifecycle=THREE_LOOKS)["id"] for _ in range(3)]
+    control.add_fault(status=200, method="GET", path_endswith="/outbox", body="<html>proxy</html>", times=1)
+    events = run_all([trigger(fax_id) for fax_id in fax_ids])
+    assert [event["status"] for event in events] == ["success"] * 3, events
+    assert lists(control)[0]["status"] == 200  # the fault's answer came as a 200

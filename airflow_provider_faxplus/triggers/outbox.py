@@ -426,11 +426,10 @@ class OutboxFaxTrigger(BaseTrigger):
                     return absent, snapshot.started_at
                 confirming = True
         if not confirming:
-            await asyncio.sleep(max(0.0, due - time.time()))
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
         record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
         # The next GET is an interval after this answer, as ever; a list look counts from its tick.
-        now = time.time()
-        return observe_record(record, self.progress, policy, now, self.user_id), now
+        return observe_record(record, self.progress, policy, time.time(), self.user_id), time.monotonic()
 
     async def _renew_after_401(self, config: FaxPlusConfig, token: str) -> bool:
         """After a 401: with a refresh token, drop the refused access token (the next poll refreshes,
@@ -494,8 +493,10 @@ class OutboxFaxTrigger(BaseTrigger):
         failures = 0
         looks = 0
         logged: tuple[object, ...] | None = None
-        # The first look may take a list answer up to one interval old; a GET goes at once.
-        due = time.time() - self.poke_interval
+        # The first look may take a list answer up to one interval old; a GET goes at once. Schedules
+        # run on the monotonic clock (a wall-clock step must not stop or rush the polls); the progress
+        # keeps wall-clock times, which outlive the process.
+        due = time.monotonic() - self.poke_interval
         while True:
             decision: Decision
             token = ""
@@ -506,7 +507,7 @@ class OutboxFaxTrigger(BaseTrigger):
                 decision, answered_at = await self._look(lease, config, policy, token, poll, due, interval)
                 renewed = False
             except FaxPlusNotFoundError:
-                answered_at = time.time()
+                answered_at = time.monotonic()
                 renewed = False
                 decision = observe_not_found(
                     self.outbox_fax_id, self.progress, policy, time.time(), self.user_id
@@ -530,7 +531,7 @@ class OutboxFaxTrigger(BaseTrigger):
                 )
                 log.warning("Transient error #%d, polling again in %.1f s: %s", failures, wait, exc)
                 await asyncio.sleep(wait)
-                due = time.time()
+                due = time.monotonic()
                 continue
             except FaxPlusInputError as exc:
                 yield TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
