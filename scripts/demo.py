@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_faxplus.sandbox import SandboxClient, SandboxServer
-from airflow_provider_faxplus.sandbox.dagtest import AirflowDeployment, AirflowHome, wait_until
+from airflow_provider_faxplus.sandbox.dagtest import (
+    AirflowDeployment,
+    AirflowHome,
+    leftover_processes,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,6 +218,10 @@ def main() -> int:
             ok &= event_driven(home, client)
         else:
             print(f"\n== {TAG_DAG} and {LEFT_DAG} skipped: event-driven DAGs need Airflow 3 (asset watchers)")
+        left = leftover_processes(home.path)
+        if left:
+            print(f"FAILED: processes started on {home.path} still run: {left}", file=sys.stderr)
+            ok = False
     print(f"\nsandbox stopped; demo took {time.monotonic() - started:.0f} s: {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 

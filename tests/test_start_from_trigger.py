@@ -269,8 +269,7 @@ def scheduled_deployment(tmp_path_factory) -> Iterator[Deployment]:
             deployed.start("scheduler", "scheduler")
             yield deployed
         finally:
-            for name in list(deployed.processes):
-                deployed.stop(name)
+            deployed.stop_all()
 
 
 @pytest.mark.skipif(not TRIGGERER_RENDERS_TEMPLATES, reason="Airflow 3.3+ starts tasks in the triggerer")

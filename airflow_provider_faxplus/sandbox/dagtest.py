@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -297,6 +298,69 @@ def _answers(url: str) -> bool:
         return False
 
 
+def leftover_processes(home: Path) -> list[int]:
+    """Live processes (zombies aside) whose environment names ``home`` as ``AIRFLOW_HOME``: what an
+    Airflow process started on the home left running (``serve-logs``, an idle LocalExecutor worker)."""
+    marker = f"AIRFLOW_HOME={home}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
+        try:
+            if pid == os.getpid() or marker not in environ.read_bytes().split(b"\0"):
+                continue
+            state = (environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        if state != "Z":
+            found.append(pid)
+    return found
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], home: Path | None, timeout: float = 60) -> None:
+    """Stop Airflow processes started in sessions of their own (``start_new_session=True``), and
+    everything they started: SIGTERM to each (its own clean shutdown), SIGKILL after ``timeout``; then
+    SIGTERM, and 5 s later SIGKILL, to whatever is left in their process groups and, given ``home``,
+    to anything still running on it (a LocalExecutor worker ignores SIGTERM; ``serve-logs`` outlives
+    the scheduler)."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def left() -> list[int]:
+        members = [pid for process in processes for pid in _group_members(process.pid)]
+        return members + (leftover_processes(home) if home is not None else [])
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        end = time.monotonic() + 5
+        while left() and time.monotonic() < end:
+            time.sleep(0.1)
+        if not left():
+            return
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 @dataclass
 class AirflowDeployment:
     """Airflow processes started on one ``AirflowHome``; each writes to ``<home>/<name>.out``.
@@ -338,8 +402,13 @@ class AirflowDeployment:
         if name in self.processes:
             raise ValueError(f"an Airflow process named {name!r} is already running")
         with (self.home.path / f"{name}.out").open("ab") as output:
+            # A session of its own: stopping it reaches whatever it starts (see stop_processes).
             self.processes[name] = subprocess.Popen(  # noqa: S603 - our own airflow binary
-                [self.home._airflow_bin(), *args], env=self.home._environ(), stdout=output, stderr=output
+                [self.home._airflow_bin(), *args],
+                env=self.home._environ(),
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
             )
 
     def wait_healthy(self, timeout: float) -> None:
@@ -359,19 +428,16 @@ class AirflowDeployment:
                 raise RuntimeError(f"airflow {name} exited with code {process.returncode}; see {output}")
 
     def stop(self, name: str, timeout: float = 60) -> None:
+        """Stop one process and what it started (not what the others did: see :meth:`stop_all`)."""
         process = self.processes.pop(name)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes([process], None, timeout)
 
     def stop_all(self) -> None:
+        """Stop every process, then anything still running on the home; none outlives this."""
         # The scheduler first: it starts task processes that talk to the api-server.
         for name in sorted(self.processes, key=lambda name: name == "api-server"):
             self.stop(name)
+        stop_processes([], self.home.path)
 
     def __enter__(self) -> AirflowDeployment:
         return self
