@@ -336,8 +336,11 @@ class OutboxFaxTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Exactly one event: every exception but cancellation becomes an error event."""
+        # The event is yielded once the session and the poll are let go: Airflow's in-process runner
+        # (`dags test`) takes the first event and leaves the generator for asyncio.run to close, which
+        # closes every open async generator at once (ERROR lines in a successful run).
         config: FaxPlusConfig | None = None
-        yielded = False
+        event: TriggerEvent | None = None
         try:
             if self.first_look_here:
                 self._start_without_a_worker_look()
@@ -348,22 +351,20 @@ class OutboxFaxTrigger(BaseTrigger):
                 fail_if_never_seen=self.fail_if_never_seen,
             )
             renewed = False
-            while True:
+            while event is None:
                 try:
                     async with self._hold(config) as (lease, poll):
-                        async for event in self._poll(lease, config, policy, renewed, poll):
-                            yielded = True
-                            yield event
-                            return
+                        event = await self._poll(lease, config, policy, renewed, poll)
                 except _Reconnect as reconnect:
                     config, renewed = reconnect.config, True
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
-            if yielded:  # e.g. closing the session after the event: the verdict stands
+            if event is None:
+                event = TriggerEvent(self._error_event(exc, config))
+            else:  # e.g. closing the session after the event: the verdict stands
                 log.warning("After the event: %s", _redacted(f"{type(exc).__name__}: {exc}", config))
-                return
-            yield TriggerEvent(self._error_event(exc, config))
+        yield event
 
     def _start_without_a_worker_look(self) -> None:
         try_number = getattr(self.task_instance, "try_number", None) or 1
@@ -487,8 +488,8 @@ class OutboxFaxTrigger(BaseTrigger):
         policy: WaitPolicy,
         renewed: bool = False,
         poll: AccountPoll | None = None,
-    ) -> AsyncIterator[TriggerEvent]:
-        """Poll until there is an event to yield (exactly one). ``renewed``: a 401 already made it
+    ) -> TriggerEvent:
+        """Poll until there is an event (exactly one). ``renewed``: a 401 already made it
         refresh or re-read the connection, and no call has succeeded since."""
         failures = 0
         looks = 0
@@ -523,8 +524,7 @@ class OutboxFaxTrigger(BaseTrigger):
                     if await self._renew_after_401(config, token):
                         continue
                 if not protocol.is_retryable(exc):
-                    yield TriggerEvent({"status": "error", "kind": _error_kind(exc), "message": str(exc)})
-                    return
+                    return TriggerEvent({"status": "error", "kind": _error_kind(exc), "message": str(exc)})
                 failures += 1
                 wait = max(
                     self.poke_interval, backoff_seconds(failures, config.initial_backoff, exc.retry_after)
@@ -534,24 +534,21 @@ class OutboxFaxTrigger(BaseTrigger):
                 due = time.monotonic()
                 continue
             except FaxPlusInputError as exc:
-                yield TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
-                return
+                return TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
             failures = 0
             looks += 1
             if decision.action == "left":
                 log.info("%s", decision.message)
-                yield TriggerEvent(
+                return TriggerEvent(
                     {"status": "success", "message": decision.message, "result": decision.result}
                 )
-                return
             if decision.action == "fail":
-                yield TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
-                return
+                return TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
             if self.progress.ever_seen is True and seen_before is not True:
                 # The first sighting: hand it to the sensor, which defers again with it in the kwargs,
                 # the only part of a trigger that Airflow keeps when a triggerer restarts.
                 log.info("%s; first sighting, checkpointed through the sensor", decision.message)
-                yield TriggerEvent(
+                return TriggerEvent(
                     {
                         "status": "checkpoint",
                         "message": decision.message,
@@ -559,7 +556,6 @@ class OutboxFaxTrigger(BaseTrigger):
                         "deferred_at": self.deferred_at,
                     }
                 )
-                return
             # INFO when what we know changes, DEBUG for the same again: a triggerer may hold thousands.
             # A status the spec does not know is a WARNING, once per fax and status.
             known = (decision.action, self.progress.last_status, self.progress.ever_seen)
