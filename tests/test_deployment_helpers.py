@@ -131,3 +131,19 @@ def test_a_deployment_leaves_no_process_of_its_home_running(tmp_path, monkeypatc
     finally:
         for pid in leftover_processes(tmp_path):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_process_whose_title_hides_its_environment_is_found_by_its_open_files(tmp_path):
+    """setproctitle (Airflow's process titles) may overwrite the environment /proc shows."""
+    from airflow_provider_faxplus.sandbox.dagtest import leftover_processes
+
+    with (tmp_path / "scheduler.out").open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"], stdout=output, env={}
+        )
+    try:
+        assert leftover_processes(tmp_path) == [process.pid]
+    finally:
+        process.kill()
+        process.wait()
+    assert leftover_processes(tmp_path) == []

@@ -299,20 +299,27 @@ def _answers(url: str) -> bool:
 
 
 def leftover_processes(home: Path) -> list[int]:
-    """Live processes (zombies aside) whose environment names ``home`` as ``AIRFLOW_HOME``: what an
-    Airflow process started on the home left running (``serve-logs``, an idle LocalExecutor worker)."""
+    """Live processes (zombies aside) whose environment names ``home`` as ``AIRFLOW_HOME`` or that hold
+    a file under it open (their output, a log): what an Airflow process started on the home left
+    running (``serve-logs``, an idle LocalExecutor worker). Both, as a process title set with
+    setproctitle may overwrite what /proc shows of the environment."""
     marker = f"AIRFLOW_HOME={home}".encode()
+    prefix = f"{home}{os.sep}"
     found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        pid = int(environ.parent.name)
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name) if proc.name.isdigit() else 0
+        if pid in (0, os.getpid()):
+            continue
         try:
-            if pid == os.getpid() or marker not in environ.read_bytes().split(b"\0"):
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
                 continue
-            state = (environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if marker in (proc / "environ").read_bytes().split(b"\0") or any(
+                os.readlink(fd).startswith(prefix) for fd in (proc / "fd").iterdir()
+            ):
+                found.append(pid)
         except OSError:
             continue  # exited meanwhile, or not ours to read
-        if state != "Z":
-            found.append(pid)
     return found
 
 
