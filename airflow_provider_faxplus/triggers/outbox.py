@@ -294,6 +294,7 @@ class OutboxFaxTrigger(BaseTrigger):
         max_wait: float | None = None,
         deferred_at: float | None = None,
         shared_poll: bool = True,
+        timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.outbox_fax_id = outbox_fax_id
@@ -307,10 +308,17 @@ class OutboxFaxTrigger(BaseTrigger):
         # trigger makes the first look; the grace period runs from it.
         self.first_look_here = not progress
         self.progress = WaitProgress.from_dict(progress) if progress else WaitProgress(started_at=time.time())
+        # Serialized as "no progress" until this trigger learns something: a rebuilt trigger must
+        # still make the first look.
+        self._fresh_progress = self.progress.to_dict() if self.first_look_here else None
         self.exponential_backoff = bool(exponential_backoff)
         self.max_wait = None if max_wait is None else float(max_wait)
         self.deferred_at = time.time() if deferred_at is None else float(deferred_at)
+        self._deferred_at_given = deferred_at is not None
         self.shared_poll = bool(shared_poll)
+        # The sensor's timeout (start_from_trigger): with the deadline Airflow fixed when the task
+        # deferred, it gives the moment of the deferral, which no rebuild of the trigger moves.
+        self.timeout = None if timeout is None else float(timeout)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -323,13 +331,29 @@ class OutboxFaxTrigger(BaseTrigger):
                 "waiting_statuses": list(self.waiting_statuses),
                 "not_found_grace_period": self.not_found_grace_period,
                 "fail_if_never_seen": self.fail_if_never_seen,
-                "progress": self.progress.to_dict(),
+                "progress": None if self._progress_is_fresh() else self.progress.to_dict(),
                 "exponential_backoff": self.exponential_backoff,
                 "max_wait": self.max_wait,
                 "deferred_at": self.deferred_at,
                 "shared_poll": self.shared_poll,
+                "timeout": self.timeout,
             },
         )
+
+    def _progress_is_fresh(self) -> bool:
+        return self._fresh_progress is not None and self.progress.to_dict() == self._fresh_progress
+
+    def _fix_deferred_at(self) -> None:
+        """Without a ``deferred_at`` (a task started in the triggerer), take it from the deadline
+        Airflow stored when the task deferred (``timeout_after``, less the sensor's timeout), not from
+        when this triggerer built the trigger: a triggerer restart must not push the deadline back."""
+        if self._deferred_at_given or self.timeout is None:
+            return
+        deadline = getattr(self, "timeout_after", None)
+        if deadline is None or not hasattr(deadline, "timestamp"):
+            return
+        self.deferred_at = float(deadline.timestamp()) - self.timeout
+        self._deferred_at_given = True
 
     async def _load_config(self) -> FaxPlusConfig:
         return await load_connection(self.faxplus_conn_id)
@@ -342,6 +366,7 @@ class OutboxFaxTrigger(BaseTrigger):
         config: FaxPlusConfig | None = None
         event: TriggerEvent | None = None
         try:
+            self._fix_deferred_at()
             if self.first_look_here:
                 self._start_without_a_worker_look()
             config = await self._load_config()
@@ -547,12 +572,17 @@ class OutboxFaxTrigger(BaseTrigger):
             if self.progress.ever_seen is True and seen_before is not True:
                 # The first sighting: hand it to the sensor, which defers again with it in the kwargs,
                 # the only part of a trigger that Airflow keeps when a triggerer restarts.
-                log.info("%s; first sighting, checkpointed through the sensor", decision.message)
+                # A status the spec does not know is a WARNING here too: the rebuilt trigger knows it.
+                log.log(
+                    logging.WARNING if decision.unknown_status else logging.INFO,
+                    "%s; first sighting, checkpointed through the sensor",
+                    decision.message,
+                )
                 return TriggerEvent(
                     {
                         "status": "checkpoint",
                         "message": decision.message,
-                        "progress": self.progress.to_dict(),
+                        "progress": None if self._progress_is_fresh() else self.progress.to_dict(),
                         "deferred_at": self.deferred_at,
                     }
                 )
