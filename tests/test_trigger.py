@@ -372,3 +372,32 @@ def test_taking_only_the_first_event_as_dags_test_does_logs_no_error(faxplus_con
             gc.collect()
         assert event is not None
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_no_ssl_context_is_built_on_the_event_loop_for_plain_http_and_one_per_ca_setting(
+    faxplus_conn, control, monkeypatch, tmp_path
+):
+    """Finding 10: ``ssl.create_default_context()`` loads the CA store (~25 ms, on the triggerer's loop);
+    none for plain http to the sandbox, one per CA setting for https, not one per read or session."""
+    import ssl
+
+    from airflow_provider_faxplus.config import TlsSettings
+    from airflow_provider_faxplus.triggers import outbox
+
+    built: list[object] = []
+    real = ssl.create_default_context
+
+    def counted(*args: object, **kwargs: object) -> ssl.SSLContext:
+        built.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "submitted"}
+    fax_id = control.create_fax(lifecycle=[{"status": "submitted", "polls": 1}])["id"]
+    # Each run: its own event loop, connection read and session.
+    events = [run(make(outbox_fax_id=fax_id, progress=seen))[0] for _ in range(2)]
+    assert [event["status"] for event in events] == ["success"] * 2, events
+    assert built == []
+    tls = TlsSettings(True, None, "the system's")
+    assert outbox._ssl_context(tls) is outbox._ssl_context(tls)
+    assert len(built) == 1

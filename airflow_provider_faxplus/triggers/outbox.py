@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -75,12 +77,36 @@ _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, 
 )
 
 
+# Building an SSL context loads the CA store (~25 ms on the event loop): one per CA setting and file
+# version, and none where nothing is fetched over https.
+_SSL_CONTEXTS: dict[tuple[TlsSettings, float | None], ssl.SSLContext] = {}
+
+
+def _ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    try:
+        version = os.stat(tls.ca_bundle).st_mtime if tls.ca_bundle else None
+    except OSError:
+        version = None  # ssl_context() names the problem
+    key = (tls, version)
+    context = _SSL_CONTEXTS.get(key)
+    if context is None:
+        context = _SSL_CONTEXTS[key] = tls.ssl_context()
+    return context
+
+
+def _uses_https(config: FaxPlusConfig) -> bool:
+    """Whether any request of this connection goes over https (the API, or the token endpoint)."""
+    urls = [config.base_url, config.token_url] if config.uses_oauth_refresh else [config.base_url]
+    return any(url.lower().startswith("https:") for url in urls)
+
+
 def _new_session(config: FaxPlusConfig, tls: TlsSettings) -> aiohttp.ClientSession:
     # Certificates are checked by the same rule as the hook's (config.tls_settings); a CA directory
     # works as it does with requests (capath).
+    verify = tls.verify and _uses_https(config)
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=POOL_MAX_CONNECTIONS, ssl=tls.ssl_context() if tls.verify else False
+            limit=POOL_MAX_CONNECTIONS, ssl=_ssl_context(tls) if verify else False
         ),
         timeout=aiohttp.ClientTimeout(total=config.timeout),
         trust_env=False,
@@ -221,8 +247,8 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     config = config_from_airflow_connection(conn_id, conn, extra)
     # A bad CA bundle or proxy setting is a configuration error, found before the first poll.
     tls = tls_settings(config)
-    if tls.verify:
-        tls.ssl_context()
+    if tls.verify and _uses_https(config):
+        _ssl_context(tls)
     environment_proxy(config.base_url)
     if config.uses_oauth_refresh:
         environment_proxy(config.token_url)
