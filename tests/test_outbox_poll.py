@@ -393,3 +393,37 @@ def test_a_malformed_list_answer_makes_every_sensor_back_off_not_fail(faxplus_co
     events = run_all([trigger(fax_id) for fax_id in fax_ids])
     assert [event["status"] for event in events] == ["success"] * 3, events
     assert lists(control)[0]["status"] == 200  # the fault's answer came as a 200
+
+
+def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
+    """Finding 12: the poll driver and the connection read serve every trigger; their log lines must
+    not carry the context (trigger id) of the trigger that happened to start them."""
+    import structlog
+
+    from airflow_provider_faxplus.triggers import outbox, outbox_poll
+
+    seen: dict[str, dict] = {}
+    real_list, real_read = outbox_poll.AccountPoll._list, outbox._read_connection
+
+    async def list_(self, started_at):
+        seen.setdefault("poll", structlog.contextvars.get_contextvars())
+        return await real_list(self, started_at)
+
+    async def read(conn_id):
+        seen.setdefault("connection", structlog.contextvars.get_contextvars())
+        return await real_read(conn_id)
+
+    monkeypatch.setattr(outbox_poll.AccountPoll, "_list", list_)
+    monkeypatch.setattr(outbox, "_read_connection", read)
+    fax_ids = [control.create_fax(lifecycle=THREE_LOOKS)["id"] for _ in range(2)]
+
+    async def as_trigger(number: int, trigger_: OutboxFaxTrigger) -> list[dict]:
+        structlog.contextvars.bind_contextvars(trigger_id=number)
+        return await collect(trigger_)
+
+    async def scenario():
+        return await asyncio.gather(*(as_trigger(n, trigger(fax_id)) for n, fax_id in enumerate(fax_ids)))
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert [events[0]["status"] for events in results] == ["success"] * 2
+    assert seen == {"poll": {}, "connection": {}}

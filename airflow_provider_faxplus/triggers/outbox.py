@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import os
@@ -220,9 +221,14 @@ async def access_token(lease: _Lease, config: FaxPlusConfig) -> str:
     in flight per event loop for every trigger of the same identity)."""
     if not config.uses_oauth_refresh:
         return config.token
-    return await oauth.source_for(config).token_async(
-        lambda refresh_token: fetch_token_grant(lease, config, refresh_token)
-    )
+
+    async def refresh(refresh_token: str) -> oauth.TokenGrant:
+        # Shared by every trigger of the identity: it holds a lease of its own, so the session stays
+        # open if the trigger that started it is cancelled (the others still wait on it).
+        async with shared_session(config) as own:
+            return await fetch_token_grant(own, config, refresh_token)
+
+    return await oauth.source_for(config).token_async(refresh)
 
 
 class _Reconnect(Exception):
@@ -263,7 +269,8 @@ async def load_connection(conn_id: str) -> FaxPlusConfig:
     pending = _LOADING.setdefault(loop, {})
     future = pending.get(conn_id)
     if future is None:
-        future = pending[conn_id] = asyncio.ensure_future(_read_connection(conn_id))
+        # Shared by every trigger asking now: its log lines are the triggerer's (an empty context).
+        future = pending[conn_id] = loop.create_task(_read_connection(conn_id), context=contextvars.Context())
         future.add_done_callback(lambda _: pending.pop(conn_id, None))
     return await asyncio.shield(future)
 

@@ -11,6 +11,7 @@ on a few faxes of a 10,000-fax outbox parses those few.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import math
@@ -189,7 +190,11 @@ class AccountPoll:
         self._waiters[waiter] = None
         self._changed.set()
         if self._driver is None or self._driver.done():
-            self._driver = asyncio.ensure_future(self._drive())
+            # The driver serves every holder: its log lines are the triggerer's, not those of the
+            # trigger that happened to start it (Airflow routes a trigger's lines by context variables).
+            self._driver = asyncio.get_running_loop().create_task(
+                self._drive(), context=contextvars.Context()
+            )
         try:
             return await future
         finally:
