@@ -400,10 +400,10 @@ def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
     not carry the context (trigger id) of the trigger that happened to start them."""
     import structlog
 
-    from airflow_provider_faxplus.triggers import outbox, outbox_poll
+    from airflow_provider_faxplus.triggers import outbox_poll, session
 
     seen: dict[str, dict] = {}
-    real_list, real_read = outbox_poll.AccountPoll._list, outbox._read_connection
+    real_list, real_read = outbox_poll.AccountPoll._list, session._read_connection
 
     async def list_(self, started_at):
         seen.setdefault("poll", structlog.contextvars.get_contextvars())
@@ -414,7 +414,7 @@ def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
         return await real_read(conn_id)
 
     monkeypatch.setattr(outbox_poll.AccountPoll, "_list", list_)
-    monkeypatch.setattr(outbox, "_read_connection", read)
+    monkeypatch.setattr(session, "_read_connection", read)
     fax_ids = [control.create_fax(lifecycle=THREE_LOOKS)["id"] for _ in range(2)]
 
     async def as_trigger(number: int, trigger_: OutboxFaxTrigger) -> list[dict]:
@@ -427,3 +427,30 @@ def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
     results = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert [events[0]["status"] for events in results] == ["success"] * 2
     assert seen == {"poll": {}, "connection": {}}
+
+
+def test_no_two_trigger_modules_import_each_other():
+    """The shared session, its lease and the exchange live in ``triggers.session``, which imports no
+    trigger module; ``outbox_poll`` and ``outbox_events`` never import ``outbox``."""
+    import ast
+    from pathlib import Path
+
+    import airflow_provider_faxplus.triggers as package
+
+    folder = Path(package.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith(package.__name__ + ".")
+            ):
+                found.add(node.module.rsplit(".", 1)[1])
+        imports[path.stem] = found
+    assert imports["session"] == set()
+    assert "outbox" not in imports["outbox_poll"] | imports["outbox_events"]
+    for module, used in imports.items():
+        for other in used:
+            assert module not in imports.get(other, set()), (module, other)

@@ -382,7 +382,7 @@ def test_no_ssl_context_is_built_on_the_event_loop_for_plain_http_and_one_per_ca
     import ssl
 
     from airflow_provider_faxplus.config import TlsSettings
-    from airflow_provider_faxplus.triggers import outbox
+    from airflow_provider_faxplus.triggers import session
 
     built: list[object] = []
     real = ssl.create_default_context
@@ -399,5 +399,5 @@ def test_no_ssl_context_is_built_on_the_event_loop_for_plain_http_and_one_per_ca
     assert [event["status"] for event in events] == ["success"] * 2, events
     assert built == []
     tls = TlsSettings(True, None, "the system's")
-    assert outbox._ssl_context(tls) is outbox._ssl_context(tls)
+    assert session._ssl_context(tls) is session._ssl_context(tls)
     assert len(built) == 1

@@ -36,17 +36,17 @@ from airflow_provider_faxplus.exceptions import (
 )
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import backoff_seconds
-from airflow_provider_faxplus.triggers.outbox import (
-    _redacted,
-    access_token,
-    fetch_outbox_fax,
-    load_connection,
-)
 from airflow_provider_faxplus.triggers.outbox_poll import (
     AccountPoll,
     ListUnavailable,
     OutboxSnapshot,
     account_poll,
+)
+from airflow_provider_faxplus.triggers.session import (
+    _redacted,
+    access_token,
+    fetch_outbox_fax,
+    load_connection,
 )
 
 log = logging.getLogger(__name__)

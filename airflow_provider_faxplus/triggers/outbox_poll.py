@@ -30,7 +30,7 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusTransportError,
 )
 from airflow_provider_faxplus.models import OutboxFax
-from airflow_provider_faxplus.triggers.outbox import (
+from airflow_provider_faxplus.triggers.session import (
     _exchange,
     _Lease,
     access_token,
