@@ -65,6 +65,9 @@ def _home_after_a_deferrable_dags_test(tmp_path) -> AirflowHome:
         )
         run = home.dags_test("example_faxplus_tag_and_wait", conf={"outbox_fax_id": fax_id})
         assert run.succeeded, run.output[-3000:]
+        # Finding 15: a successful run logs no ERROR (it logged the generators Airflow closed at exit).
+        errors = [line for line in run.output.splitlines() if "[error" in line or " ERROR " in line]
+        assert errors == [], errors
     return home
 
 
