@@ -396,21 +396,24 @@ def test_a_malformed_list_answer_makes_every_sensor_back_off_not_fail(faxplus_co
 
 
 def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
-    """Finding 12: the poll driver and the connection read serve every trigger; their log lines must
-    not carry the context (trigger id) of the trigger that happened to start them."""
-    import structlog
+    """Finding 12: the poll driver and the connection read serve every trigger; they must not run in the
+    context of the trigger that happened to start them (Airflow routes a trigger's log lines by context
+    variables: structlog's on Airflow 3, its own on 2.11), so a probe variable set by that trigger is
+    unset there."""
+    import contextvars
 
     from airflow_provider_faxplus.triggers import outbox_poll, session
 
-    seen: dict[str, dict] = {}
+    probe: contextvars.ContextVar[int] = contextvars.ContextVar("faxplus_test_trigger_id")
+    seen: dict[str, int | None] = {}
     real_list, real_read = outbox_poll.AccountPoll._list, session._read_connection
 
     async def list_(self, started_at):
-        seen.setdefault("poll", structlog.contextvars.get_contextvars())
+        seen.setdefault("poll", probe.get(None))
         return await real_list(self, started_at)
 
     async def read(conn_id):
-        seen.setdefault("connection", structlog.contextvars.get_contextvars())
+        seen.setdefault("connection", probe.get(None))
         return await real_read(conn_id)
 
     monkeypatch.setattr(outbox_poll.AccountPoll, "_list", list_)
@@ -418,7 +421,7 @@ def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
     fax_ids = [control.create_fax(lifecycle=THREE_LOOKS)["id"] for _ in range(2)]
 
     async def as_trigger(number: int, trigger_: OutboxFaxTrigger) -> list[dict]:
-        structlog.contextvars.bind_contextvars(trigger_id=number)
+        probe.set(number)
         return await collect(trigger_)
 
     async def scenario():
@@ -426,7 +429,7 @@ def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
 
     results = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert [events[0]["status"] for events in results] == ["success"] * 2
-    assert seen == {"poll": {}, "connection": {}}
+    assert seen == {"poll": None, "connection": None}
 
 
 def test_no_two_trigger_modules_import_each_other():
