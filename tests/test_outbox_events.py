@@ -582,3 +582,27 @@ async def test_a_backward_wall_clock_step_does_not_stop_the_polls(faxplus_conn, 
         )
     finally:
         await running.stop()
+
+
+def test_a_later_state_is_never_stored_before_the_events_it_holds_have_settled(quick, monkeypatch):
+    """A state without events of its own (a status change) that follows an event not yet settled holds
+    that event too: it is stored only once that event has settled."""
+    clock = [1000.0]
+    monkeypatch.setattr(quick.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(quick, "SETTLE_SECONDS", 3.0)
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=False)
+    a = {"a": {"status": "submitted", "reported": ["entered"]}}
+    trigger._queue(a, settle=True)  # settles at 1003
+    clock[0] = 1001.0
+    b = {**a, "b": {"status": "submitted", "reported": ["entered"]}}
+    trigger._queue(b, settle=True)  # settles at 1004
+    clock[0] = 1001.5
+    b_sending = {**b, "b": {"status": "sending", "reported": ["entered"]}}
+    trigger._queue(b_sending, settle=False)  # holds b's event: not before 1004
+    clock[0] = 1003.5
+    asyncio.run(trigger._write_settled(store, clock[0]))
+    assert cursor(store, trigger) == a
+    clock[0] = 1004.0
+    asyncio.run(trigger._write_settled(store, clock[0]))
+    assert cursor(store, trigger) == b_sending

@@ -319,10 +319,18 @@ class OutboxEventTrigger(BaseEventTrigger):
                     # Reported by this process from now on, whatever the store says; stored once Airflow
                     # has had the time to take the events (a triggerer stopped before reports them again).
                     self._known = after
-                    self._unstored.append((time.monotonic() + (SETTLE_SECONDS if fired else 0.0), after))
+                    self._queue(after, settle=bool(fired))
                 due = snapshot.started_at + self.poll_interval
                 await self._wait_writing(store, due)
                 self._failures = 0  # a whole tick went through: run()'s back-off starts afresh
+
+    def _queue(self, state: dict[str, dict[str, Any]], *, settle: bool) -> None:
+        """A state to store once its events have settled, and never sooner than an earlier state: each
+        state holds the events of those before it."""
+        at = time.monotonic() + (SETTLE_SECONDS if settle else 0.0)
+        if self._unstored:
+            at = max(at, self._unstored[-1][0])
+        self._unstored.append((at, state))
 
     async def _wait_writing(self, store: CursorStore, until: float) -> None:
         """Sleep until ``until`` (monotonic), writing the cursor whenever a state has settled meanwhile;
@@ -349,6 +357,8 @@ class OutboxEventTrigger(BaseEventTrigger):
             raise
         except Exception as exc:
             self._write_failures += 1
+            # Only the latest settled state is worth writing: keep one, not one per tick of the outage.
+            del self._unstored[: len(ready) - 1]
             wait = backoff_seconds(self._write_failures, 1.0)
             self._write_retry_at = now + wait
             log.warning(
