@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import hashlib
 import json
 import logging
@@ -387,7 +388,9 @@ class TokenSource:
         loop = asyncio.get_running_loop()
         future = self._inflight.get(loop)
         if future is None:
-            future = loop.create_task(self._refresh_async(fetch))
+            # An empty context: its log lines belong to the triggerer, not to the trigger that
+            # happened to start it (Airflow routes a trigger's lines by context variables).
+            future = loop.create_task(self._refresh_async(fetch), context=contextvars.Context())
             self._inflight[loop] = future
             future.add_done_callback(lambda done: self._done(loop, done))
         return await asyncio.shield(future)

@@ -11,6 +11,7 @@ its asset. On Airflow 2 this file defines no DAG (no asset watchers there).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,16 +19,24 @@ import pendulum
 from airflow import __version__ as airflow_version
 
 # The demo polls fast against the sandbox; against Fax.Plus keep it at a minute or more.
+log = logging.getLogger(__name__)
 POLL_INTERVAL = float(os.environ.get("FAXPLUS_EXAMPLE_POKE_INTERVAL", "60"))
 
 
 def _payloads(context: dict[str, Any], event: str) -> list[dict[str, Any]]:
-    """The fax events that triggered this run (Airflow may gather several into one run)."""
+    """The fax events that triggered this run (Airflow may gather several into one run); an event
+    that is not the watcher's (another producer of the asset) is named in a warning and skipped."""
+    from airflow_provider_faxplus.triggers.outbox_events import read_event
+
     payloads = []
-    for asset_events in context["triggering_asset_events"].values():
+    for asset, asset_events in context["triggering_asset_events"].items():
         for asset_event in asset_events:
-            payload = (asset_event.extra or {}).get("payload") or {}
-            if payload.get("event") == event:
+            try:
+                payload = read_event((asset_event.extra or {}).get("payload"))
+            except ValueError as error:
+                log.warning("Skipping an event of %s: %s", asset, error)
+                continue
+            if payload["event"] == event:
                 payloads.append(payload)
     return payloads
 

@@ -18,16 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_faxplus.sandbox import SandboxClient, SandboxServer
-from airflow_provider_faxplus.sandbox.dagtest import AirflowDeployment, AirflowHome, wait_until
+from airflow_provider_faxplus.sandbox.dagtest import (
+    AirflowDeployment,
+    AirflowHome,
+    leftover_processes,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 STATUSES = ("submitted", "converting", "scheduled_for_sending", "sending")
-# On a clock: a few seconds per status, the first long enough for the tagging task to run before it.
-TIMED = [
-    {"status": status, "seconds": seconds} for status, seconds in zip(STATUSES, (12, 3, 3, 3), strict=True)
-]
+# Counted in answers, never on a clock: the tagging task must run while the fax is still submitted,
+# however long Airflow takes to start it on a busy machine (a 12 s clock failed the demo under load).
+ONE_LOOK_EACH = [{"status": status, "polls": 1} for status in STATUSES]
 # Counted in polls: the mapped sensors run one after another under `dags test`, in any order, and each
 # fax must stay in the outbox until its own sensor looks.
 POLLED = [{"status": status, "polls": polls} for status, polls in zip(STATUSES, (2, 1, 1, 1), strict=True)]
@@ -67,6 +71,8 @@ def show(home: AirflowHome, dag_id: str, client: SandboxClient, fax_ids: list[st
 
 def event_driven(home: AirflowHome, client: SandboxClient) -> bool:
     """Run the two asset-scheduled examples in a real deployment; whether everything happened."""
+    from airflow_provider_faxplus.triggers.outbox_events import read_event  # Airflow 3 only
+
     print(f"\n== event-driven: {TAG_DAG} and {LEFT_DAG} (scheduler, dag-processor, triggerer, api-server)")
     step = time.monotonic()
 
@@ -113,7 +119,8 @@ def event_driven(home: AirflowHome, client: SandboxClient) -> bool:
 
             def left_ids() -> set[str]:
                 deployment.check_alive()
-                return {event["outbox_fax_id"] for event in deployment.asset_events(LEFT)}
+                # A foreign event on the asset is a failure, named (never a KeyError).
+                return {read_event(event)["outbox_fax_id"] for event in deployment.asset_events(LEFT)}
 
             wait_until(lambda: left_ids() >= set(fax_ids), "the faxes' left events", STEP_TIMEOUT)
             done("both faxes left; their left events are in")
@@ -123,7 +130,7 @@ def event_driven(home: AirflowHome, client: SandboxClient) -> bool:
             wait_until(lambda: finished(LEFT_DAG), f"the {LEFT_DAG} runs to finish", STEP_TIMEOUT)
             done(f"the {LEFT_DAG} runs finished")
             return report_events(deployment, client, fax_ids, tag_runs)
-    except (TimeoutError, RuntimeError) as error:
+    except (TimeoutError, RuntimeError, ValueError) as error:
         print(f"   FAILED: {error}; the processes' output is in {home.path}/*.out", file=sys.stderr)
         return False
 
@@ -131,6 +138,8 @@ def event_driven(home: AirflowHome, client: SandboxClient) -> bool:
 def report_events(
     deployment: AirflowDeployment, client: SandboxClient, fax_ids: list[str], tag_runs: list[dict[str, Any]]
 ) -> bool:
+    from airflow_provider_faxplus.triggers.outbox_events import read_event  # Airflow 3 only
+
     ok = True
     print(f"   {TAG_DAG}: {len(tag_runs)} run(s)")
     tagged: dict[str, str] = {}
@@ -145,6 +154,7 @@ def report_events(
         print(f"   fax {fax_id} comment: {comment!r}")
         ok &= fax_id in tagged and comment.endswith(f"(run {tagged[fax_id]})")
     for event in deployment.asset_events(LEFT):
+        event = read_event(event)
         print(f"   left event: fax {event['outbox_fax_id']} (last status {event['status']})")
     reported: set[str] = set()
     for run in deployment.dag_runs(LEFT_DAG):
@@ -174,7 +184,7 @@ def main() -> int:
         print(f"AIRFLOW_HOME: {home.path}")
         ok = True
 
-        fax_id = client.create_fax(tags=["demo"], lifecycle=TIMED)["id"]
+        fax_id = client.create_fax(tags=["demo"], lifecycle=ONE_LOOK_EACH)["id"]
         run = home.dags_test("example_faxplus_tag_and_wait", conf={"outbox_fax_id": fax_id})
         show(home, run.dag_id, client, [fax_id], run.succeeded)
         for line in run.lines_with("FAXPLUS-REPORT:"):
@@ -207,6 +217,10 @@ def main() -> int:
             ok &= event_driven(home, client)
         else:
             print(f"\n== {TAG_DAG} and {LEFT_DAG} skipped: event-driven DAGs need Airflow 3 (asset watchers)")
+        left = leftover_processes(home.path)
+        if left:
+            print(f"FAILED: processes started on {home.path} still run: {left}", file=sys.stderr)
+            ok = False
     print(f"\nsandbox stopped; demo took {time.monotonic() - started:.0f} s: {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -93,8 +93,7 @@ def airflow_ui(dags_folder: Path, home_path: Path, token: str) -> Iterator[Airfl
             )
             yield AirflowUi(url, home, sandbox, deployment)
         finally:
-            for name in list(deployment.processes):
-                deployment.stop(name)
+            deployment.stop_all()
 
 
 @contextmanager

@@ -98,8 +98,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
             deployed.start("triggerer", "triggerer")
             yield deployed
         finally:
-            for name in list(deployed.processes):
-                deployed.stop(name)
+            deployed.stop_all()
 
 
 def cursor(deployment: Deployment, asset: str) -> dict[str, dict[str, object]] | None:

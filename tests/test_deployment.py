@@ -22,7 +22,7 @@ import requests
 from airflow import __version__ as airflow_version
 
 from airflow_provider_faxplus.sandbox import SandboxServer
-from airflow_provider_faxplus.sandbox.dagtest import AirflowHome
+from airflow_provider_faxplus.sandbox.dagtest import AirflowHome, leftover_processes, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_3 = int(airflow_version.split(".")[0]) >= 3
@@ -139,17 +139,22 @@ class Deployment:
     def start(self, name: str, *args: str) -> None:
         with (self.home.path / f"{name}.out").open("ab") as output:
             self.processes[name] = subprocess.Popen(
-                [self.home._airflow_bin(), *args], env=self.home._environ(), stdout=output, stderr=output
+                [self.home._airflow_bin(), *args],
+                env=self.home._environ(),
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
             )
 
     def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        """Stop the process and everything it started (its process group)."""
+        stop_processes([self.processes.pop(name)], None)
+
+    def stop_all(self) -> None:
+        """Stop every process; then nothing started on the home may still run."""
+        stop_processes([self.processes.pop(name) for name in list(self.processes)], self.home.path)
+        left = leftover_processes(self.home.path)
+        assert left == [], f"processes of the deployment outlived it: {left}"
 
     def dags_test(self, dag_id: str, conf: dict[str, object], **env: str) -> DagsTest:
         """Start ``airflow dags test --use-executor`` in the background; its output goes to a file
@@ -204,8 +209,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         try:
             yield deployed
         finally:
-            for name in list(deployed.processes):
-                deployed.stop(name)
+            deployed.stop_all()
 
 
 @pytest.fixture(autouse=True)

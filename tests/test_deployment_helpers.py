@@ -93,3 +93,57 @@ def _gone(pid: int) -> bool:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+# Stands in for `airflow scheduler`: it starts a worker that ignores SIGTERM (as an idle LocalExecutor
+# worker does) and a helper in a session of its own (as nothing should, and serve-logs may).
+_SCHEDULER = """
+import os, signal, sys, time
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(600)
+    os._exit(0)
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(600)
+    os._exit(0)
+time.sleep(600)
+"""
+
+
+def test_a_deployment_leaves_no_process_of_its_home_running(tmp_path, monkeypatch):
+    """Finding 16: leaving the deployment stops what its processes started too."""
+    from airflow_provider_faxplus.sandbox.dagtest import AirflowDeployment, AirflowHome, leftover_processes
+
+    script = tmp_path / "airflow"
+    script.write_text(f"#!{sys.executable}\n{_SCHEDULER}")
+    script.chmod(0o755)
+    home = AirflowHome(tmp_path, tmp_path, {"AIRFLOW_HOME": str(tmp_path)})
+    monkeypatch.setattr(AirflowHome, "_airflow_bin", lambda self: str(script))
+    try:
+        with AirflowDeployment(home) as deployment:
+            deployment.start("scheduler", "scheduler")
+            deadline = time.monotonic() + 30
+            while len(leftover_processes(tmp_path)) < 3:
+                assert time.monotonic() < deadline, leftover_processes(tmp_path)
+                time.sleep(0.1)
+        assert leftover_processes(tmp_path) == []
+    finally:
+        for pid in leftover_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_process_whose_title_hides_its_environment_is_found_by_its_open_files(tmp_path):
+    """setproctitle (Airflow's process titles) may overwrite the environment /proc shows."""
+    from airflow_provider_faxplus.sandbox.dagtest import leftover_processes
+
+    with (tmp_path / "scheduler.out").open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"], stdout=output, env={}
+        )
+    try:
+        assert leftover_processes(tmp_path) == [process.pid]
+    finally:
+        process.kill()
+        process.wait()
+    assert leftover_processes(tmp_path) == []

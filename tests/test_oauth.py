@@ -624,3 +624,36 @@ def test_cli_refuses_plain_http_token_url_to_a_remote_host(oauth_sandbox):
     )
     assert done.returncode == 2
     assert "plain http://" in done.stderr
+
+
+def test_cancelling_the_trigger_that_started_a_refresh_does_not_abort_it_for_the_others(
+    oauth_sandbox, control, refresh_token, monkeypatch, caplog
+):
+    """Finding 11: two connections of one OAuth2 identity (one token source, two sessions): the refresh
+    started by the first trigger still serves the second after the first is cancelled."""
+    caplog.set_level("WARNING")
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FAXPLUS_OTHER",
+        oauth_sandbox.oauth_connection_json(
+            CLIENT_ID, CLIENT_SECRET, refresh_token, timeout=7, initial_backoff=0.05
+        ),
+    )
+    control.create_fax(id="f1", lifecycle=[{"status": "sending", "polls": 1}])
+    control.add_fault(path_contains="/token", delay=1.0, times=1)
+
+    async def scenario():
+        first = asyncio.ensure_future(collect(seen_trigger("f1", poke_interval=0.1)))
+        while oauth_sandbox.state.faults:  # taken when the token request arrives; answered 1 s later
+            await asyncio.sleep(0.02)
+        other = seen_trigger("f1", poke_interval=0.1)
+        other.faxplus_conn_id = "faxplus_other"
+        second = asyncio.ensure_future(collect(other))
+        await asyncio.sleep(0.2)  # it waits on the refresh in flight
+        first.cancel()
+        return await second
+
+    [event] = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert event["status"] == "success", event
+    assert [entry["status"] for entry in control.token_requests()] == [200]
+    assert "Transient error" not in caplog.text

@@ -202,17 +202,22 @@ async def test_the_cursor_carries_across_a_restart(faxplus_conn, control, quick)
 
 @run_async
 async def test_without_a_state_store_the_cursor_is_kept_in_memory(faxplus_conn, control, quick, caplog):
+    """A memory cursor cannot tell a first start from a triggerer restart, so faxes already in the outbox
+    count as known even with report_existing=True (said in a warning): a restart reports nothing again."""
     caplog.set_level(logging.WARNING)
-    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    existing = control.create_fax(lifecycle=ONE_HOUR)["id"]
     trigger = make(quick, None, report_existing=True, user_id="self", faxplus_conn_id="faxplus_default")
     quick._MEMORY.values.pop(trigger.cursor_key, None)
     first = Running(trigger)
     try:
-        await first.until(lambda: first.events, "the fax entering")
         await first.until(lambda: trigger.cursor_key in quick._MEMORY.values, "the cursor in memory")
+        new = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await first.until(lambda: first.events, "the new fax entering")
     finally:
         await first.stop()
     assert "kept in memory" in caplog.text
+    assert "report_existing=True needs the asset state store" in caplog.text
+    assert first.kinds() == [("entered", new)]
     # Airflow starts a watcher's run() again in the same process: nothing is reported twice.
     again = Running(make(quick, None, report_existing=True))
     try:
@@ -220,9 +225,17 @@ async def test_without_a_state_store_the_cursor_is_kept_in_memory(faxplus_conn, 
         await again.until(lambda: list_calls(control) >= before + 3, "three polls")
     finally:
         await again.stop()
-        quick._MEMORY.values.pop(trigger.cursor_key, None)
-    assert first.kinds() == [("entered", fax_id)]
     assert again.events == []
+    # A triggerer restart: the memory is gone; the faxes there are not reported again.
+    quick._MEMORY.values.pop(trigger.cursor_key, None)
+    restarted = Running(make(quick, None, report_existing=True))
+    try:
+        before = list_calls(control)
+        await restarted.until(lambda: list_calls(control) >= before + 3, "three polls")
+    finally:
+        await restarted.stop()
+        quick._MEMORY.values.pop(trigger.cursor_key, None)
+    assert restarted.events == [], existing
 
 
 @run_async
@@ -391,3 +404,205 @@ async def test_the_cursor_is_written_after_the_events_never_before(faxplus_conn,
         await running.stop()
     assert cursor(store, trigger) == {fax_id: {"status": "submitted", "reported": ["entered"]}}
     assert store.writes == 2
+
+
+def test_an_asset_event_that_is_not_the_watchers_is_refused_by_name(quick):
+    read_event = quick.read_event
+
+    ours = {
+        "outbox_fax_id": "f1",
+        "user_id": "self",
+        "event": "left",
+        "status": "sending",
+        "record": None,
+        "detected_at": "2026-01-01T00:00:00+00:00",
+    }
+    assert read_event(ours) is ours
+    # What the demo once found on its left asset: a sensor trigger's event under a reused trigger id.
+    with pytest.raises(
+        ValueError, match=r"not an OutboxEventTrigger event: the payload lacks \['outbox_fax_id'"
+    ):
+        read_event({"status": "success", "result": {"id": "f1"}})
+    with pytest.raises(ValueError, match="event 'gone' is none of"):
+        read_event({**ours, "event": "gone"})
+    with pytest.raises(ValueError, match="the payload is NoneType"):
+        read_event(None)
+
+
+def test_the_example_dag_skips_a_foreign_asset_event_with_a_warning(quick, caplog):
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parent.parent / "example_dags" / "example_faxplus_tag_new_faxes.py"
+    spec = importlib.util.spec_from_file_location("example_tag", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ours = dict.fromkeys(quick.PAYLOAD_KEYS) | {"outbox_fax_id": "f1", "event": "left"}
+    foreign = SimpleNamespace(extra={"payload": {"status": "success", "result": {}}})
+    context = {
+        "triggering_asset_events": {
+            "faxplus_outbox_left": [foreign, SimpleNamespace(extra={"payload": ours})]
+        }
+    }
+    with caplog.at_level(logging.WARNING):
+        assert module._payloads(context, "left") == [ours]
+    assert "Skipping an event of faxplus_outbox_left: not an OutboxEventTrigger event" in caplog.text
+
+
+class FailingStore(FakeStore):
+    """A state store whose writes (or reads) fail the first ``times`` calls, as an unreachable API server."""
+
+    def __init__(self, *, writes: int = 0, reads: int = 0) -> None:
+        super().__init__()
+        self.fail_writes, self.fail_reads = writes, reads
+        self.attempts = 0
+
+    async def aset(self, key: str, value: Any) -> None:
+        self.attempts += 1
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise ConnectionError("the API server is unreachable")
+        await super().aset(key, value)
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise ConnectionError("the API server is unreachable")
+        return await super().aget(key, default)
+
+
+@run_async
+async def test_a_failing_cursor_write_reports_nothing_twice_and_backs_off(
+    faxplus_conn, control, quick, caplog, monkeypatch
+):
+    """Finding 1: while the store refuses writes, what was reported is not reported again; the write is
+    retried with a growing back-off (1 s, 2 s... with jitter), and lands once the store is back."""
+    caplog.set_level(logging.WARNING)
+    waits: list[float] = []
+    real = quick.backoff_seconds
+
+    def recorded(attempt: int, initial: float, retry_after: float | None = None) -> float:
+        waits.append(attempt)
+        return min(real(attempt, initial, retry_after), 0.3)  # the test's patience, same growth
+
+    monkeypatch.setattr(quick, "backoff_seconds", recorded)
+    store = FailingStore(writes=4)
+    trigger = make(quick, store, report_existing=True, poll_interval=0.1)
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger), "the cursor written at last")
+        calls = list_calls(control)
+        await running.until(lambda: list_calls(control) >= calls + 3, "three more polls")
+    finally:
+        await running.stop()
+    assert running.kinds() == [("entered", fax_id)]
+    assert waits[:4] == [1, 2, 3, 4]  # the write back-off grows while the store fails
+    assert caplog.text.count("Could not store the outbox cursor") == 4
+
+
+@run_async
+async def test_a_failing_cursor_read_backs_off_inside_run(faxplus_conn, control, quick, caplog):
+    """Finding 13: an ``aget`` failure does not escape run() (Airflow would restart it at once)."""
+    caplog.set_level(logging.ERROR)
+    store = FailingStore(reads=2)
+    trigger = make(quick, store, report_existing=True, poll_interval=0.1)
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    running = Running(trigger)
+    try:
+        await running.until(lambda: running.events, "the event after two failed reads", timeout=60)
+    finally:
+        await running.stop()
+    assert running.kinds() == [("entered", fax_id)]
+    assert caplog.text.count("ConnectionError: the API server is unreachable") == 2
+
+
+@run_async
+async def test_a_fax_missing_from_one_list_answer_has_not_left(faxplus_conn, control, quick):
+    """Finding 2: one answer without the fax is confirmed with a GET: no false left, no second entered."""
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=True)
+    fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger), "the fax known")
+        control.add_fault(status=200, method="GET", path_endswith="/outbox", body='{"records": []}', times=1)
+        calls = list_calls(control)
+        await running.until(lambda: list_calls(control) >= calls + 3, "three more polls")
+        control.advance(3600)
+        await running.until(lambda: len(running.events) >= 2, "the real left")
+    finally:
+        await running.stop()
+    assert running.kinds() == [("entered", fax_id), ("left", fax_id)]
+    confirmations = [e for e in control.requests() if e["path"].endswith(f"/outbox/{fax_id}")]
+    assert [e["status"] for e in confirmations] == [200, 404]
+
+
+@run_async
+async def test_the_polls_go_on_while_events_settle(faxplus_conn, control, quick, monkeypatch):
+    """Finding 6: the cursor waits for Airflow to take the events; the next list does not."""
+    monkeypatch.setattr(quick, "SETTLE_SECONDS", 60.0)
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=False, poll_interval=0.1)
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger) == {}, "the first (empty) cursor")
+        first = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await running.until(lambda: running.events, "the first event")
+        calls = list_calls(control)
+        await running.until(
+            lambda: list_calls(control) >= calls + 3, "three polls while it settles", timeout=20
+        )
+        second = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await running.until(lambda: len(running.events) == 2, "the second event", timeout=20)
+    finally:
+        await running.stop()
+    assert running.kinds() == [("entered", first), ("entered", second)]
+    assert cursor(store, trigger) == {}  # neither has settled yet
+
+
+@run_async
+async def test_a_backward_wall_clock_step_does_not_stop_the_polls(faxplus_conn, control, quick, monkeypatch):
+    """Finding 7: schedules run on the monotonic clock."""
+    import time as time_module
+
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=False, poll_interval=0.1)
+    running = Running(trigger)
+    try:
+        await running.until(lambda: cursor(store, trigger) == {}, "the first look")
+        real = time_module.time
+        monkeypatch.setattr(time_module, "time", lambda: real() - 60)
+        calls = list_calls(control)
+        await running.until(
+            lambda: list_calls(control) >= calls + 3, "three polls after the step", timeout=20
+        )
+    finally:
+        await running.stop()
+
+
+def test_a_later_state_is_never_stored_before_the_events_it_holds_have_settled(quick, monkeypatch):
+    """A state without events of its own (a status change) that follows an event not yet settled holds
+    that event too: it is stored only once that event has settled."""
+    clock = [1000.0]
+    monkeypatch.setattr(quick.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(quick, "SETTLE_SECONDS", 3.0)
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=False)
+    a = {"a": {"status": "submitted", "reported": ["entered"]}}
+    trigger._queue(a, settle=True)  # settles at 1003
+    clock[0] = 1001.0
+    b = {**a, "b": {"status": "submitted", "reported": ["entered"]}}
+    trigger._queue(b, settle=True)  # settles at 1004
+    clock[0] = 1001.5
+    b_sending = {**b, "b": {"status": "sending", "reported": ["entered"]}}
+    trigger._queue(b_sending, settle=False)  # holds b's event: not before 1004
+    clock[0] = 1003.5
+    asyncio.run(trigger._write_settled(store, clock[0]))
+    assert cursor(store, trigger) == a
+    clock[0] = 1004.0
+    asyncio.run(trigger._write_settled(store, clock[0]))
+    assert cursor(store, trigger) == b_sending

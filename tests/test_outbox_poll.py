@@ -119,7 +119,7 @@ def test_different_intervals_each_get_an_answer_no_older_than_their_interval(fax
         async with account_poll(config, "self") as poll:
 
             async def caller(interval: float, looks: int) -> list[tuple[float, float]]:
-                out, due = [], time.time()
+                out, due = [], time.monotonic()
                 for _ in range(looks):
                     snapshot = await poll.snapshot(due=due, interval=interval)
                     out.append((due, snapshot.started_at))
@@ -247,7 +247,7 @@ def test_a_list_record_that_does_not_parse_fails_only_its_own_fax(faxplus_conn, 
 
     async def scenario():
         async with account_poll(config, "self") as poll:
-            snapshot = await poll.snapshot(due=time.time(), interval=0.2)
+            snapshot = await poll.snapshot(due=time.monotonic(), interval=0.2)
             again = await poll.snapshot(due=snapshot.started_at + 0.2, interval=0.2)
             return snapshot, again
 
@@ -272,7 +272,7 @@ def test_a_failure_reaches_every_waiter_of_the_request(faxplus_conn, control):
 
     async def scenario():
         async with account_poll(config, "self") as poll:
-            now = time.time()
+            now = time.monotonic()
             return await asyncio.gather(
                 *(poll.snapshot(due=now, interval=1.0) for _ in range(5)), return_exceptions=True
             )
@@ -350,7 +350,7 @@ def test_a_large_list_lets_the_event_loop_run_while_it_is_decoded(faxplus_conn, 
 
         ticking = asyncio.ensure_future(ticker())
         async with account_poll(config, "self") as poll:
-            snapshot = await poll.snapshot(due=time.time(), interval=1.0)
+            snapshot = await poll.snapshot(due=time.monotonic(), interval=1.0)
         done = True
         await ticking
         return snapshot, turns
@@ -384,3 +384,76 @@ def test_one_poll_per_identity_and_user():
         return first.holders
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_malformed_list_answer_makes_every_sensor_back_off_not_fail(faxplus_conn, control):
+    """Finding 3: an HTML 200 from a proxy is a transient failure of the poll, for all its waiters."""
+    fax_ids = [control.create_fax(lifecycle=THREE_LOOKS)["id"] for _ in range(3)]
+    control.add_fault(status=200, method="GET", path_endswith="/outbox", body="<html>proxy</html>", times=1)
+    events = run_all([trigger(fax_id) for fax_id in fax_ids])
+    assert [event["status"] for event in events] == ["success"] * 3, events
+    assert lists(control)[0]["status"] == 200  # the fault's answer came as a 200
+
+
+def test_shared_work_logs_under_no_trigger(faxplus_conn, control, monkeypatch):
+    """Finding 12: the poll driver and the connection read serve every trigger; they must not run in the
+    context of the trigger that happened to start them (Airflow routes a trigger's log lines by context
+    variables: structlog's on Airflow 3, its own on 2.11), so a probe variable set by that trigger is
+    unset there."""
+    import contextvars
+
+    from airflow_provider_faxplus.triggers import outbox_poll, session
+
+    probe: contextvars.ContextVar[int] = contextvars.ContextVar("faxplus_test_trigger_id")
+    seen: dict[str, int | None] = {}
+    real_list, real_read = outbox_poll.AccountPoll._list, session._read_connection
+
+    async def list_(self, started_at):
+        seen.setdefault("poll", probe.get(None))
+        return await real_list(self, started_at)
+
+    async def read(conn_id):
+        seen.setdefault("connection", probe.get(None))
+        return await real_read(conn_id)
+
+    monkeypatch.setattr(outbox_poll.AccountPoll, "_list", list_)
+    monkeypatch.setattr(session, "_read_connection", read)
+    fax_ids = [control.create_fax(lifecycle=THREE_LOOKS)["id"] for _ in range(2)]
+
+    async def as_trigger(number: int, trigger_: OutboxFaxTrigger) -> list[dict]:
+        probe.set(number)
+        return await collect(trigger_)
+
+    async def scenario():
+        return await asyncio.gather(*(as_trigger(n, trigger(fax_id)) for n, fax_id in enumerate(fax_ids)))
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert [events[0]["status"] for events in results] == ["success"] * 2
+    assert seen == {"poll": None, "connection": None}
+
+
+def test_no_two_trigger_modules_import_each_other():
+    """The shared session, its lease and the exchange live in ``triggers.session``, which imports no
+    trigger module; ``outbox_poll`` and ``outbox_events`` never import ``outbox``."""
+    import ast
+    from pathlib import Path
+
+    import airflow_provider_faxplus.triggers as package
+
+    folder = Path(package.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith(package.__name__ + ".")
+            ):
+                found.add(node.module.rsplit(".", 1)[1])
+        imports[path.stem] = found
+    assert imports["session"] == set()
+    assert "outbox" not in imports["outbox_poll"] | imports["outbox_events"]
+    for module, used in imports.items():
+        for other in used:
+            assert module not in imports.get(other, set()), (module, other)

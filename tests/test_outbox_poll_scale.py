@@ -32,7 +32,7 @@ def test_a_ticks_answer_wakes_its_waiters_a_slice_per_loop_iteration(faxplus_con
         woken: Counter[int] = Counter()
         answers: set[float] = set()
         async with outbox_poll.account_poll(config, "self") as poll:
-            due = time.time()
+            due = time.monotonic()
 
             async def waiter() -> None:
                 snapshot = await poll.snapshot(due=due, interval=5.0)
@@ -65,7 +65,7 @@ def test_a_record_unchanged_since_the_last_tick_is_not_parsed_again(faxplus_conn
     async def scenario() -> list[dict[str, OutboxFax]]:
         answers = []
         async with outbox_poll.account_poll(config, "self") as poll:
-            due = time.time()
+            due = time.monotonic()
             for _ in range(3):
                 snapshot = await poll.snapshot(due=due, interval=0.1)
                 answers.append({fax_id: snapshot.records[fax_id] for fax_id in ("stays", "moves")})

@@ -183,6 +183,55 @@ def test_the_first_sighting_in_the_triggerer_is_checkpointed(faxplus_conn, contr
     assert event["deferred_at"] == trigger.deferred_at
 
 
+def test_a_rebuilt_trigger_keeps_the_deadline_fixed_when_the_task_deferred(faxplus_conn, control):
+    """Finding 8: a triggerer restart rebuilds the trigger from the same kwargs; the deferral time comes
+    from the deadline Airflow stored then (``timeout_after``), not from when the trigger is built."""
+    from datetime import UTC, datetime
+
+    control.create_fax(id="f3", lifecycle=[{"status": "submitted", "seconds": 3600}])
+    deferred = datetime.now(UTC) - timedelta(seconds=200)  # the task deferred 200 s ago
+    trigger = OutboxFaxTrigger(outbox_fax_id="f3", poke_interval=0.1, timeout=300.0)
+    trigger.task_instance = _TI(1)
+    trigger.timeout_after = deferred + timedelta(seconds=300)  # as the triggerer sets it
+    [event] = _events(trigger)
+    assert event["status"] == "checkpoint"
+    assert abs(event["deferred_at"] - deferred.timestamp()) < 0.01
+
+
+def test_a_status_the_spec_does_not_know_seen_first_by_the_trigger_is_a_warning(
+    faxplus_conn, control, caplog
+):
+    """Finding 14: the first sighting is checkpointed; an unknown status in it is still a WARNING."""
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+
+    control.create_fax(id="f5", lifecycle=[{"status": "submitted", "seconds": 3600}])
+    hook = FaxPlusHook()
+    try:
+        record = dict(hook.get_outbox_fax("f5").raw, status="teleporting")
+    finally:
+        hook.close()
+    control.add_fault(status=200, method="GET", path_endswith="/outbox/f5", body=json.dumps(record), times=1)
+    trigger = OutboxFaxTrigger(outbox_fax_id="f5", poke_interval=0.1)
+    trigger.task_instance = _TI(1)
+    with caplog.at_level(logging.INFO):
+        [event] = _events(trigger)
+    assert event["status"] == "checkpoint"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("teleporting" in message for message in warnings), warnings
+
+
+def test_serialize_round_trips_for_a_trigger_that_has_not_looked_yet():
+    """Finding 9: no progress in, no progress out, until the trigger has looked."""
+    kwargs = sensor().start_trigger_args.trigger_kwargs if TRIGGERER_RENDERS_TEMPLATES else {}
+    kwargs = {**kwargs, "outbox_fax_id": "f4", "user_id": "self"}
+    trigger = OutboxFaxTrigger(**kwargs)
+    classpath, stored = trigger.serialize()
+    assert stored["progress"] is None
+    rebuilt = OutboxFaxTrigger(**stored)
+    assert rebuilt.first_look_here is True
+    assert rebuilt.serialize() == (classpath, stored)
+
+
 # A real deployment ----------------------------------------------------------------------------------
 
 _RUNNING = """
@@ -269,8 +318,7 @@ def scheduled_deployment(tmp_path_factory) -> Iterator[Deployment]:
             deployed.start("scheduler", "scheduler")
             yield deployed
         finally:
-            for name in list(deployed.processes):
-                deployed.stop(name)
+            deployed.stop_all()
 
 
 @pytest.mark.skipif(not TRIGGERER_RENDERS_TEMPLATES, reason="Airflow 3.3+ starts tasks in the triggerer")

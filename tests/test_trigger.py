@@ -347,3 +347,57 @@ def test_triggers_starting_together_read_the_connection_once(faxplus_conn, monke
     assert len({config.base_url for config in configs}) == 1
     assert later.base_url == configs[0].base_url
     assert calls == ["faxplus_default", "faxplus_default"]  # one for the 20 together, one afterwards
+
+
+def test_taking_only_the_first_event_as_dags_test_does_logs_no_error(faxplus_conn, control, caplog):
+    """Finding 15: Airflow's in-process runner (``airflow dags test``) takes the first event with
+    ``anext(trigger.run())`` and lets ``asyncio.run`` close the generators at shutdown; nothing of ours
+    may still be open then (it logged "aclose(): asynchronous generator is already running")."""
+    import gc
+
+    fax_id = control.create_fax(lifecycle=[{"status": "submitted", "polls": 1}])["id"]
+    for shared in (True, False):
+        trigger = OutboxFaxTrigger(
+            outbox_fax_id=fax_id,
+            poke_interval=0.1,
+            progress={"started_at": time.time(), "ever_seen": True, "last_status": "submitted"},
+            shared_poll=shared,
+        )
+
+        async def first_event(trigger: OutboxFaxTrigger = trigger) -> object:
+            return await anext(trigger.run(), None)
+
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            event = asyncio.run(first_event())
+            gc.collect()
+        assert event is not None
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_no_ssl_context_is_built_on_the_event_loop_for_plain_http_and_one_per_ca_setting(
+    faxplus_conn, control, monkeypatch, tmp_path
+):
+    """Finding 10: ``ssl.create_default_context()`` loads the CA store (~25 ms, on the triggerer's loop);
+    none for plain http to the sandbox, one per CA setting for https, not one per read or session."""
+    import ssl
+
+    from airflow_provider_faxplus.config import TlsSettings
+    from airflow_provider_faxplus.triggers import session
+
+    built: list[object] = []
+    real = ssl.create_default_context
+
+    def counted(*args: object, **kwargs: object) -> ssl.SSLContext:
+        built.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    seen = {"started_at": time.time(), "ever_seen": True, "last_status": "submitted"}
+    fax_id = control.create_fax(lifecycle=[{"status": "submitted", "polls": 1}])["id"]
+    # Each run: its own event loop, connection read and session.
+    events = [run(make(outbox_fax_id=fax_id, progress=seen))[0] for _ in range(2)]
+    assert [event["status"] for event in events] == ["success"] * 2, events
+    assert built == []
+    tls = TlsSettings(True, None, "the system's")
+    assert session._ssl_context(tls) is session._ssl_context(tls)
+    assert len(built) == 1

@@ -61,8 +61,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         try:
             yield deployed
         finally:
-            for name in list(deployed.processes):
-                deployed.stop(name)
+            deployed.stop_all()
 
 
 def _query(home: AirflowHome, sql: str, *args: object) -> list[tuple[object, ...]]:

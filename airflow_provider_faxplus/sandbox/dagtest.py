@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -185,6 +186,11 @@ class AirflowHome:
         [line] = [line for line in result.stdout.splitlines() if line.startswith("FAXPLUS-OUT:")]
         return line.partition(":")[2].strip()
 
+    def clear_leftover_triggers(self) -> int:
+        """Delete the trigger rows no deferred task, asset or callback needs (Airflow 3; what `dags test`
+        leaves behind); how many. See ``_CLEAR_LEFTOVER_TRIGGERS`` for why a deployment needs this."""
+        return int(json.loads(self.python(_CLEAR_LEFTOVER_TRIGGERS)))
+
     def task_states(self, dag_id: str) -> dict[str, Any]:
         """The latest run's state and ``[task_id, map_index, state]`` of each of its task instances."""
         states: dict[str, Any] = json.loads(self.python(_TASK_STATES, dag_id))
@@ -236,6 +242,22 @@ with create_session() as session:
     ).all()
     print("FAXPLUS-OUT:", json.dumps([(extra or {}).get("payload") for (extra,) in rows]))
 """
+# Trigger rows a finished `dags test` leaves behind (its task no longer deferred): a triggerer started
+# on the home would run them, Airflow then deletes their rows, and SQLite gives a deleted row's id to
+# the next trigger created (an asset watcher's), so the stale trigger's event lands on that asset.
+# Airflow's own clean-up (Trigger.clean_unused) removes them before any triggerer can pick them up.
+_CLEAR_LEFTOVER_TRIGGERS = """
+import json
+from sqlalchemy import func, select
+from airflow.models.trigger import Trigger
+from airflow.utils.session import create_session
+with create_session() as session:
+    before = session.scalar(select(func.count(Trigger.id)))
+Trigger.clean_unused()
+with create_session() as session:
+    after = session.scalar(select(func.count(Trigger.id)))
+print("FAXPLUS-OUT:", json.dumps(before - after))
+"""
 _ASSET_STATE = """
 import json, sys
 from sqlalchemy import select
@@ -276,6 +298,76 @@ def _answers(url: str) -> bool:
         return False
 
 
+def leftover_processes(home: Path) -> list[int]:
+    """Live processes (zombies aside) whose environment names ``home`` as ``AIRFLOW_HOME`` or that hold
+    a file under it open (their output, a log): what an Airflow process started on the home left
+    running (``serve-logs``, an idle LocalExecutor worker). Both, as a process title set with
+    setproctitle may overwrite what /proc shows of the environment."""
+    marker = f"AIRFLOW_HOME={home}".encode()
+    prefix = f"{home}{os.sep}"
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name) if proc.name.isdigit() else 0
+        if pid in (0, os.getpid()):
+            continue
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                continue
+            if marker in (proc / "environ").read_bytes().split(b"\0") or any(
+                os.readlink(fd).startswith(prefix) for fd in (proc / "fd").iterdir()
+            ):
+                found.append(pid)
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+    return found
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], home: Path | None, timeout: float = 60) -> None:
+    """Stop Airflow processes started in sessions of their own (``start_new_session=True``), and
+    everything they started: SIGTERM to each (its own clean shutdown), SIGKILL after ``timeout``; then
+    SIGTERM, and 5 s later SIGKILL, to whatever is left in their process groups and, given ``home``,
+    to anything still running on it (a LocalExecutor worker ignores SIGTERM; ``serve-logs`` outlives
+    the scheduler)."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def left() -> list[int]:
+        members = [pid for process in processes for pid in _group_members(process.pid)]
+        return members + (leftover_processes(home) if home is not None else [])
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        end = time.monotonic() + 5
+        while left() and time.monotonic() < end:
+            time.sleep(0.1)
+        if not left():
+            return
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 @dataclass
 class AirflowDeployment:
     """Airflow processes started on one ``AirflowHome``; each writes to ``<home>/<name>.out``.
@@ -289,7 +381,10 @@ class AirflowDeployment:
     @classmethod
     def airflow3(cls, home: AirflowHome, startup_timeout: float = 300) -> AirflowDeployment:
         """Start an api-server on 127.0.0.1 (the execution API the tasks talk to), then a dag-processor,
-        a scheduler and a triggerer. Sets the home's settings they share; stops them all if one fails."""
+        a scheduler and a triggerer. Sets the home's settings they share; stops them all if one fails.
+        Trigger rows left by earlier ``dags test`` runs on the home are deleted first (see
+        ``_CLEAR_LEFTOVER_TRIGGERS``)."""
+        home.clear_leftover_triggers()
         port = free_port()
         home.env.update(
             {
@@ -314,8 +409,13 @@ class AirflowDeployment:
         if name in self.processes:
             raise ValueError(f"an Airflow process named {name!r} is already running")
         with (self.home.path / f"{name}.out").open("ab") as output:
+            # A session of its own: stopping it reaches whatever it starts (see stop_processes).
             self.processes[name] = subprocess.Popen(  # noqa: S603 - our own airflow binary
-                [self.home._airflow_bin(), *args], env=self.home._environ(), stdout=output, stderr=output
+                [self.home._airflow_bin(), *args],
+                env=self.home._environ(),
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
             )
 
     def wait_healthy(self, timeout: float) -> None:
@@ -335,19 +435,16 @@ class AirflowDeployment:
                 raise RuntimeError(f"airflow {name} exited with code {process.returncode}; see {output}")
 
     def stop(self, name: str, timeout: float = 60) -> None:
+        """Stop one process and what it started (not what the others did: see :meth:`stop_all`)."""
         process = self.processes.pop(name)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes([process], None, timeout)
 
     def stop_all(self) -> None:
+        """Stop every process, then anything still running on the home; none outlives this."""
         # The scheduler first: it starts task processes that talk to the api-server.
         for name in sorted(self.processes, key=lambda name: name == "api-server"):
             self.stop(name)
+        stop_processes([], self.home.path)
 
     def __enter__(self) -> AirflowDeployment:
         return self

@@ -155,6 +155,7 @@ class OutboxFaxSensor(BaseSensorOperator):
                 "exponential_backoff": bool(self.exponential_backoff),
                 "max_wait": None if max_wait is None else float(max_wait),
                 "shared_poll": self.shared_poll,
+                "timeout": float(self.timeout),
             },
             next_method="execute_complete",
             next_kwargs=None,

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_faxplus import oauth, protocol, redaction
-from airflow_provider_faxplus.config import (
-    FaxPlusConfig,
-    TlsSettings,
-    config_from_airflow_connection,
-    proxy_for,
-    tls_settings,
-)
+from airflow_provider_faxplus import oauth, protocol
+from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAuthError,
     FaxPlusConfigError,
@@ -30,8 +21,17 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusNotFoundError,
     FaxPlusRequestError,
 )
-from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import backoff_seconds
+from airflow_provider_faxplus.triggers.session import (  # noqa: F401 - also this module's names (tests, users)
+    POOL_MAX_CONNECTIONS,
+    _Lease,
+    _redacted,
+    access_token,
+    environment_proxy,
+    fetch_outbox_fax,
+    load_connection,
+    shared_session,
+)
 from airflow_provider_faxplus.waiting import (
     Decision,
     WaitPolicy,
@@ -46,175 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# TCP connections per shared session: all triggers of one connection in one triggerer share the pool.
-POOL_MAX_CONNECTIONS = 32
 # Doubling the poll interval (exponential_backoff) stops here: 2**30 poke intervals is beyond any timeout.
 MAX_BACKOFF_EXPONENT = 30
-
-
-class _Lease:
-    def __init__(self, session: aiohttp.ClientSession, proxy: str | None, tls: TlsSettings) -> None:
-        self.session = session
-        self.proxy = proxy
-        self.tls = tls
-        self.holders = 0
-
-
-def environment_proxy(url: str) -> str | None:
-    """The proxy for ``url``, by the rule the hook follows too (:func:`config.proxy_for`), read once per
-    session: never one for a loopback or plain-http base URL.
-
-    With ``trust_env=True`` aiohttp reads the environment and ``~/.netrc`` in a worker thread on every
-    request, which dominated the trigger's cost with thousands of triggers.
-    """
-    return proxy_for(url)
-
-
-_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Lease]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _new_session(config: FaxPlusConfig, tls: TlsSettings) -> aiohttp.ClientSession:
-    # Certificates are checked by the same rule as the hook's (config.tls_settings); a CA directory
-    # works as it does with requests (capath).
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=POOL_MAX_CONNECTIONS, ssl=tls.ssl_context() if tls.verify else False
-        ),
-        timeout=aiohttp.ClientTimeout(total=config.timeout),
-        trust_env=False,
-    )
-
-
-def session_key(config: FaxPlusConfig) -> tuple[Any, ...]:
-    """What makes two connections one identity: the same session, the same account polls."""
-    return (
-        config.base_url,
-        hashlib.sha256(config.token.encode()).hexdigest(),
-        config.client_id,
-        tls_settings(config),
-        environment_proxy(config.base_url),
-        config.timeout,
-    )
-
-
-@asynccontextmanager
-async def shared_session(config: FaxPlusConfig) -> AsyncIterator[_Lease]:
-    """The event loop's session for this connection, shared by every trigger holding a lease on it;
-    closed when the last one lets go."""
-    loop = asyncio.get_running_loop()
-    tls = tls_settings(config)
-    proxy = environment_proxy(config.base_url)
-    key = session_key(config)
-    leases = _SESSIONS.setdefault(loop, {})
-    lease = leases.get(key)
-    if lease is None or lease.session.closed:
-        lease = leases[key] = _Lease(_new_session(config, tls), proxy, tls)
-    lease.holders += 1
-    try:
-        yield lease
-    finally:
-        lease.holders -= 1
-        if lease.holders == 0 and leases.get(key) is lease:
-            del leases[key]
-            await lease.session.close()
-
-
-async def _exchange(
-    lease: _Lease,
-    config: FaxPlusConfig,
-    method: str,
-    url: str,
-    *,
-    headers: dict[str, str],
-    data: bytes | None,
-    proxy: str | None,
-    transport_error: Callable[[str], FaxPlusRequestError],
-    tls_error: Callable[[str], FaxPlusRequestError],
-    max_bytes: int,
-    too_large: Callable[[int], FaxPlusRequestError],
-) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP exchange on the shared session; failures become the caller's errors (as the hook's).
-    An answer over ``max_bytes`` (decompressed) is refused unread past the limit: ``too_large(status)``."""
-    try:
-        async with lease.session.request(
-            method, url, headers=headers, data=data, allow_redirects=False, proxy=proxy
-        ) as response:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_large(response.status)
-                chunks.append(chunk)
-            return response.status, dict(response.headers), b"".join(chunks)
-    except TimeoutError:
-        raise transport_error(f"no answer within {config.timeout:g} s") from None
-    except aiohttp.ClientError as exc:
-        # A client library's message can quote what was sent (a header, a URL): redacted all the same.
-        reason = redaction.for_config(config)(f"{type(exc).__name__}: {exc}", 300)
-        if protocol.is_certificate_failure(exc):
-            raise tls_error(reason) from None
-        raise transport_error(reason) from None
-
-
-async def fetch_outbox_fax(
-    lease: _Lease, config: FaxPlusConfig, outbox_fax_id: str, user_id: str, token: str | None = None
-) -> OutboxFax:
-    """One *Get outgoing fax*, no retries: the trigger's poll loop does the waiting. ``token``: the
-    access token to send (default: the connection's)."""
-    call = protocol.get_outbox_fax_call(config, outbox_fax_id, user_id)
-    fax_id = call.outbox_fax_id
-    headers = {**call.headers, "Authorization": f"Bearer {token or config.token}"}
-    status, response_headers, body = await _exchange(
-        lease,
-        config,
-        call.method,
-        call.url,
-        headers=headers,
-        data=None,
-        proxy=lease.proxy,
-        transport_error=lambda reason: protocol.transport_error(call, reason),
-        tls_error=lambda reason: protocol.tls_error(call, lease.tls, reason),
-        max_bytes=call.operation.max_answer_bytes,
-        too_large=lambda status: protocol.answer_too_large(
-            call.operation.name, call.method, call.path, status, call.operation.max_answer_bytes, fax_id
-        ),
-    )
-    log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
-    return protocol.parse_get_response(config, call, status, response_headers, body)
-
-
-async def fetch_token_grant(lease: _Lease, config: FaxPlusConfig, refresh_token: str) -> oauth.TokenGrant:
-    """One refresh at the token endpoint, no retries (the poll loop backs off on transient errors)."""
-    call = oauth.refresh_call(config, refresh_token)
-    status, response_headers, body = await _exchange(
-        lease,
-        config,
-        "POST",
-        call.url,
-        headers=dict(call.headers),
-        data=call.body,
-        proxy=proxy_for(config.token_url),
-        transport_error=lambda reason: oauth.transport_error(call, reason),
-        tls_error=lambda reason: oauth.tls_error(call, lease.tls, reason),
-        max_bytes=oauth.MAX_TOKEN_ANSWER_BYTES,
-        too_large=lambda status: oauth.too_large(call, status),
-    )
-    grant = oauth.parse_token_response(call, status, response_headers, body)
-    log.info("Fax.Plus OAuth2 access token refreshed at %s", call.describe())
-    return grant
-
-
-async def access_token(lease: _Lease, config: FaxPlusConfig) -> str:
-    """The connection's token, or with OAuth2 refresh the process's current access token (one refresh
-    in flight per event loop for every trigger of the same identity)."""
-    if not config.uses_oauth_refresh:
-        return config.token
-    return await oauth.source_for(config).token_async(
-        lambda refresh_token: fetch_token_grant(lease, config, refresh_token)
-    )
 
 
 class _Reconnect(Exception):
@@ -225,55 +58,10 @@ class _Reconnect(Exception):
         self.config = config
 
 
-_LOADING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[FaxPlusConfig]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _read_connection(conn_id: str) -> FaxPlusConfig:
-    # Async helpers only: the sync get_connection on the event loop can deadlock the triggerer.
-    from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-
-    conn = await get_async_connection(conn_id)
-    extra = await get_async_extra_dejson(conn)
-    config = config_from_airflow_connection(conn_id, conn, extra)
-    # A bad CA bundle or proxy setting is a configuration error, found before the first poll.
-    tls = tls_settings(config)
-    if tls.verify:
-        tls.ssl_context()
-    environment_proxy(config.base_url)
-    if config.uses_oauth_refresh:
-        environment_proxy(config.token_url)
-    await oauth.amask(
-        config.token,
-        config.client_secret,
-        config.refresh_token,
-        client_id=config.client_id,
-        client_secret=config.client_secret,
-    )
-    return config
-
-
-async def load_connection(conn_id: str) -> FaxPlusConfig:
-    """The connection, read once for all triggers that ask at the same moment (a triggerer restart
-    starts thousands together); nothing is kept once the read completes, so a rotated token is seen."""
-    loop = asyncio.get_running_loop()
-    pending = _LOADING.setdefault(loop, {})
-    future = pending.get(conn_id)
-    if future is None:
-        future = pending[conn_id] = asyncio.ensure_future(_read_connection(conn_id))
-        future.add_done_callback(lambda _: pending.pop(conn_id, None))
-    return await asyncio.shield(future)
-
-
 def _error_kind(exc: FaxPlusRequestError) -> str:
     if isinstance(exc, FaxPlusAuthError):
         return "auth"
     return "rejected" if protocol.is_permanent(exc) else "api"
-
-
-def _redacted(text: str, config: FaxPlusConfig | None) -> str:
-    return redaction.for_config(config)(text, 500) if config is not None else text[:500]
 
 
 class OutboxFaxTrigger(BaseTrigger):
@@ -311,6 +99,7 @@ class OutboxFaxTrigger(BaseTrigger):
         max_wait: float | None = None,
         deferred_at: float | None = None,
         shared_poll: bool = True,
+        timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.outbox_fax_id = outbox_fax_id
@@ -324,10 +113,17 @@ class OutboxFaxTrigger(BaseTrigger):
         # trigger makes the first look; the grace period runs from it.
         self.first_look_here = not progress
         self.progress = WaitProgress.from_dict(progress) if progress else WaitProgress(started_at=time.time())
+        # Serialized as "no progress" until this trigger learns something: a rebuilt trigger must
+        # still make the first look.
+        self._fresh_progress = self.progress.to_dict() if self.first_look_here else None
         self.exponential_backoff = bool(exponential_backoff)
         self.max_wait = None if max_wait is None else float(max_wait)
         self.deferred_at = time.time() if deferred_at is None else float(deferred_at)
+        self._deferred_at_given = deferred_at is not None
         self.shared_poll = bool(shared_poll)
+        # The sensor's timeout (start_from_trigger): with the deadline Airflow fixed when the task
+        # deferred, it gives the moment of the deferral, which no rebuild of the trigger moves.
+        self.timeout = None if timeout is None else float(timeout)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -340,22 +136,42 @@ class OutboxFaxTrigger(BaseTrigger):
                 "waiting_statuses": list(self.waiting_statuses),
                 "not_found_grace_period": self.not_found_grace_period,
                 "fail_if_never_seen": self.fail_if_never_seen,
-                "progress": self.progress.to_dict(),
+                "progress": None if self._progress_is_fresh() else self.progress.to_dict(),
                 "exponential_backoff": self.exponential_backoff,
                 "max_wait": self.max_wait,
                 "deferred_at": self.deferred_at,
                 "shared_poll": self.shared_poll,
+                "timeout": self.timeout,
             },
         )
+
+    def _progress_is_fresh(self) -> bool:
+        return self._fresh_progress is not None and self.progress.to_dict() == self._fresh_progress
+
+    def _fix_deferred_at(self) -> None:
+        """Without a ``deferred_at`` (a task started in the triggerer), take it from the deadline
+        Airflow stored when the task deferred (``timeout_after``, less the sensor's timeout), not from
+        when this triggerer built the trigger: a triggerer restart must not push the deadline back."""
+        if self._deferred_at_given or self.timeout is None:
+            return
+        deadline = getattr(self, "timeout_after", None)
+        if deadline is None or not hasattr(deadline, "timestamp"):
+            return
+        self.deferred_at = float(deadline.timestamp()) - self.timeout
+        self._deferred_at_given = True
 
     async def _load_config(self) -> FaxPlusConfig:
         return await load_connection(self.faxplus_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Exactly one event: every exception but cancellation becomes an error event."""
+        # The event is yielded once the session and the poll are let go: Airflow's in-process runner
+        # (`dags test`) takes the first event and leaves the generator for asyncio.run to close, which
+        # closes every open async generator at once (ERROR lines in a successful run).
         config: FaxPlusConfig | None = None
-        yielded = False
+        event: TriggerEvent | None = None
         try:
+            self._fix_deferred_at()
             if self.first_look_here:
                 self._start_without_a_worker_look()
             config = await self._load_config()
@@ -365,22 +181,20 @@ class OutboxFaxTrigger(BaseTrigger):
                 fail_if_never_seen=self.fail_if_never_seen,
             )
             renewed = False
-            while True:
+            while event is None:
                 try:
                     async with self._hold(config) as (lease, poll):
-                        async for event in self._poll(lease, config, policy, renewed, poll):
-                            yielded = True
-                            yield event
-                            return
+                        event = await self._poll(lease, config, policy, renewed, poll)
                 except _Reconnect as reconnect:
                     config, renewed = reconnect.config, True
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
-            if yielded:  # e.g. closing the session after the event: the verdict stands
+            if event is None:
+                event = TriggerEvent(self._error_event(exc, config))
+            else:  # e.g. closing the session after the event: the verdict stands
                 log.warning("After the event: %s", _redacted(f"{type(exc).__name__}: {exc}", config))
-                return
-            yield TriggerEvent(self._error_event(exc, config))
+        yield event
 
     def _start_without_a_worker_look(self) -> None:
         try_number = getattr(self.task_instance, "try_number", None) or 1
@@ -443,11 +257,10 @@ class OutboxFaxTrigger(BaseTrigger):
                     return absent, snapshot.started_at
                 confirming = True
         if not confirming:
-            await asyncio.sleep(max(0.0, due - time.time()))
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
         record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
         # The next GET is an interval after this answer, as ever; a list look counts from its tick.
-        now = time.time()
-        return observe_record(record, self.progress, policy, now, self.user_id), now
+        return observe_record(record, self.progress, policy, time.time(), self.user_id), time.monotonic()
 
     async def _renew_after_401(self, config: FaxPlusConfig, token: str) -> bool:
         """After a 401: with a refresh token, drop the refused access token (the next poll refreshes,
@@ -505,14 +318,16 @@ class OutboxFaxTrigger(BaseTrigger):
         policy: WaitPolicy,
         renewed: bool = False,
         poll: AccountPoll | None = None,
-    ) -> AsyncIterator[TriggerEvent]:
-        """Poll until there is an event to yield (exactly one). ``renewed``: a 401 already made it
+    ) -> TriggerEvent:
+        """Poll until there is an event (exactly one). ``renewed``: a 401 already made it
         refresh or re-read the connection, and no call has succeeded since."""
         failures = 0
         looks = 0
         logged: tuple[object, ...] | None = None
-        # The first look may take a list answer up to one interval old; a GET goes at once.
-        due = time.time() - self.poke_interval
+        # The first look may take a list answer up to one interval old; a GET goes at once. Schedules
+        # run on the monotonic clock (a wall-clock step must not stop or rush the polls); the progress
+        # keeps wall-clock times, which outlive the process.
+        due = time.monotonic() - self.poke_interval
         while True:
             decision: Decision
             token = ""
@@ -523,7 +338,7 @@ class OutboxFaxTrigger(BaseTrigger):
                 decision, answered_at = await self._look(lease, config, policy, token, poll, due, interval)
                 renewed = False
             except FaxPlusNotFoundError:
-                answered_at = time.time()
+                answered_at = time.monotonic()
                 renewed = False
                 decision = observe_not_found(
                     self.outbox_fax_id, self.progress, policy, time.time(), self.user_id
@@ -539,43 +354,43 @@ class OutboxFaxTrigger(BaseTrigger):
                     if await self._renew_after_401(config, token):
                         continue
                 if not protocol.is_retryable(exc):
-                    yield TriggerEvent({"status": "error", "kind": _error_kind(exc), "message": str(exc)})
-                    return
+                    return TriggerEvent({"status": "error", "kind": _error_kind(exc), "message": str(exc)})
                 failures += 1
                 wait = max(
                     self.poke_interval, backoff_seconds(failures, config.initial_backoff, exc.retry_after)
                 )
                 log.warning("Transient error #%d, polling again in %.1f s: %s", failures, wait, exc)
                 await asyncio.sleep(wait)
-                due = time.time()
+                due = time.monotonic()
                 continue
             except FaxPlusInputError as exc:
-                yield TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
-                return
+                return TriggerEvent({"status": "error", "kind": "input", "message": str(exc)})
             failures = 0
             looks += 1
             if decision.action == "left":
                 log.info("%s", decision.message)
-                yield TriggerEvent(
+                return TriggerEvent(
                     {"status": "success", "message": decision.message, "result": decision.result}
                 )
-                return
             if decision.action == "fail":
-                yield TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
-                return
+                return TriggerEvent({"status": "error", "kind": "never_seen", "message": decision.message})
             if self.progress.ever_seen is True and seen_before is not True:
                 # The first sighting: hand it to the sensor, which defers again with it in the kwargs,
                 # the only part of a trigger that Airflow keeps when a triggerer restarts.
-                log.info("%s; first sighting, checkpointed through the sensor", decision.message)
-                yield TriggerEvent(
+                # A status the spec does not know is a WARNING here too: the rebuilt trigger knows it.
+                log.log(
+                    logging.WARNING if decision.unknown_status else logging.INFO,
+                    "%s; first sighting, checkpointed through the sensor",
+                    decision.message,
+                )
+                return TriggerEvent(
                     {
                         "status": "checkpoint",
                         "message": decision.message,
-                        "progress": self.progress.to_dict(),
+                        "progress": None if self._progress_is_fresh() else self.progress.to_dict(),
                         "deferred_at": self.deferred_at,
                     }
                 )
-                return
             # INFO when what we know changes, DEBUG for the same again: a triggerer may hold thousands.
             # A status the spec does not know is a WARNING, once per fax and status.
             known = (decision.action, self.progress.last_status, self.progress.ever_seen)

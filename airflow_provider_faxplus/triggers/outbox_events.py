@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
@@ -27,11 +28,26 @@ except ImportError:  # Airflow 2.x
 
 from airflow_provider_faxplus import oauth, protocol
 from airflow_provider_faxplus.config import FaxPlusConfig
-from airflow_provider_faxplus.exceptions import FaxPlusAuthError, FaxPlusError, FaxPlusRequestError
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAuthError,
+    FaxPlusError,
+    FaxPlusNotFoundError,
+    FaxPlusRequestError,
+)
 from airflow_provider_faxplus.models import OutboxFax
 from airflow_provider_faxplus.retry import backoff_seconds
-from airflow_provider_faxplus.triggers.outbox import _redacted, load_connection
-from airflow_provider_faxplus.triggers.outbox_poll import ListUnavailable, OutboxSnapshot, account_poll
+from airflow_provider_faxplus.triggers.outbox_poll import (
+    AccountPoll,
+    ListUnavailable,
+    OutboxSnapshot,
+    account_poll,
+)
+from airflow_provider_faxplus.triggers.session import (
+    _redacted,
+    access_token,
+    fetch_outbox_fax,
+    load_connection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +56,8 @@ CURSOR_VERSION = 1
 # Airflow's triggerer hands yielded events to its supervisor about once a second; the cursor is written
 # only after that, so a triggerer stopped in between reports the event again rather than never.
 SETTLE_SECONDS = 3.0
+# Known faxes missing from a list answer, confirmed gone with one GET each, at most this many per tick.
+CONFIRM_PER_TICK = 50
 # After a refused token or list call: how often the connection is read again (no API call) to see
 # whether someone fixed it.
 PARKED_RECHECK_SECONDS = 60.0
@@ -126,7 +144,17 @@ class OutboxEventTrigger(BaseEventTrigger):
         self.faxplus_conn_id = faxplus_conn_id
         self.events = [kind for kind in EVENTS if kind in chosen]
         self.poll_interval = float(poll_interval)
+        self._report_existing = report_existing
+        self._loaded = False  # the stored cursor has been read
+        # What this process has reported (None: nothing yet and no stored cursor), and what the store
+        # holds as far as this process knows.
         self._known: dict[str, dict[str, Any]] | None = None
+        self._stored: dict[str, dict[str, Any]] | None = None
+        # States not yet stored, each with the monotonic time from which it may be.
+        self._unstored: list[tuple[float, dict[str, dict[str, Any]]]] = []
+        self._write_failures = 0
+        self._write_retry_at = -math.inf
+        self._failures = 0
         self._last_seen: dict[str, OutboxFax] = {}  # a "left" event carries the fax's last record
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -168,19 +196,33 @@ class OutboxEventTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Never returns on its own (Airflow starts a returned watcher again at once): a refused token or
-        list call is logged once as an error, then the trigger waits for the connection to change."""
+        list call is logged once as an error, then the trigger waits for the connection to change. Any
+        other failure (the state store unreachable included) backs off, growing while it lasts."""
         store = self.cursor_store()
-        known = _read_cursor(await store.aget(self.cursor_key))
-        if known is not None:
-            log.info("Resuming the outbox of %r: %d faxes already known", self.user_id, len(known))
+        if isinstance(store, MemoryCursorStore) and self.report_existing:
+            # A memory cursor cannot tell a first start from a triggerer restart: reporting the faxes
+            # already there would report them again at every restart.
+            log.warning(
+                "report_existing=True needs the asset state store: with the cursor in memory, faxes "
+                "already in the outbox of %r when this triggerer starts count as already known",
+                self.user_id,
+            )
+            self._report_existing = False
         config: FaxPlusConfig | None = None
-        failures = 0
         while True:
             try:
+                if not self._loaded:
+                    self._known = self._stored = _read_cursor(await store.aget(self.cursor_key))
+                    self._loaded = True
+                    if self._known is not None:
+                        log.info(
+                            "Resuming the outbox of %r: %d faxes already known",
+                            self.user_id,
+                            len(self._known),
+                        )
                 if config is None:
                     config = await load_connection(self.faxplus_conn_id)
-                async for event in self._watch(config, store, known):
-                    failures = 0
+                async for event in self._watch(config, store):
                     yield event
             except _Parked as parked:
                 config = await self._park(parked.reason, config)
@@ -194,9 +236,9 @@ class OutboxEventTrigger(BaseEventTrigger):
                 if isinstance(exc, AirflowNotFoundException):
                     reason = f"the connection {self.faxplus_conn_id!r} is not visible to the triggerer"
                     config = await self._park(reason, None)
-                else:  # a bug or an unforeseen answer: back off, never a hot loop
-                    failures += 1
-                    wait = max(self.poll_interval, backoff_seconds(failures, 1.0))
+                else:  # the state store, a bug or an unforeseen answer: back off, never a hot loop
+                    self._failures += 1
+                    wait = max(self.poll_interval, backoff_seconds(self._failures, 1.0))
                     log.error(
                         "OutboxEventTrigger for the outbox of %r failed, again in %.0f s: %s",
                         self.user_id,
@@ -204,7 +246,6 @@ class OutboxEventTrigger(BaseEventTrigger):
                         _redacted(f"{type(exc).__name__}: {exc}", config),
                     )
                     await asyncio.sleep(wait)
-            known = self._known
 
     async def _park(self, reason: str, config: FaxPlusConfig | None) -> FaxPlusConfig:
         """Log the refusal once, then read the connection every ``PARKED_RECHECK_SECONDS`` (no API
@@ -229,17 +270,16 @@ class OutboxEventTrigger(BaseEventTrigger):
                 log.info("Connection %r changed: polling the outbox again", self.faxplus_conn_id)
                 return fresh
 
-    async def _watch(
-        self, config: FaxPlusConfig, store: CursorStore, known: dict[str, dict[str, Any]] | None
-    ) -> AsyncIterator[TriggerEvent]:
-        self._known = known
+    async def _watch(self, config: FaxPlusConfig, store: CursorStore) -> AsyncIterator[TriggerEvent]:
         failures = 0
         renewed = False
-        due = time.time()
+        due = time.monotonic()
         async with account_poll(config, self.user_id) as poll:
             while True:
                 try:
                     snapshot = await poll.snapshot(due=due, interval=self.poll_interval)
+                    token = await access_token(poll.lease, config)
+                    gone = await self._confirm_absent(poll, config, token, snapshot)
                 except ListUnavailable as exc:
                     reason = f"the API refuses to list the outbox: {exc.cause}"
                     raise _Parked(_redacted(reason, config)) from None
@@ -247,12 +287,12 @@ class OutboxEventTrigger(BaseEventTrigger):
                     if isinstance(exc, FaxPlusAuthError) and exc.status == 401:
                         if config.uses_oauth_refresh and not oauth.is_token_error(exc) and not renewed:
                             renewed = True  # the access token expired early: refresh it once
-                            token = oauth.source_for(config).valid_token()
-                            if token:
-                                oauth.source_for(config).invalidate(token)
+                            refused = oauth.source_for(config).valid_token()
+                            if refused:
+                                oauth.source_for(config).invalidate(refused)
                             continue
                         raise _Parked(_redacted(str(exc), config)) from None
-                    if protocol.is_permanent(exc):  # no retry can fix it (a malformed answer may pass)
+                    if protocol.is_permanent(exc):  # no retry can fix it
                         raise _Parked(_redacted(str(exc), config)) from None
                     failures += 1
                     wait = max(
@@ -261,12 +301,12 @@ class OutboxEventTrigger(BaseEventTrigger):
                     log.warning(
                         "Transient error #%d, listing the outbox again in %.1f s: %s", failures, wait, exc
                     )
-                    await asyncio.sleep(wait)
-                    due = time.time()
+                    await self._wait_writing(store, time.monotonic() + wait)
+                    due = time.monotonic()
                     continue
                 failures = 0
                 renewed = False
-                fired, after = self.compare(self._known, snapshot)
+                fired, after = self.compare(self._known, snapshot, gone)
                 for payload in fired:
                     log.info(
                         "Outbox fax %s %s the outbox of %r",
@@ -276,19 +316,89 @@ class OutboxEventTrigger(BaseEventTrigger):
                     )
                     yield TriggerEvent(payload)
                 if after != self._known:
-                    if fired:  # the cursor follows Airflow's taking of the events, never precedes it
-                        await asyncio.sleep(SETTLE_SECONDS)
-                    await store.aset(self.cursor_key, {"v": CURSOR_VERSION, "known": after})
+                    # Reported by this process from now on, whatever the store says; stored once Airflow
+                    # has had the time to take the events (a triggerer stopped before reports them again).
                     self._known = after
+                    self._queue(after, settle=bool(fired))
                 due = snapshot.started_at + self.poll_interval
-                await asyncio.sleep(max(0.0, due - time.time()))
+                await self._wait_writing(store, due)
+                self._failures = 0  # a whole tick went through: run()'s back-off starts afresh
+
+    def _queue(self, state: dict[str, dict[str, Any]], *, settle: bool) -> None:
+        """A state to store once its events have settled, and never sooner than an earlier state: each
+        state holds the events of those before it."""
+        at = time.monotonic() + (SETTLE_SECONDS if settle else 0.0)
+        if self._unstored:
+            at = max(at, self._unstored[-1][0])
+        self._unstored.append((at, state))
+
+    async def _wait_writing(self, store: CursorStore, until: float) -> None:
+        """Sleep until ``until`` (monotonic), writing the cursor whenever a state has settled meanwhile;
+        a failed write is retried with a growing back-off, and never delays the polls."""
+        while True:
+            now = time.monotonic()
+            if self._unstored and self._unstored[0][0] <= now and self._write_retry_at <= now:
+                await self._write_settled(store, now)
+                continue
+            if now >= until:
+                return
+            wake = until
+            if self._unstored:
+                wake = min(wake, max(self._unstored[0][0], self._write_retry_at))
+            await asyncio.sleep(max(0.0, wake - now))
+
+    async def _write_settled(self, store: CursorStore, now: float) -> None:
+        ready = [state for at, state in self._unstored if at <= now]
+        latest = ready[-1]
+        try:
+            if latest != self._stored:
+                await store.aset(self.cursor_key, {"v": CURSOR_VERSION, "known": latest})
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            self._write_failures += 1
+            # Only the latest settled state is worth writing: keep one, not one per tick of the outage.
+            del self._unstored[: len(ready) - 1]
+            wait = backoff_seconds(self._write_failures, 1.0)
+            self._write_retry_at = now + wait
+            log.warning(
+                "Could not store the outbox cursor (failure #%d, again in %.1f s; what this triggerer "
+                "reported is not reported again meanwhile): %s: %s",
+                self._write_failures,
+                wait,
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+            return
+        self._stored = latest
+        self._write_failures = 0
+        self._write_retry_at = -math.inf
+        del self._unstored[: len(ready)]
+
+    async def _confirm_absent(
+        self, poll: AccountPoll, config: FaxPlusConfig, token: str, snapshot: OutboxSnapshot
+    ) -> set[str]:
+        """The known faxes missing from the list that have really left: one *Get outgoing fax* each
+        (an absence from one list answer is never a verdict), at most ``CONFIRM_PER_TICK`` per tick."""
+        missing = [fax_id for fax_id in (self._known or {}) if fax_id not in snapshot.records]
+        gone: set[str] = set()
+        for fax_id in missing[:CONFIRM_PER_TICK]:
+            try:
+                record = await fetch_outbox_fax(poll.lease, config, fax_id, self.user_id, token)
+            except FaxPlusNotFoundError:
+                gone.add(fax_id)
+                continue
+            log.info("Outbox fax %s is missing from a list answer but still in the outbox", fax_id)
+            self._last_seen[fax_id] = record
+        return gone
 
     def compare(
-        self, known: dict[str, dict[str, Any]] | None, snapshot: OutboxSnapshot
+        self, known: dict[str, dict[str, Any]] | None, snapshot: OutboxSnapshot, gone: set[str]
     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """The events of one snapshot against the cursor, and the cursor after them. ``known`` None:
-        no cursor yet (the first start). The cursor: per fax in the outbox, its last status and the
-        events reported for it; a fax that left is dropped (outbox ids are never reused)."""
+        no cursor yet (the first start); ``gone``: the known faxes missing from the snapshot whose
+        absence a GET confirmed (the others stay known). The cursor: per fax in the outbox, its last
+        status and the events reported for it; a fax that left is dropped (outbox ids are never reused)."""
         first = known is None
         before = known or {}
         after: dict[str, dict[str, Any]] = {}
@@ -298,13 +408,18 @@ class OutboxEventTrigger(BaseEventTrigger):
             status = None if record is None else str(record.status)
             entry = before.get(fax_id)
             reported = list(entry["reported"]) if entry else []
-            if entry is None and (self.report_existing or not first) and "entered" in self.events:
+            if entry is None and (self._report_existing or not first) and "entered" in self.events:
                 fired.append(self._payload("entered", fax_id, status, record))
                 reported.append("entered")
             after[fax_id] = {"status": status, "reported": reported}
             if record is not None:
                 self._last_seen[fax_id] = record
         for fax_id, entry in before.items():
+            if fax_id in snapshot.records:
+                continue
+            if fax_id not in gone:  # missing from this answer only: still in the outbox
+                after[fax_id] = entry
+                continue
             if fax_id not in snapshot.records:
                 seen = self._last_seen.pop(fax_id, None)
                 if "left" in self.events:
@@ -330,6 +445,36 @@ class OutboxEventTrigger(BaseEventTrigger):
             "record": None if record is None else record.to_dict(),
             "detected_at": datetime.now(UTC).isoformat(),
         }
+
+
+PAYLOAD_KEYS = ("outbox_fax_id", "user_id", "event", "status", "record", "detected_at")
+
+
+def read_event(payload: Any) -> dict[str, Any]:
+    """The payload of an asset event, checked to be one :class:`OutboxEventTrigger` yields.
+
+    An asset may receive events from elsewhere (the REST API, another producer; on SQLite even a stale
+    trigger of ``airflow dags test`` whose row id Airflow gave to the watcher: see the README), and a DAG
+    should not take one for a fax.
+
+    :raises ValueError: naming what is missing or wrong.
+    """
+    if not isinstance(payload, dict):
+        raise ValueError(
+            f"not an OutboxEventTrigger event: the payload is {type(payload).__name__}, not an object"
+        )
+    missing = [key for key in PAYLOAD_KEYS if key not in payload]
+    if missing:
+        raise ValueError(
+            f"not an OutboxEventTrigger event: the payload lacks {missing} (it has {sorted(payload)})"
+        )
+    if payload["event"] not in EVENTS:
+        raise ValueError(
+            f"not an OutboxEventTrigger event: event {payload['event']!r} is none of {list(EVENTS)}"
+        )
+    if not isinstance(payload["outbox_fax_id"], str) or not payload["outbox_fax_id"]:
+        raise ValueError(f"not an OutboxEventTrigger event: outbox_fax_id {payload['outbox_fax_id']!r}")
+    return payload
 
 
 def _read_cursor(stored: Any) -> dict[str, dict[str, Any]] | None:

@@ -11,6 +11,7 @@ on a few faxes of a 10,000-fax outbox parses those few.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import math
@@ -23,9 +24,13 @@ from typing import Any
 
 from airflow_provider_faxplus import protocol, send
 from airflow_provider_faxplus.config import FaxPlusConfig
-from airflow_provider_faxplus.exceptions import FaxPlusRequestError
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusRequestError,
+    FaxPlusResponseError,
+    FaxPlusTransportError,
+)
 from airflow_provider_faxplus.models import OutboxFax
-from airflow_provider_faxplus.triggers.outbox import (
+from airflow_provider_faxplus.triggers.session import (
     _exchange,
     _Lease,
     access_token,
@@ -93,7 +98,7 @@ class OutboxSnapshot:
     """One answer of *List outgoing faxes*: the whole outbox of ``user_id``."""
 
     user_id: str
-    started_at: float  # epoch seconds (UTC) when the request was sent
+    started_at: float  # time.monotonic() when the request was sent: a wall-clock step moves no schedule
     records: Mapping[str, OutboxFax]  # by outbox fax id
 
 
@@ -104,6 +109,22 @@ class ListUnavailable(Exception):
     def __init__(self, cause: FaxPlusRequestError) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class MalformedListAnswer(FaxPlusTransportError):
+    """A list answer that could not be understood (an HTML page from a proxy, a cut body): a transient
+    failure of the poll, retried after a back-off by every waiter alike, never a verdict on any fax."""
+
+    def __init__(self, cause: FaxPlusResponseError) -> None:
+        super().__init__(
+            str(cause),
+            operation=cause.operation,
+            method=cause.method,
+            path=cause.path,
+            status=cause.status,
+            error=cause.error,
+            description=cause.description,
+        )
 
 
 @dataclass(eq=False)
@@ -149,8 +170,8 @@ class AccountPoll:
         return self.holders > 1 and self.unavailable is None
 
     async def snapshot(self, *, due: float, interval: float) -> OutboxSnapshot:
-        """The first list answer whose request was sent at or after ``due`` (epoch seconds, less a small
-        tolerance), shared with every other waiter of this account; at most one list request per
+        """The first list answer whose request was sent at or after ``due`` (``time.monotonic()``, less a
+        small tolerance), shared with every other waiter of this account; at most one list request per
         ``interval`` (the shortest of the waiting callers') for them all.
 
         :raises FaxPlusRequestError: the list call failed (the same error for every waiter of it).
@@ -169,7 +190,11 @@ class AccountPoll:
         self._waiters[waiter] = None
         self._changed.set()
         if self._driver is None or self._driver.done():
-            self._driver = asyncio.ensure_future(self._drive())
+            # The driver serves every holder: its log lines are the triggerer's, not those of the
+            # trigger that happened to start it (Airflow routes a trigger's lines by context variables).
+            self._driver = asyncio.get_running_loop().create_task(
+                self._drive(), context=contextvars.Context()
+            )
         try:
             return await future
         finally:
@@ -180,7 +205,7 @@ class AccountPoll:
     async def _drive(self) -> None:
         """Send the list request of each tick while anyone waits."""
         while self._waiters:
-            now = time.time()
+            now = time.monotonic()
             send_at = max(
                 min(waiter.ripe_at for waiter in self._waiters),
                 self._last_sent + min(waiter.interval for waiter in self._waiters),
@@ -190,7 +215,7 @@ class AccountPoll:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), send_at - now)
                 continue
-            started_at = time.time()
+            started_at = time.monotonic()
             request = _Request(started_at)
             ripe = [waiter for waiter in self._waiters if waiter.ripe_at <= started_at]
             for waiter in ripe:
@@ -265,6 +290,8 @@ class AccountPoll:
                     skipped.append(index)
                 if index % DECODE_CHUNK == DECODE_CHUNK - 1:
                     await asyncio.sleep(0)  # let the other triggers run
+        except FaxPlusResponseError as exc:
+            raise MalformedListAnswer(exc) from None
         except FaxPlusRequestError as exc:
             if exc.status in LIST_UNAVAILABLE_STATUSES:
                 raise ListUnavailable(exc) from None
