@@ -1,0 +1,167 @@
+"""Request log and fault injection, as a pure ASGI layer so a fault can cut the connection mid-body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from airflow_provider_faxplus.sandbox import oauth
+from airflow_provider_faxplus.sandbox.common import API_PREFIX
+from airflow_provider_faxplus.sandbox.state import SandboxState
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class DeliberateDrop(Exception):
+    """Raised after a partial response so the server closes the connection mid-body."""
+
+
+class _QuietDrops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DeliberateDrop))
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+
+
+def _redacted_headers(scope: Scope) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", []):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name == "authorization":
+            scheme = value.partition(" ")[0]
+            value = f"{scheme} <redacted>" if scheme else "<redacted>"
+        headers[name] = value
+    return headers
+
+
+class ApiLayer:
+    """Logs every /v3 request (tokens redacted) and applies the first matching fault."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        is_token = path == oauth.TOKEN_PATH
+        if scope["type"] != "http" or not (path.startswith(API_PREFIX + "/") or is_token):
+            await self.app(scope, receive, send)
+            return
+        entry: dict[str, Any] = {
+            "method": scope["method"],
+            "path": path,
+            "raw_path": scope.get("raw_path", b"").decode("latin-1"),
+            "query": scope.get("query_string", b"").decode("latin-1"),
+            "headers": _redacted_headers(scope),
+            "body": "",  # what the handler read of it: auth and size limits come before reading
+            "at": self.state.clock.now(),
+            "client_port": (scope.get("client") or (None, None))[1],
+            "status": None,
+        }
+        self.state.requests.append(entry)
+
+        received: list[bytes] = []
+        size = 0
+        limit = self.state.max_body_bytes
+
+        async def logged_receive() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request" and size <= limit:
+                chunk = message.get("body", b"")
+                received.append(chunk)
+                size += len(chunk)
+                if not message.get("more_body") or size > limit:  # the whole body, or all the log keeps
+                    entry["body"] = b"".join(received).decode("utf-8", errors="replace")
+            return message
+
+        response_body: list[bytes] = []
+
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                entry["status"] = message["status"]
+                entry["response_headers"] = {
+                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])
+                }
+            elif message["type"] == "http.response.body" and self.state.log_response_bodies:
+                response_body.append(message.get("body", b""))
+                entry["response_body"] = b"".join(response_body).decode("utf-8", errors="replace")
+            await send(message)
+
+        fault = self.state.take_fault(scope["method"], path)
+        if fault is not None:
+            entry["fault"] = fault.id
+            if fault.delay:
+                generation = self.state.generation
+                await asyncio.sleep(fault.delay)
+                if generation != self.state.generation:
+                    raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
+            if fault.drop_after:
+                # Handled for real (a send creates its fax), then the answer is lost.
+                async def swallow(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        entry["handled_status"] = message["status"]
+
+                await self.app(scope, logged_receive, swallow)
+            if fault.drop or fault.status is not None:
+                # The fault answers instead of the handler: read the body for the log all the same.
+                await self._drain(logged_receive, limit)
+            if fault.drop or fault.drop_after:
+                await record(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b'{"id": "trunc', "more_body": True})
+                raise DeliberateDrop()
+            if fault.status is not None:
+                await self._fault_response(fault.status, fault, record)
+                return
+        try:
+            await self.app(scope, logged_receive, record)
+        finally:
+            if is_token:  # the form holds the code or refresh token; the answer the access token
+                entry["body"] = oauth.redacted_form(entry["body"])
+                entry["grant_type"] = scope.get("state", {}).get("grant_type")
+                entry["response_body"] = "<redacted>"
+        entry["fax_status"] = scope.get("state", {}).get("fax_status")
+
+    @staticmethod
+    async def _drain(receive: Receive, limit: int) -> None:
+        """Read the body (up to the limit) so a faulted request is logged whole."""
+        size = 0
+        while size <= limit:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+    @staticmethod
+    async def _fault_response(status: int, fault: Any, send: Send) -> None:
+        if fault.body is not None:
+            body = fault.body.encode("utf-8")
+        elif status in (204, 304) or status < 200:
+            body = b""
+        else:
+            body = json.dumps(
+                {"error": f"http_{status}", "description": f"Injected fault {fault.id}"}
+            ).encode()
+        headers = [(b"content-type", fault.content_type.encode("latin-1"))]
+        if fault.retry_after is not None:
+            headers.append((b"retry-after", fault.retry_after.encode("latin-1")))
+        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in fault.headers.items())
+        if body or status not in (204, 304):
+            headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
