@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from airflow_provider_faxplus.sandbox import control, outbox, send
+from airflow_provider_faxplus.sandbox import control, outbox, records, send
 from airflow_provider_faxplus.sandbox.common import API_PREFIX, CONTROL_PREFIX, error
 from airflow_provider_faxplus.sandbox.layer import ApiLayer, ASGIApp
 from airflow_provider_faxplus.sandbox.state import SandboxState
@@ -55,7 +55,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 def create_app(state: SandboxState) -> ASGIApp:
     """Assembles the route modules; none of them imports this one."""
-    routes = [*send.routes(), *outbox.routes(), *control.routes()]
+    routes = [*send.routes(), *outbox.routes(), *records.routes(), *control.routes()]
     app = Starlette(
         routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error}
     )

@@ -128,6 +128,9 @@ class ApiLayer:
             if fault.status is not None:
                 await self._fault_response(fault.status, fault, record)
                 return
+            if fault.cut_after is not None:
+                await self.app(scope, logged_receive, self._cut(record, fault.cut_after))
+                return
         try:
             await self.app(scope, logged_receive, record)
         finally:
@@ -136,6 +139,26 @@ class ApiLayer:
                 entry["grant_type"] = scope.get("state", {}).get("grant_type")
                 entry["response_body"] = "<redacted>"
         entry["fax_status"] = scope.get("state", {}).get("fax_status")
+
+    @staticmethod
+    def _cut(send: Send, limit: int) -> Send:
+        """``send`` that passes the answer's start and its first ``limit`` body bytes, then drops."""
+        sent = 0
+
+        async def cut(message: Message) -> None:
+            nonlocal sent
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunk = message.get("body", b"")
+            if sent + len(chunk) < limit or (sent + len(chunk) == limit and not message.get("more_body")):
+                sent += len(chunk)
+                await send(message)
+                return
+            await send({"type": "http.response.body", "body": chunk[: limit - sent], "more_body": True})
+            raise DeliberateDrop()
+
+        return cut
 
     @staticmethod
     async def _drain(receive: Receive, limit: int) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow_provider_faxplus.sandbox.fax_records import RecordStore
 from airflow_provider_faxplus.sandbox.oauth import OAuthState
 from airflow_provider_faxplus.sandbox.spec import schema_errors
 
@@ -206,6 +207,8 @@ class Fault:
     drop: bool = False
     # The request is handled (a send creates its fax), then the answer is cut off mid-body.
     drop_after: bool = False
+    # The handler's answer passes, but only its first ``cut_after`` body bytes: then the connection drops.
+    cut_after: int | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -264,6 +267,8 @@ class SandboxState:
         self.uploads: dict[str, tuple[str, str, int]] = {}
         self.cancelled: list[str] = []
         self.send_lifecycle: list[dict[str, Any]] = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
+        # Fax records (sandbox/records.py): sent records of faxes that left, received faxes.
+        self.fax_records = RecordStore()
         # Bumped by reset(): a request delayed by a fault across a reset must not touch the new state.
         self.generation = 0
         self._fault_ids = 0
@@ -376,9 +381,18 @@ class SandboxState:
             delay=_number(data, "delay", 0.0),
             drop=bool(data.get("drop", False)),
             drop_after=bool(data.get("drop_after", False)),
+            cut_after=None if data.get("cut_after") is None else int(_number(data, "cut_after", 0)),
         )
-        if fault.status is None and not fault.drop and not fault.drop_after and fault.delay == 0:
-            raise SandboxInputError("a fault needs a status, drop=true, drop_after=true or a delay")
+        if (
+            fault.status is None
+            and not fault.drop
+            and not fault.drop_after
+            and fault.cut_after is None
+            and fault.delay == 0
+        ):
+            raise SandboxInputError(
+                "a fault needs a status, drop=true, drop_after=true, cut_after or a delay"
+            )
         self.faults.append(fault)
         return fault
 
@@ -401,3 +415,4 @@ class SandboxState:
         self.cancelled.clear()
         self.send_lifecycle = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
         self.oauth.reset()
+        self.fax_records.reset()
