@@ -1,6 +1,8 @@
-"""The sandbox's HTTP face: the two outbox operations under ``/v3`` and a control API under ``/_sandbox``.
+"""The sandbox's HTTP face, assembled from one route module per resource: ``outbox`` (the two operations
+of the spec), ``send``, ``records`` (fax records, files, reports) under ``/v3``, and ``control`` under
+``/_sandbox``; ``layer`` logs requests and injects faults.
 
-Behaviour and where it comes from (see also the README's sandbox section):
+Behaviour of the outbox operations and where it comes from (see also the README's sandbox section):
 
 - spec (outbox.openapi.yaml): paths, the ``Outbox`` schema and its datetime formats, 200/204 on
   success, 400 with an ``Error`` body for bad input (``invalid_user_id``, a PUT body that is not

@@ -21,6 +21,7 @@ class SandboxInputError(ValueError):
 
 
 def fmt_plain(ts: float) -> str:
+    """``YYYY-MM-DD HH:mm:ss`` UTC: the spec's (and the SDK's) format of naive API times."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_provider_faxplus.sandbox.fax_records import RecordStore
+from airflow_provider_faxplus.sandbox.fax_records import RecordStore, fmt_plain
 from airflow_provider_faxplus.sandbox.oauth import OAuthState
 from airflow_provider_faxplus.sandbox.spec import schema_errors
 
@@ -54,11 +54,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self._offset += seconds
-
-
-def fmt_plain(ts: float) -> str:
-    """``YYYY-MM-DD HH:mm:ss``: the spec's format for last_updated_status_time and status_changes[].at."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def fmt_offset(ts: float) -> str:
