@@ -386,3 +386,23 @@ def test_a_destination_directory_that_does_not_exist_is_an_error(hook, control, 
     with pytest.raises(FaxPlusInputError, match="does not exist"):
         hook.download_fax("r1", tmp_path / "missing" / "r1.pdf")
     assert control.requests() == []
+
+
+def test_download_to_an_object_storage_path_object(hook, control, tmp_path):
+    from airflow_provider_faxplus.files import object_storage_path
+
+    control.receive_fax(id="r1")
+    target = object_storage_path(f"file://{tmp_path}/named.tif")
+    written = hook.download_fax("r1", target, format="tiff")
+    assert written == target
+    assert (tmp_path / "named.tif").read_bytes()[:4] == b"II*\x00"
+    assert os.listdir(tmp_path) == ["named.tif"]
+
+
+def test_a_download_to_object_storage_cut_off_leaves_no_object(control, tmp_path, monkeypatch, sandbox):
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", sandbox.connection_json(max_attempts=1))
+    control.receive_fax(id="r1", file_size=2 * 1024 * 1024)
+    control.add_fault(path_contains="/files/r1", cut_after=1024 * 1024)
+    with pytest.raises(FaxPlusTransportError):
+        FaxPlusHook().download_fax("r1", f"file://{tmp_path}/")
+    assert os.listdir(tmp_path) == []
