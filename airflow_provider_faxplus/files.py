@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from airflow_provider_faxplus.exceptions import FaxPlusInputError
 from airflow_provider_faxplus.send import validate_file_name
@@ -47,8 +47,14 @@ def file_source(source: object, file_name: str | None = None) -> FileSource:
     if isinstance(source, bytes | bytearray | memoryview):
         if file_name is None:
             raise FaxPlusInputError("file_name is required with bytes: it gives Fax.Plus the file type")
-        data = bytes(source)
-        return FileSource(validate_file_name(file_name), len(data), lambda: io.BytesIO(data), file_name)
+        # Read in place: copying a 60 MB bytearray would hold it twice.
+        view = memoryview(source).cast("B") if not isinstance(source, bytes) else memoryview(source)
+        return FileSource(
+            validate_file_name(file_name),
+            view.nbytes,
+            lambda: cast("IO[bytes]", _ViewReader(view)),
+            file_name,
+        )
     if isinstance(source, str) and is_object_storage_uri(source):
         source = object_storage_path(source)
     if isinstance(source, str | Path):
@@ -60,6 +66,7 @@ def file_source(source: object, file_name: str | None = None) -> FileSource:
         if not path.is_file():
             raise FaxPlusInputError(f"{str(path)!r} is not a file")
         name = validate_file_name(file_name or path.name)
+        _check_opens(lambda: path.open("rb"), str(path))
         return FileSource(name, size, lambda: path.open("rb"), str(path))
     if hasattr(source, "size") and hasattr(source, "open"):  # ObjectStoragePath on both Airflow lines
         where = str(source)
@@ -67,7 +74,14 @@ def file_source(source: object, file_name: str | None = None) -> FileSource:
             size = int(source.size())
         except (OSError, ValueError) as exc:
             raise FaxPlusInputError(f"cannot read {where!r}: {exc}") from None
+        try:
+            is_file = bool(source.is_file())  # type: ignore[attr-defined]
+        except (OSError, ValueError) as exc:
+            raise FaxPlusInputError(f"cannot read {where!r}: {exc}") from None
+        if not is_file:
+            raise FaxPlusInputError(f"{where!r} is not a file")
         name = validate_file_name(file_name or str(getattr(source, "name", "")))
+        _check_opens(lambda: source.open("rb"), where)
         return FileSource(name, size, lambda: source.open("rb"), where)
     if isinstance(source, os.PathLike):
         return file_source(os.fspath(source), file_name)
@@ -76,11 +90,48 @@ def file_source(source: object, file_name: str | None = None) -> FileSource:
     )
 
 
+def _check_opens(opener: Callable[[], IO[bytes]], where: str) -> None:
+    """Open (and read a byte of) a file before any request: one that cannot be read is a clear,
+    permanent error, never a failed upload that looks like a network error."""
+    try:
+        with opener() as handle:
+            handle.read(1)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise FaxPlusInputError(f"cannot read file {where!r}: {reason}") from None
+
+
+class _ViewReader(io.RawIOBase):
+    """Reads a memoryview without copying it whole (each read copies only what it returns)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._view[self._pos : self._pos + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._view.nbytes if size is None or size < 0 else self._pos + size
+        out = bytes(self._view[self._pos : end])
+        self._pos += len(out)
+        return out
+
+
 class MultipartBody:
     """A file-like ``head + file + tail`` of known length, read in chunks by the HTTP client, so
     requests sends a ``Content-Length`` and streams the file."""
 
-    def __init__(self, head: bytes, source: FileSource, tail: bytes) -> None:
+    def __init__(
+        self, head: bytes, source: FileSource, tail: bytes, progress: Callable[[], None] | None = None
+    ) -> None:
+        self._progress = progress  # called as bytes are handed over: the timeout bounds inactivity
         self._length = len(head) + source.size + len(tail)
         self._parts = self._chunks(head, source, tail)
         self._buffer = b""
@@ -93,9 +144,13 @@ class MultipartBody:
     @staticmethod
     def _chunks(head: bytes, source: FileSource, tail: bytes) -> Iterator[bytes]:
         yield head
-        with source.open() as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                yield chunk
+        try:
+            with source.open() as handle:
+                while chunk := handle.read(CHUNK_BYTES):
+                    yield chunk
+        except OSError as exc:
+            # Not an OSError: the HTTP client would take it for a network failure and retry.
+            raise FaxPlusInputError(f"cannot read file {source.describe!r}: {exc.strerror or exc}") from None
         yield tail
 
     def read(self, size: int = -1) -> bytes:
@@ -113,6 +168,8 @@ class MultipartBody:
         out = self._buffer[self._offset : end]
         self._offset = end
         self._sent += len(out)
+        if self._progress is not None:
+            self._progress()
         return out
 
     def __iter__(self) -> Iterator[bytes]:

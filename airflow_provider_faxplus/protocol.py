@@ -231,6 +231,13 @@ def error_from_response(
             + (" (an OAuth2 token also needs the connection's client_id)" if not config.client_id else "")
         )
         return FaxPlusAuthError(message, **kwargs)
+    if status == 404 and not call.outbox_fax_id:
+        # A call on the whole account (send, upload, list) names no fax: its path itself is unknown.
+        return FaxPlusAPIError(
+            message + ". No such path on this API: check the connection's base URL and the user_id (self, "
+            "or a member's user id)",
+            **kwargs,
+        )
     if call.kind != "outbox fax" and (status == 404 or (status == 400 and error in NOT_FOUND_ERROR_CODES)):
         return FaxPlusNotFoundError(
             message + f". No {call.kind} with this id: a wrong id, deleted, or not recorded yet", **kwargs

@@ -19,8 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from airflow_provider_faxplus import oauth
 from airflow_provider_faxplus.config import FaxPlusConfig
-from airflow_provider_faxplus.exceptions import FaxPlusInputError, FaxPlusRequestError
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAPIError,
+    FaxPlusInputError,
+    FaxPlusNotSentError,
+    FaxPlusRequestError,
+)
 from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
 from airflow_provider_faxplus.protocol import (
     ApiCall,
@@ -47,9 +53,10 @@ ACCEPTED_EXTENSIONS = frozenset(
 )
 UPLOAD_FORMATS = frozenset({"pdf", "tiff"})
 NO_NUMBER = "no_number"
-# E.164: a country code and subscriber number, 15 digits at most, no leading zero; Fax.Plus's SDK and
-# docs write numbers as "+" and digits only. 8 digits at least: shorter ones are no international number.
-E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+# ITU-T E.164: a country code and subscriber number, 15 digits at most, no leading zero; Fax.Plus's SDK
+# and docs write numbers as "+" and digits only. 7 digits at least: Niue (+683) and Tokelau (+690) have
+# four-digit subscriber numbers.
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 COVER_PAGE_FIELDS = frozenset({"name_to", "name_from", "subject", "flags", "message"})
 COVER_PAGE_FLAGS = frozenset({"urgent", "for_review", "please_reply", "confidential"})
 MARK_PREFIX = "airflow-"
@@ -58,7 +65,14 @@ MARK_PATTERN = re.compile(r"airflow-[0-9a-f]{12}")
 
 class FaxPlusSendUncertainError(FaxPlusRequestError):
     """The send request may have reached Fax.Plus but its answer was lost (timeout, dropped connection,
-    5xx): the fax may have been created. Never retried blindly; see the README's never-twice policy."""
+    3xx, 5xx): the fax may have been created. Never retried blindly; see the README's never-twice policy.
+    ``known_ids``: outbox ids the answer did give (a partial answer), destination -> id."""
+
+    known_ids: dict[str, str]
+
+    def __init__(self, message: str, *, known_ids: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.known_ids = dict(known_ids or {})
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ def validate_number(name: str, value: object) -> str:
     if not E164.fullmatch(value):
         raise FaxPlusInputError(
             f"{name} {value!r:.40} is not a fax number in E.164 form: '+', the country code and the "
-            "number, 8 to 15 digits in all, no spaces or dashes (e.g. '+16699990000')"
+            "number, 7 to 15 digits in all, no spaces or dashes (e.g. '+16699990000')"
         )
     return value
 
@@ -362,10 +376,14 @@ def parse_send_response(
     ids = _json_object(call, status, headers, body).get("ids")
     if not isinstance(ids, dict) or not all(isinstance(v, str) and v for v in ids.values()):
         raise _malformed(call, status, "no 'ids' object of outbox ids in the answer (return_ids was true)")
+    known = {d: ids[d] for d in destinations if d in ids}
     missing = [d for d in destinations if d not in ids]
     if missing:
-        raise _malformed(call, status, f"no outbox id for destination(s) {', '.join(missing)}")
-    return {destination: ids[destination] for destination in destinations}
+        # The fax was made for some destinations at least: the ids given are kept, the rest are unknown.
+        raise uncertain(
+            call, _malformed(call, status, f"no outbox id for destination(s) {', '.join(missing)}"), known
+        )
+    return known
 
 
 def list_records(
@@ -484,16 +502,59 @@ def check_cancel_response(
         raise error_from_response(config, call, status, headers, body)
 
 
-# Never twice ---------------------------------------------------------------------------------------
+# Never twice: the one rule for every outcome of every request of a send ------------------------------
 
-# Answers that say the request was refused before it was processed: 408 (the server did not receive
-# the whole request) and 429 (refused for the rate). A 5xx, even 503, may come after the fax was made.
-SEND_NOT_PROCESSED_STATUSES = frozenset({408, 429})
+NOT_SENT = "not sent"  # certainly no fax was created by this request
+SENT = "sent"  # certainly created, and its outbox ids are known
+UNKNOWN = "unknown"  # may have created a fax whose ids are not known
+
+# Answers to the send that prove a refusal before anything was made: 400 (invalid payload, unknown file,
+# too many files or destinations), 401/403 (token or scope), 404 (no such account path), 413 (too
+# large), 415 (not JSON), 422, and 408/429 (not processed: the server did not get the whole request, or
+# refused it for the rate). Anything else that is no 2xx with ids is UNKNOWN: a 3xx (a proxy may have
+# passed the POST on before redirecting), a 5xx (even 503), other 4xx, a lost or malformed answer.
+SEND_REFUSED_STATUSES = frozenset({400, 401, 403, 404, 408, 413, 415, 422, 429})
+SEND_NOT_PROCESSED_STATUSES = frozenset({408, 429})  # refused unprocessed: the hook retries the send
+
+# What the operator's next try does after each outcome (the README's table says the same).
+NEXT_TRY = {
+    NOT_SENT: "made no fax: the record stays as it was, so the next try sends what no try may have sent "
+    "(and first looks for what an earlier try may have)",
+    SENT: "the ids are recorded before anything else: every later try adopts them, never sends again",
+    UNKNOWN: "recorded as possibly sent: the next try lists the outbox for the mark and adopts what it "
+    "finds; what it does not find follows on_ambiguous (fail, or resend)",
+}
 
 
-def uncertain(call: ApiCall, exc: FaxPlusRequestError) -> FaxPlusSendUncertainError:
+def send_outcome(request: str, exc: BaseException | None) -> str:
+    """The outcome of one request of a send (``token``, ``list``, ``upload``, ``send``) that answered
+    ``exc`` (``None``: it succeeded). Only *Send a fax* creates a fax: the token, the list and the upload
+    create nothing that costs money, whatever they answer."""
+    if request not in ("token", "list", "upload", "send"):
+        raise ValueError(f"unknown request {request!r}")
+    if request != "send":
+        return NOT_SENT
+    if exc is None:
+        return SENT
+    if isinstance(exc, FaxPlusSendUncertainError):
+        return UNKNOWN
+    if isinstance(exc, FaxPlusNotSentError):  # DNS, connection refused, connect timeout, token endpoint
+        return NOT_SENT
+    if oauth.is_token_error(exc):  # no access token, so the send was never made
+        return NOT_SENT
+    if isinstance(exc, FaxPlusAPIError) and exc.status in SEND_REFUSED_STATUSES:
+        return NOT_SENT
+    if isinstance(exc, FaxPlusInputError):  # checked before any request
+        return NOT_SENT
+    return UNKNOWN
+
+
+def uncertain(
+    call: ApiCall, exc: FaxPlusRequestError, known_ids: Mapping[str, str] | None = None
+) -> FaxPlusSendUncertainError:
     return FaxPlusSendUncertainError(
         f"{exc} - the send may have reached Fax.Plus and created the fax: it is not retried blindly",
+        known_ids=known_ids,
         operation=call.operation.name,
         method=call.method,
         path=call.path,

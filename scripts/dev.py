@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Project runner that needs nothing but python3: it creates and reuses its own virtualenvs.
+"""Project runner that needs nothing but python3: it creates and reuses its own virtualenvs, installed
+from the locks in locks/ (one per Airflow line and Python version).
 
 python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11 (at the same time)
 python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest args
+python3 scripts/dev.py test --unlocked   # the same on the newest releases, not the locks
+python3 scripts/dev.py lock              # newest releases: lint + tests, then rewrite locks/ if green
 python3 scripts/dev.py demo              # the sandbox demo (see README)
 python3 scripts/dev.py lint              # ruff + mypy
 python3 scripts/dev.py bench             # the benchmarks (docs/benchmarks.md)
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,9 +29,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_LINES = {"3.3": "apache-airflow==3.3.2", "2.11": "apache-airflow==2.11.*"}
+# Every install comes from a lock per line and Python (`lock`): a fresh clone gets what passed the suite.
+LOCKS = ROOT / "locks"
+# Upstream releases that break a line (Airflow's bugs, see the README), kept out when resolving anew.
+KNOWN_CAPS = {"2.11": ["cryptography<51"]}
 DEFAULT_LINE = "3.3"
 # What the benchmarks compare against; installed only in the benchmark virtualenv.
-BENCH_EXTRAS = ["apache-airflow-providers-http==6.3.0", "faxplus-api==3.0.5", "httpx==0.28.1"]
+# httpx, the other client they measure, comes with Airflow (its version from the lock).
+BENCH_EXTRAS = ["apache-airflow-providers-http==6.3.0", "faxplus-api==3.0.5"]
 
 
 # The browser of tests/test_browser.py: Debian's chromium, never a browser that Playwright downloads.
@@ -56,8 +65,8 @@ def ensure_chromium() -> None:
     print(f"== chromium installed in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def _venv_dir(line: str) -> Path:
-    return ROOT / ".venv" / f"airflow-{line}"
+def _venv_dir(name: str) -> Path:
+    return ROOT / ".venv" / f"airflow-{name}"
 
 
 def _run(cmd: list[str], **kwargs: object) -> None:
@@ -65,38 +74,110 @@ def _run(cmd: list[str], **kwargs: object) -> None:
     subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
 
 
-def ensure_env(line: str, extras: list[str] | None = None) -> Path:
-    """A virtualenv with the pinned Airflow line, this package (editable), the dev tools and ``extras``."""
-    name = f"{line}-bench" if extras else line
+def lock_file(line: str, flavour: str = "") -> Path:
+    """The lock of a line for this Python: ``locks/airflow-3.3-py3.11.txt`` (``-bench``: benchmarks)."""
+    python = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    return LOCKS / ("-".join(part for part in (f"airflow-{line}", flavour, python) if part) + ".txt")
+
+
+def _locked_pins(lock: Path) -> dict[str, str]:
+    """``{canonical name: version}`` of a lock (``pip freeze`` lines; comments ignored)."""
+    return _pins_of([line for raw in lock.read_text().splitlines() if (line := raw.split("#", 1)[0].strip())])
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _freeze(python: Path) -> list[str]:
+    """What a virtualenv holds, as pinned lines, this checkout (editable) left out."""
+    cmd = [str(python), "-m", "pip", "--disable-pip-version-check", "freeze", "--all", "--exclude-editable"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return sorted((line for line in out.splitlines() if line and not line.startswith("#")), key=str.lower)
+
+
+_RESOLVED: set[str] = set()  # unlocked virtualenvs re-resolved by this process
+
+
+def ensure_env(
+    line: str, extras: list[str] | None = None, *, unlocked: bool = False, within: Path | None = None
+) -> Path:
+    """A virtualenv with the Airflow line, this package (editable), the dev tools and ``extras``.
+
+    Locked (the default): exactly the versions of ``lock_file(line)``, nothing more; a virtualenv whose
+    lock, ``pyproject.toml`` or extras changed is made anew, and one that ends up different from its lock
+    stops the command. Unlocked: the newest releases that the line and ``KNOWN_CAPS`` allow, re-resolved
+    once per command, in a virtualenv of its own (``within``: a lock the resolution must keep to)."""
+    flavour = "bench" if extras else ""
+    name = "-".join(part for part in (line, flavour, "unlocked" if unlocked else "") if part)
     target = _venv_dir(name)
     python = target / "bin" / "python"
-    inputs = (
-        (ROOT / "pyproject.toml").read_bytes()
-        + AIRFLOW_LINES[line].encode()
-        + " ".join(extras or []).encode()
-    )
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    wanted = [AIRFLOW_LINES[line], f"{ROOT}[sandbox,dev]", *(extras or [])]
+    if unlocked:
+        if name in _RESOLVED:
+            return python
+        print(f"== resolving the newest releases in {target.relative_to(ROOT)}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(target)
+        _run([*pip, "install", "--upgrade", "pip", "setuptools"])
+        newest = [*_editable(wanted), *KNOWN_CAPS.get(line, []), *(["-c", str(within)] if within else [])]
+        _run([*pip, "install", "--upgrade", "--upgrade-strategy", "eager", *newest])
+        _RESOLVED.add(name)
+        return python
+    lock = lock_file(line, flavour)
+    if not lock.exists():
+        raise SystemExit(
+            f"no lock file {lock.relative_to(ROOT)} for this Python ({sys.version.split()[0]}): "
+            "`python3 scripts/dev.py lock` makes one (it runs the suite on the newest releases first), "
+            "or `test --unlocked` runs without"
+        )
     stamp = target / ".installed"
+    inputs = (ROOT / "pyproject.toml").read_bytes() + lock.read_bytes() + " ".join(wanted).encode()
     digest = hashlib.sha256(inputs).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == digest:
         return python
-    print(f"== setting up {target.relative_to(ROOT)} ({AIRFLOW_LINES[line]})", flush=True)
-    if not python.exists():
-        venv.EnvBuilder(with_pip=True, clear=True).create(target)
-    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run([*pip, "install", "--upgrade", "pip"])
-    _run([*pip, "install", AIRFLOW_LINES[line], "-e", f"{ROOT}[sandbox,dev]", *(extras or [])])
+    print(f"== setting up {target.relative_to(ROOT)} from {lock.relative_to(ROOT)}", flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(target)  # anew: nothing left from an older lock
+    pins = _locked_pins(lock)
+    tools = [f"{tool}=={pins[tool]}" for tool in ("pip", "setuptools", "wheel") if tool in pins]
+    _run([*pip, "install", *tools])
+    _run([*pip, "install", "-c", str(lock), *_editable(wanted)])
+    drift = _drift(_pins_of(_freeze(python)), pins)
+    if drift:
+        raise SystemExit(
+            f"{target.relative_to(ROOT)} differs from {lock.relative_to(ROOT)} (a dependency the lock "
+            f"lacks?): {drift}; `python3 scripts/dev.py lock` re-resolves"
+        )
     stamp.write_text(digest)
     return python
 
 
-def lint(line: str = DEFAULT_LINE) -> None:
-    python = str(ensure_env(line))
+def _editable(wanted: list[str]) -> list[str]:
+    return [arg for item in wanted for arg in (["-e", item] if item.startswith(str(ROOT)) else [item])]
+
+
+def _pins_of(lines: list[str]) -> dict[str, str]:
+    return {_canonical(name): version for name, _, version in (line.partition("==") for line in lines)}
+
+
+def _drift(installed: dict[str, str], pins: dict[str, str]) -> str:
+    """What differs between two ``{name: version}`` maps, in words; empty when they are equal."""
+    names = sorted(set(installed) | set(pins))
+    return ", ".join(
+        f"{name} {installed.get(name, 'missing')} (lock: {pins.get(name, 'none')})"
+        for name in names
+        if installed.get(name) != pins.get(name)
+    )
+
+
+def lint(line: str = DEFAULT_LINE, *, unlocked: bool = False) -> None:
+    python = str(ensure_env(line, unlocked=unlocked))
     _run([python, "-m", "ruff", "check", "."], cwd=ROOT)
     _run([python, "-m", "ruff", "format", "--check", "."], cwd=ROOT)
     _run([python, "-m", "mypy"], cwd=ROOT)
 
 
-def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: bool) -> None:
+def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: bool, unlocked: bool) -> None:
     """pytest on each line. The lines run at the same time by default: much of a line's time is spent
     waiting on Airflow processes, so two lines on 2 cores take far less than twice one line. Each
     other line (its virtualenv set up if needed, then its tests) runs in a child ``dev.py test``
@@ -115,6 +196,7 @@ def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: 
                         "--airflow",
                         line,
                         "--no-lint",
+                        *(["--unlocked"] if unlocked else []),
                     ]
                     cmd += ["--", *pytest_args]
                     print(
@@ -127,11 +209,12 @@ def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: 
                         )
                     others[line] = (cmd, process)
             if with_lint:
-                lint()
-            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+                lint(unlocked=unlocked)
+            # tests/test_lock.py compares the virtualenv with its lock, except on unlocked releases.
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "FAXPLUS_UNLOCKED": "1" if unlocked else ""}
             failed: subprocess.CalledProcessError | None = None
             for line in lines if not concurrent else lines[:1]:
-                python = str(ensure_env(line))
+                python = str(ensure_env(line, unlocked=unlocked))
                 print(f"== tests on Airflow {line}", flush=True)
                 try:
                     _run([python, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
@@ -165,6 +248,32 @@ def _minutes(since: float) -> str:
     return f"{(time.monotonic() - since) / 60:.1f} min"  # since the start of `dev.py test`
 
 
+def lock(lines: list[str]) -> None:
+    """Re-resolve the newest releases, run lint and the suite on them, and only if all passed write each
+    line's lock (and the benchmarks', resolved against the new 3.3 lock) from what was installed."""
+    test(lines, [], True, True, True)
+    _write_locks(lines)
+
+
+def _write_locks(lines: list[str]) -> None:
+    LOCKS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    for line in lines:  # the virtualenvs the passing run used (some resolved by a child process)
+        python = _venv_dir(f"{line}-unlocked") / "bin" / "python"
+        _write_lock(lock_file(line), python, f"Airflow {line}; passed `dev.py test --unlocked` on {stamp}")
+    if DEFAULT_LINE in lines:
+        python = ensure_env(DEFAULT_LINE, BENCH_EXTRAS, unlocked=True, within=lock_file(DEFAULT_LINE))
+        _write_lock(lock_file(DEFAULT_LINE, "bench"), python, f"benchmarks, Airflow {DEFAULT_LINE}; {stamp}")
+
+
+def _write_lock(lock: Path, python: Path, origin: str) -> None:
+    header = (
+        f"# {origin}. Written by `python3 scripts/dev.py lock`; every install of scripts/dev.py uses it.\n"
+    )
+    lock.write_text(header + "\n".join(_freeze(python)) + "\n")
+    print(f"== wrote {lock.relative_to(ROOT)}", flush=True)
+
+
 def bench(args: list[str]) -> None:
     python = str(ensure_env(DEFAULT_LINE, BENCH_EXTRAS))
     _run([python, str(ROOT / "bench" / "run_all.py"), *args], cwd=ROOT)
@@ -190,7 +299,16 @@ def main() -> int:
     p_test.add_argument(
         "--one-at-a-time", action="store_true", help="run the lines one after the other, not at the same time"
     )
+    p_test.add_argument(
+        "--unlocked",
+        action="store_true",
+        help="on the newest releases instead of the locks (upstream breakage)",
+    )
     p_test.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
+    p_lock = sub.add_parser(
+        "lock", help="run the suite on the newest releases; if it passes, rewrite the locks"
+    )
+    p_lock.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), action="append", help="only this line")
     p_demo = sub.add_parser("demo", help="run the example DAGs against the sandbox")
     p_demo.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), default=DEFAULT_LINE)
     sub.add_parser("lint", help="ruff and mypy")
@@ -200,7 +318,10 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "test":
-            test(args.airflow or ["3.3", "2.11"], args.pytest_args, not args.no_lint, not args.one_at_a_time)
+            lines = args.airflow or ["3.3", "2.11"]
+            test(lines, args.pytest_args, not args.no_lint, not args.one_at_a_time, args.unlocked)
+        elif args.command == "lock":
+            lock(args.airflow or ["3.3", "2.11"])
         elif args.command == "demo":
             demo(args.airflow)
         elif args.command == "bench":

@@ -390,12 +390,212 @@ def render() -> str:
 START, END = "<!-- fault-matrix:start -->\n", "<!-- fault-matrix:end -->"
 
 
+# The send path: one row per fault of one request of a send --------------------------------------------
+
+SEND_PATHS = {"send": "/outbox", "upload": "/files", "list": "/outbox", "token": "/token"}
+SEND_METHODS = {"send": "POST", "upload": "POST", "list": "GET", "token": "POST"}
+
+
+@dataclass(frozen=True)
+class SendFault:
+    key: str
+    title: str
+    request: str  # "send", "upload", "list" or "token" (send.send_outcome's names; a token row sends)
+    # SandboxClient.add_fault arguments (method and path are added); None: nothing listens.
+    inject: dict[str, Any] | None
+    raises: type[FaxPlusRequestError]
+    outcome: str  # send.NOT_SENT or send.UNKNOWN
+    # Whether the sandbox made the fax all the same (the client cannot tell, which is why it is unknown).
+    made: bool = False
+    attempts: int = 1
+
+
+def _send_faults() -> list[SendFault]:
+    from airflow_provider_faxplus.exceptions import FaxPlusNotSentError
+    from airflow_provider_faxplus.send import NOT_SENT, UNKNOWN, FaxPlusSendUncertainError
+
+    uncertain = FaxPlusSendUncertainError
+    return [
+        SendFault(
+            "send-drop-after",
+            "send: made, answer cut off",
+            "send",
+            {"drop_after": True},
+            uncertain,
+            UNKNOWN,
+            made=True,
+        ),
+        SendFault(
+            "send-late",
+            f"send: made after the client gave up (timeout {TIMEOUT:g} s)",
+            "send",
+            {"delay": TIMEOUT + 0.6, "late": True},
+            uncertain,
+            UNKNOWN,
+            made=True,
+        ),
+        SendFault(
+            "send-303-processed",
+            "send: made, then 303 (a proxy passed it on)",
+            "send",
+            {"processed": True, "status": 303, "headers": {"location": "http://127.0.0.1/x"}},
+            uncertain,
+            UNKNOWN,
+            made=True,
+        ),
+        SendFault("send-500", "send: HTTP 500", "send", {"status": 500}, uncertain, UNKNOWN),
+        SendFault("send-503", "send: HTTP 503", "send", {"status": 503}, uncertain, UNKNOWN),
+        SendFault(
+            "send-truncated-201",
+            "send: 201 with truncated JSON",
+            "send",
+            {"status": 201, "body": '{"ids": {'},
+            uncertain,
+            UNKNOWN,
+        ),
+        SendFault(
+            "send-418",
+            "send: a 4xx the API does not document (418)",
+            "send",
+            {"status": 418},
+            uncertain,
+            UNKNOWN,
+        ),
+        SendFault(
+            "send-400",
+            "send: HTTP 400",
+            "send",
+            {"status": 400, "body": _err("invalid_payload", "bad")},
+            FaxPlusAPIError,
+            NOT_SENT,
+        ),
+        SendFault(
+            "send-401",
+            "send: HTTP 401",
+            "send",
+            {"status": 401},
+            FaxPlusAuthError,
+            NOT_SENT,
+        ),
+        SendFault("send-404", "send: HTTP 404", "send", {"status": 404}, FaxPlusAPIError, NOT_SENT),
+        SendFault("send-413", "send: HTTP 413", "send", {"status": 413}, FaxPlusAPIError, NOT_SENT),
+        SendFault(
+            "send-429",
+            "send: HTTP 429, 2 in a row",
+            "send",
+            {"status": 429, "retry_after": "0", "times": MAX_ATTEMPTS},
+            FaxPlusRateLimitError,
+            NOT_SENT,
+            attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "send-408",
+            "send: HTTP 408, 2 in a row",
+            "send",
+            {"status": 408, "times": MAX_ATTEMPTS},
+            FaxPlusAPIError,
+            NOT_SENT,
+            attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "send-refused",
+            "send: connection refused",
+            "send",
+            None,
+            FaxPlusNotSentError,
+            NOT_SENT,
+            attempts=0,
+        ),
+        SendFault(
+            "upload-503",
+            "upload: HTTP 503, 2 in a row",
+            "upload",
+            {"status": 503, "retry_after": "0", "times": MAX_ATTEMPTS},
+            FaxPlusServerError,
+            NOT_SENT,
+            attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "upload-drop-after",
+            "upload: answer cut off, 2 in a row",
+            "upload",
+            {"drop_after": True, "times": MAX_ATTEMPTS},
+            FaxPlusTransportError,
+            NOT_SENT,
+            attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "token-500",
+            "token (OAuth2 refresh before a send): HTTP 500, 2 in a row",
+            "token",
+            {"status": 500, "times": MAX_ATTEMPTS},
+            FaxPlusServerError,
+            NOT_SENT,
+            attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "token-invalid-grant",
+            "token (OAuth2 refresh before a send): 400 `invalid_grant`",
+            "token",
+            {"status": 400, "body": _err("invalid_grant", "revoked")},
+            FaxPlusAuthError,
+            NOT_SENT,
+        ),
+        SendFault(
+            "list-500",
+            "list: HTTP 500, 2 in a row",
+            "list",
+            {"status": 500, "times": MAX_ATTEMPTS},
+            FaxPlusServerError,
+            NOT_SENT,
+            attempts=MAX_ATTEMPTS,
+        ),
+        SendFault(
+            "list-truncated",
+            "list: 200 with truncated JSON",
+            "list",
+            {"status": 200, "body": '{"records": ['},
+            FaxPlusResponseError,
+            NOT_SENT,
+        ),
+    ]
+
+
+SEND_FAULTS = _send_faults()
+
+
+def render_send() -> str:
+    from airflow_provider_faxplus.send import NEXT_TRY
+
+    lines = [
+        "| Fault | Hook raises | Outcome (`send_outcome`) | Fax made by the sandbox "
+        "| The operator's next try | Test id |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fault in SEND_FAULTS:
+        cells = [
+            fault.title,
+            f"`{fault.raises.__name__}`",
+            fault.outcome,
+            "yes" if fault.made else "no",
+            NEXT_TRY[fault.outcome],
+            f"`{fault.key}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+SEND_START, SEND_END = "<!-- send-fault-matrix:start -->\n", "<!-- send-fault-matrix:end -->"
+
+
 def write_doc(path: Path) -> None:
-    """Replace the table between the markers of docs/reliability.md with ``render()``."""
+    """Replace the tables between the markers of docs/reliability.md with ``render()``, ``render_send()``."""
     text = path.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    path.write_text(head + START + render() + END + tail)
+    for start, end, table in ((START, END, render()), (SEND_START, SEND_END, render_send())):
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        text = head + start + table + end + tail
+    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def test_a_send_whose_answer_is_dropped_is_retried_by_airflow_and_sent_once(send
     assert result["mark"] in fax["comment"]["tags"]
     lists = [e for e in control.requests() if e["method"] == "GET" and e["path"].endswith("/outbox")]
     assert len(lists) == 1  # the retry looked before sending
+    assert "no record of its earlier tries" not in run.output  # it read the first try's record
     assert _states(send_home, "faxplus_send_fail") == {"send": "success", "report": "success"}
 
 
@@ -87,6 +88,47 @@ def test_a_lost_answer_for_a_fax_that_left_the_outbox_fails_rather_than_resend(
     assert len(_sends(control)) == 1
     assert len(control.faxes()) == 1
     assert _states(send_home, "faxplus_send_fail")["send"] == "failed"
+
+
+def test_a_fax_found_by_one_try_is_never_sent_again_by_a_later_try(send_home, control, report_pdf):
+    """Issue 20, finding 1, with Airflow's own retries: try 1's answer is lost; B's fax leaves at once,
+    A's stays for one look. Try 2 finds A (and records it) and resends B, whose answer is lost too; A's fax
+    then leaves. Try 3 must resend B alone (on_ambiguous="resend"), never A, and report A's first id."""
+    a, b = "+16699990001", "+16699990002"
+    control.settings(
+        send_lifecycle=LEAVES, send_lifecycles={a: [{"status": "submitted", "polls": 1}], b: LEAVES}
+    )
+    control.add_fault(drop_after=True, times=2, method="POST", path_endswith="/outbox")
+    run = send_home.dags_test("faxplus_send_two_resend", conf={"to": a, "to2": b, "file": report_pdf})
+    assert run.succeeded, run.output[-5000:]
+    assert [json.loads(e["body"])["to"] for e in _sends(control)] == [[a, b], [b], [b]]
+    [first_a] = [fax["id"] for fax in control.faxes() if fax["to"] == [a]]  # A was faxed once
+    [line] = run.lines_with("FAXPLUS-SENT:")
+    result = json.loads(line)
+    assert result["outbox_fax_ids"][a] == first_a
+    assert result["adopted"] == [a]
+    assert "no record of its earlier tries" not in run.output
+
+
+def test_a_303_after_the_fax_was_made_is_retried_by_looking_and_adopts(send_home, control, report_pdf):
+    """Finding 6 with Airflow's retries: a proxy passed the POST on (the fax exists) and answered 303.
+    Unknown, not "not sent": the try fails retryably and the retry adopts the fax."""
+    control.settings(send_lifecycle=STAYS)
+    control.add_fault(
+        processed=True,
+        status=303,
+        headers={"location": "http://127.0.0.1/elsewhere"},
+        method="POST",
+        path_endswith="/outbox",
+    )
+    run = send_home.dags_test("faxplus_send_fail", conf={"to": "+16699990001", "file": report_pdf})
+    assert run.succeeded, run.output[-5000:]
+    assert len(_sends(control)) == 1
+    [fax] = control.faxes()
+    [line] = run.lines_with("FAXPLUS-SENT:")
+    result = json.loads(line)
+    assert result["outbox_fax_ids"] == {"+16699990001": fax["id"]}
+    assert result["adopted"] == ["+16699990001"]
 
 
 def test_on_ambiguous_resend_sends_again(send_home, control, report_pdf):
@@ -166,19 +208,25 @@ def test_mapped_sends_one_fax_per_mapped_instance_each_with_its_own_mark(send_ho
     assert len(marks) == 2  # map_index is part of the mark
 
 
-def test_a_retry_after_a_failed_upload_sends_on_3_3_and_is_cautious_on_2_11(send_home, control, report_pdf):
-    """The first try fails before any send (the upload gives up after 5 x 503). Airflow 3.3's task state
-    store knows no send began, so the retry sends; on 2.11 nothing can tell, so the retry does not."""
-    from airflow import __version__ as airflow_version
+def test_a_number_twice_in_a_literal_expand_list_is_refused(send_home, control, report_pdf):
+    """Finding 8: mapped instances have a mark each; a number listed twice would be faxed twice."""
+    run = send_home.dags_test("faxplus_send_mapped_twice", conf={"file": report_pdf})
+    assert not run.succeeded
+    assert "given twice in this task's expand(to=...): +16699990001" in run.output
+    sent = [json.loads(e["body"])["to"] for e in _sends(control)]
+    assert sent == [["+16699990002"]]  # the number listed once is sent; the doubled one never
+    states = sorted(state for _, _, state in send_home.task_states("faxplus_send_mapped_twice")["tasks"])
+    assert states == ["failed", "failed", "success"]
 
+
+def test_a_retry_after_a_failed_upload_sends_on_both_lines(send_home, control, report_pdf):
+    """The first try fails before any send (the upload gives up after 5 x 503). Its record (3.3: the task
+    state store; 2.11: an Airflow Variable) says no send began, so the retry sends, once."""
     control.settings(send_lifecycle=LEAVES)
     control.add_fault(status=503, retry_after="0", times=5, method="POST", path_contains="/files")
     run = send_home.dags_test("faxplus_send_fail", conf={"to": "+16699990001", "file": report_pdf})
     assert [e["status"] for e in control.requests() if e["path"].endswith("/files")][:5] == [503] * 5
-    if int(airflow_version.split(".")[0]) >= 3:
-        assert run.succeeded, run.output[-5000:]
-        assert len(_sends(control)) == 1
-    else:
-        assert not run.succeeded
-        assert "Check the account's sent faxes" in run.output
-        assert _sends(control) == []
+    assert run.succeeded, run.output[-5000:]
+    assert len(_sends(control)) == 1
+    assert "no record of its earlier tries" not in run.output
+    assert not [e for e in control.requests() if e["method"] == "GET"]  # nothing to look for

@@ -283,8 +283,11 @@ def test_the_sandbox_refuses_an_upload_over_150_mb_from_its_declared_length(sand
     conn.putrequest("POST", f"{url.path}/accounts/self/files")
     conn.putheader("Authorization", f"Bearer {TOKEN}")
     conn.putheader("Content-Type", "multipart/form-data; boundary=b")
-    conn.putheader("Content-Length", str(send.MAX_TOTAL_BYTES + 1))
-    conn.endheaders()  # no body is sent: the answer comes from the declared length
+    from airflow_provider_faxplus.sandbox.send import MULTIPART_ALLOWANCE
+
+    # More than a 150 MB file and the form around it: the answer comes from the declared length.
+    conn.putheader("Content-Length", str(send.MAX_TOTAL_BYTES + MULTIPART_ALLOWANCE + 1))
+    conn.endheaders()  # no body is sent
     response = conn.getresponse()
     assert response.status == 413
     assert json.loads(response.read())["error"] == "payload_too_large"

@@ -222,7 +222,7 @@ class FaxPlusHook(BaseHook):
         boundary = send.new_boundary()
         call = send.upload_call(self.config, src.file_name, boundary, user_id, format)
         head, tail = send.multipart_parts(src.file_name, boundary)
-        status, headers, body = self._send(call, data=lambda: MultipartBody(head, src, tail))
+        status, headers, body = self._send(call, data=lambda: MultipartBody(head, src, tail, _touch_deadline))
         path = send.parse_upload_response(self.config, call, status, headers, body)
         log.info("Uploaded %s (%d bytes) as %s", src.file_name, src.size, path)
         return UploadedFile(path=path, file_name=src.file_name, size=src.size)
@@ -248,7 +248,8 @@ class FaxPlusHook(BaseHook):
         API (DNS failure, refused connection, connect timeout) or was refused unprocessed (408, 429).
 
         :raises FaxPlusSendUncertainError: the request may have reached the API (read timeout, dropped
-            connection, 5xx): the fax may exist. Look for it before sending again.
+            connection, 3xx, 5xx, malformed answer): the fax may exist. Look for it before sending again.
+            ``known_ids`` holds the ids a partial answer gave. ``send.send_outcome`` is the whole rule.
         """
         payload = send.send_payload(
             to=to,
@@ -275,15 +276,13 @@ class FaxPlusHook(BaseHook):
             )
             ids = send.parse_send_response(self.config, call, status, headers, body, payload["to"])
         except FaxPlusTLSError:
+            raise  # no TLS session, so no request was written
+        except send.FaxPlusSendUncertainError:
             raise
         except FaxPlusRequestError as exc:
-            if (
-                _send_not_processed(exc)
-                or oauth.is_token_error(exc)  # no access token, so the send was never made
-                or (isinstance(exc, FaxPlusAPIError) and exc.status is not None and exc.status < 500)
-            ):
+            if send.send_outcome("send", exc) == send.NOT_SENT:
                 raise  # certainly not sent: the caller may fix it and send again
-            # A 5xx, a lost or malformed answer: the fax may exist.
+            # A 3xx, a 5xx, a lost or malformed answer: the fax may exist.
             raise send.uncertain(call, exc) from None
         log.info("Sent a fax to %d destination(s): outbox ids %s", len(ids), ", ".join(ids.values()))
         return SentFax(outbox_fax_ids=ids)
@@ -725,6 +724,10 @@ class _Deadline:
             self.done = True
         _ACTIVE.deadline = None
 
+    def touch(self) -> None:
+        """Progress: the deadline moves to ``seconds`` from now (an upload is bounded by inactivity)."""
+        self.at = time.monotonic() + self.seconds
+
     def expire(self) -> None:
         with self._lock:
             if self.done:
@@ -768,13 +771,23 @@ class _Watchdog:
                 now = time.monotonic()
                 while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
                     deadline = heapq.heappop(self._heap)[2]
-                    if not deadline.done:
+                    if deadline.done:
+                        continue
+                    if deadline.at > now:  # touched since it was watched: wait for its new time
+                        heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+                    else:
                         deadline.expire()
                 self._cond.wait(self._heap[0][0] - now if self._heap else None)
 
 
 _WATCHDOG = _Watchdog()
 _ACTIVE = threading.local()
+
+
+def _touch_deadline() -> None:
+    deadline = getattr(_ACTIVE, "deadline", None)
+    if deadline is not None:
+        deadline.touch()
 
 
 def _track(pool_class: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:

@@ -25,10 +25,12 @@ class SendFaxOperator(BaseOperator):
     Returns (XCom) ``{"outbox_fax_ids": {destination: outbox id}, "mark", "user_id", "files",
     "adopted"}``: ``adopted`` lists the destinations whose fax an earlier try had already sent.
 
-    Never sends twice: each send carries a comment tag (``mark``) derived from the task instance; a
-    retried try first looks for it in the outbox and adopts what it finds. When an earlier try may have
-    sent the fax and the outbox does not show it (it may have been sent already, leaving the outbox),
-    ``on_ambiguous="fail"`` (default) fails the task, ``"resend"`` sends again.
+    Never sends twice: each send carries a comment tag (``mark``) derived from the task instance, and a
+    :class:`SendRecord` keeps what the tries learned (ids, destinations possibly sent) where the next try
+    reads it; ``send.send_outcome`` is the rule for every outcome. A try that may follow a send (or finds
+    no record of earlier tries) first looks for the mark in the outbox and adopts what it finds. When the
+    outbox does not show it (it may have been sent already, leaving the outbox),
+    ``on_ambiguous="fail"`` (default) fails the task, ``"resend"`` sends to those destinations again.
 
     :param to: One destination or a list, E.164 (``+16699990000``) (templated; mappable).
     :param files: Local paths, object-storage URIs or ``ObjectStoragePath``s, or paths already uploaded
@@ -128,68 +130,113 @@ class SendFaxOperator(BaseOperator):
         except FaxPlusInputError as exc:
             raise AirflowFailException(str(exc)) from exc
         destinations: list[str] = payload["to"]
+        self._refuse_mapped_duplicates(destinations, getattr(ti, "map_index", -1))
 
-        store = context.get("task_state_store")
-        saved = store.get(STATE_KEY) if store is not None else None
-        saved = saved if isinstance(saved, dict) and saved.get("mark") == mark else {}
-        if saved.get("phase") == "sent" and set(saved.get("ids", {})) >= set(destinations):
-            self.log.info("An earlier try sent this fax (task state store): adopting %s", saved["ids"])
-            return self._result(saved["ids"], mark, [], destinations)
-        # Without a state store (Airflow < 3.3) any retry may follow a send whose answer was lost.
-        maybe_sent = saved.get("phase") == "sending" or (store is None and ti.try_number > 1)
+        record = SendRecord.open(context, mark, self.log)
+        if record.lost:
+            self.log.warning(
+                "Try %s of this task finds no record of its earlier tries (the record was cleared or "
+                "expired): they may have sent the fax, so it counts as possibly sent",
+                ti.try_number,
+            )
+            record.uncertain |= set(destinations)
+        record.save()  # a later try then knows that this one began
         try:
+            known = {d: record.ids[d] for d in destinations if d in record.ids}
+            from_record = list(known)
+            if from_record:
+                self.log.info("An earlier try sent this fax (recorded): adopting %s", known)
+            look = [d for d in destinations if d not in known and d in record.uncertain]
             found: dict[str, str] = {}
-            if maybe_sent or ti.try_number > 1:
+            if look:
                 marked = send.find_marked(self.hook.list_outbox_faxes(self.user_id), mark)
-                found = {d: marked[d] for d in destinations if d in marked}
+                found = {d: marked[d] for d in look if d in marked}
                 if found:
+                    record.learn(found)  # written before anything else happens
                     self.log.info("Found this task's fax in the outbox (tag %s): adopting %s", mark, found)
-            missing = [d for d in destinations if d not in found]
-            if missing and maybe_sent:
-                self._ambiguous(mark, missing)
+                known.update(found)
+            adopted = [d for d in destinations if d in known]
+            missing = [d for d in destinations if d not in known]
+            unresolved = [d for d in missing if d in record.uncertain]
+            if unresolved:
+                self._ambiguous(mark, unresolved, known)
             if not missing:
-                if store is not None:
-                    store.set(STATE_KEY, {"mark": mark, "phase": "sent", "ids": found})
-                return self._result(found, mark, list(found), destinations)
+                return self._result(known, mark, adopted, destinations, record.files)
             paths = [
                 self.hook.upload_file(sources[i], user_id=self.user_id).path if i in sources else f
                 for i, f in enumerate(files)
             ]
-            if store is not None:
-                store.set(STATE_KEY, {"mark": mark, "phase": "sending", "to": missing})
+            record.files = paths
+            before = set(record.uncertain)
+            record.uncertain |= set(missing)
+            record.save()  # possibly sent from here on, until the answer says otherwise
             try:
                 sent = self.hook.send_fax(
                     missing, paths, comment_tags=tags, user_id=self.user_id, **options
                 ).outbox_fax_ids
             except send.FaxPlusSendUncertainError as exc:
+                if exc.known_ids:
+                    record.learn(exc.known_ids)
                 raise AirflowException(
                     f"{exc}. The fax may have been sent. The next try of this task looks in the outbox for "
                     f"the tag {mark} before sending again (give the task retries, and a retry_delay of a "
                     "minute or more: Fax.Plus can take about 30 s to show a new fax)."
                 ) from exc
-            except FaxPlusError:
-                if store is not None:  # certainly not sent: the next try needs no lookup
-                    store.set(STATE_KEY, {"mark": mark, "phase": "not_sent"})
+            except FaxPlusError as exc:
+                if send.send_outcome("send", exc) != send.NOT_SENT:
+                    raise
+                record.uncertain = before  # certainly not sent by this try
+                record.save()
                 raise
+            record.learn(sent)
         except FaxPlusError as exc:
             if protocol.is_permanent(exc):
                 raise AirflowFailException(str(exc)) from exc
             raise
-        ids = {**found, **sent}
-        if store is not None:
-            store.set(STATE_KEY, {"mark": mark, "phase": "sent", "ids": ids})
-        return self._result(ids, mark, list(found), destinations, paths)
+        return self._result({**known, **sent}, mark, adopted, destinations, paths)
 
-    def _ambiguous(self, mark: str, missing: list[str]) -> None:
+    def _refuse_mapped_duplicates(self, destinations: list[str], map_index: int | None) -> None:
+        """Mapped instances have a mark each, so a number listed twice in ``.expand(to=[...])`` would be
+        faxed twice. Refused where the expansion input is a literal list (an XCom's is not visible)."""
+        if map_index is None or map_index < 0:
+            return
+        dag = getattr(self, "dag", None)
+        mapped = getattr(dag, "task_dict", {}).get(self.task_id) if dag is not None else None
+        value = getattr(getattr(mapped, "expand_input", None), "value", None)
+        listed = value.get("to") if isinstance(value, Mapping) else None
+        if not isinstance(listed, list | tuple):
+            return
+        numbers = [n for item in listed for n in ([item] if isinstance(item, str) else item or [])]
+        twice = sorted({n for n in destinations if numbers.count(n) > 1})
+        if twice:
+            raise AirflowFailException(
+                f"destination(s) given twice in this task's expand(to=...): {', '.join(twice)}; each "
+                "mapped instance sends on its own, so they would be faxed twice"
+            )
+
+    def _ambiguous(self, mark: str, missing: list[str], known: Mapping[str, str]) -> None:
         message = (
             f"An earlier try of this task may have sent the fax to {', '.join(missing)} (its answer was "
-            f"lost), and the outbox holds no fax tagged {mark} for it: the fax may already have been sent "
-            "and left the outbox, or may never have been created. Check the account's sent faxes (Fax.Plus "
-            "app, or GET /accounts/{user_id}/faxes?category=sent) before sending again"
+            f"lost, or the record of earlier tries is gone), and the outbox holds no fax tagged {mark} "
+            "for it: the fax may already have been sent and left the outbox, or may never have been "
+            "created."
+        )
+        if known:
+            message += (
+                " Already sent (recorded, never sent again by this task): "
+                + ", ".join(f"{d} (outbox id {i})" for d, i in known.items())
+                + "."
+            )
+        message += (
+            " Check the account's sent faxes (Fax.Plus app, or GET /accounts/{user_id}/faxes?category=sent)"
+            " before sending again"
         )
         if self.on_ambiguous == "fail":
-            raise AirflowFailException(message + "; set on_ambiguous='resend' to send regardless.")
-        self.log.warning("%s; on_ambiguous='resend': sending again.", message)
+            raise AirflowFailException(
+                message + "; set on_ambiguous='resend' and clear the task to send to "
+                f"{', '.join(missing)} regardless."
+            )
+        self.log.warning("%s; on_ambiguous='resend': sending to %s again.", message, ", ".join(missing))
 
     def _result(
         self,
@@ -197,12 +244,79 @@ class SendFaxOperator(BaseOperator):
         mark: str,
         adopted: list[str],
         destinations: list[str],
-        files: list[str] | None = None,
+        files: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         return {
             "outbox_fax_ids": {d: ids[d] for d in destinations},
             "mark": mark,
             "user_id": self.user_id,
-            "files": files or [],
+            "files": list(files or []),
             "adopted": adopted,
         }
+
+
+class SendRecord:
+    """What the tries of one task instance know of its send, kept where the next try reads it: the ids
+    learned (``ids``: certainly sent, never sent again), the destinations possibly sent (``uncertain``)
+    and the uploaded ``files``. Airflow 3.3: the task state store; Airflow 2.11 (no store): an Airflow
+    Variable ``faxplus_send.<mark>``, in the metadata database as well."""
+
+    def __init__(self, store: Any, key: str, mark: str, saved: object) -> None:
+        self._store = store
+        self._key = key
+        self.mark = mark
+        ok = isinstance(saved, dict) and saved.get("mark") == mark
+        data: dict[str, Any] = saved if ok else {}  # type: ignore[assignment]
+        self.lost = False
+        self.ids: dict[str, str] = dict(data.get("ids") or {})
+        self.uncertain: set[str] = set(data.get("uncertain") or [])
+        self.files: list[str] = list(data.get("files") or [])
+        self.found = ok
+
+    @classmethod
+    def open(cls, context: Any, mark: str, log: Any) -> SendRecord:
+        store = context.get("task_state_store")
+        key = STATE_KEY
+        if store is None:
+            store, key = _VariableStore(), f"{STATE_KEY}.{mark}"
+        record = cls(store, key, mark, store.get(key))
+        # A try after the first with no record of earlier tries: they may have sent.
+        record.lost = not record.found and context["ti"].try_number > 1
+        return record
+
+    def learn(self, ids: Mapping[str, str]) -> None:
+        """Ids are written at once, and never taken back."""
+        self.ids.update(ids)
+        self.uncertain -= set(ids)
+        self.save()
+
+    def save(self) -> None:
+        self._store.set(
+            self._key,
+            {
+                "mark": self.mark,
+                "ids": self.ids,
+                "uncertain": sorted(self.uncertain - set(self.ids)),
+                "files": self.files,
+            },
+        )
+
+
+class _VariableStore:
+    """Without a task state store (Airflow 2.11) an Airflow Variable is the durable record."""
+
+    def get(self, key: str) -> Any:
+        try:
+            from airflow.sdk import Variable
+        except ImportError:
+            from airflow.models import Variable  # type: ignore[no-redef]
+
+            return Variable.get(key, default_var=None, deserialize_json=True)  # type: ignore[call-arg]
+        return Variable.get(key, default=None, deserialize_json=True)
+
+    def set(self, key: str, value: Any) -> None:
+        try:
+            from airflow.sdk import Variable
+        except ImportError:
+            from airflow.models import Variable  # type: ignore[no-redef]
+        Variable.set(key, value, serialize_json=True)

@@ -79,6 +79,14 @@ async def settings(request: Request) -> Any:
         state.create_fax({"lifecycle": data["send_lifecycle"], "id": "_check"})
         state.faxes.pop("_check")
         state.send_lifecycle = data["send_lifecycle"]
+    if "send_lifecycles" in data:  # per destination, over send_lifecycle: faxes of one send that differ
+        lifecycles = data["send_lifecycles"]
+        if not isinstance(lifecycles, dict):
+            raise SandboxInputError("send_lifecycles must be an object: destination -> lifecycle")
+        for lifecycle in lifecycles.values():
+            state.create_fax({"lifecycle": lifecycle, "id": "_check"})
+            state.faxes.pop("_check")
+        state.send_lifecycles = dict(lifecycles)
     if "log_response_bodies" in data:  # off for benchmarks: a 10,000-record list is ~6 MB per answer
         if not isinstance(data["log_response_bodies"], bool):
             raise SandboxInputError("log_response_bodies must be true or false")

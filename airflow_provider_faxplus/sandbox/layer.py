@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -100,19 +101,22 @@ class ApiLayer:
         fault = self.state.take_fault(scope["method"], path)
         if fault is not None:
             entry["fault"] = fault.id
+            if fault.late:
+                await self._late(fault, scope, logged_receive, record)
+                return
             if fault.delay:
                 generation = self.state.generation
                 await asyncio.sleep(fault.delay)
                 if generation != self.state.generation:
                     raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
-            if fault.drop_after:
-                # Handled for real (a send creates its fax), then the answer is lost.
+            if fault.drop_after or fault.processed:
+                # Handled for real (a send creates its fax), then the answer is lost or replaced.
                 async def swallow(message: Message) -> None:
                     if message["type"] == "http.response.start":
                         entry["handled_status"] = message["status"]
 
                 await self.app(scope, logged_receive, swallow)
-            if fault.drop or fault.status is not None:
+            if fault.drop or (fault.status is not None and not fault.processed):
                 # The fault answers instead of the handler: read the body for the log all the same.
                 await self._drain(logged_receive, limit)
             if fault.drop or fault.drop_after:
@@ -139,6 +143,32 @@ class ApiLayer:
                 entry["grant_type"] = scope.get("state", {}).get("grant_type")
                 entry["response_body"] = "<redacted>"
         entry["fax_status"] = scope.get("state", {}).get("fax_status")
+
+    async def _late(self, fault: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the whole body, wait ``fault.delay``, then handle the request whether or not the client
+        is still there (its answer goes nowhere if it has gone)."""
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            messages.append(message)
+            if not message.get("more_body"):
+                break
+        generation = self.state.generation
+        await asyncio.sleep(fault.delay)
+        if generation != self.state.generation:
+            raise DeliberateDrop()
+        pending = iter(messages)
+
+        async def replay() -> Message:
+            return next(pending, None) or {"type": "http.disconnect"}
+
+        async def answer(message: Message) -> None:
+            with contextlib.suppress(Exception):  # the client gave up: nobody reads the answer
+                await send(message)
+
+        await self.app(scope, replay, answer)
 
     @staticmethod
     def _cut(send: Send, limit: int) -> Send:

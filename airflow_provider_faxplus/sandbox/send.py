@@ -38,8 +38,16 @@ MAX_FILES = 10
 MAX_DESTINATIONS = 4000
 MAX_UPLOAD_BYTES = 150 * 1000 * 1000
 MAX_SEND_BODY = 2 * 1024 * 1024
-E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # ITU-T E.164: 7 to 15 digits
 _DISPOSITION = re.compile(rb'content-disposition:[^\r\n]*?; *name="([^"]*)"(?:; filename="([^"]*)")?', re.I)
+
+
+MULTIPART_ALLOWANCE = 64 * 1024
+
+
+def _boundary(content_type: str) -> str | None:
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    return match.group(1) if match else None
 
 
 def _owner(request: Request) -> str | Response:
@@ -62,21 +70,29 @@ async def upload_file(request: Request) -> Response:
     fmt = request.query_params.get("format")
     if fmt is not None and fmt not in ("pdf", "tiff"):
         return error(400, "invalid_format", "format must be pdf or tiff")
+    too_large = error(413, "payload_too_large", f"Files are limited to {MAX_UPLOAD_BYTES} bytes")
+    # The limit is on the file: the form's own bytes (part headers, boundaries) do not count.
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-        return error(413, "payload_too_large", f"Files are limited to {MAX_UPLOAD_BYTES} bytes")
-    window, size, file_name = b"", 0, None
+    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + MULTIPART_ALLOWANCE:
+        return too_large
+    boundary = _boundary(content_type)
+    tail = len(f"\r\n--{boundary}--\r\n") if boundary else 0
+    window, size, file_name, head = b"", 0, None, 0
     async for chunk in request.stream():  # counted, never kept: only part headers are looked at
-        size += len(chunk)
-        if size > MAX_UPLOAD_BYTES:
-            return error(413, "payload_too_large", f"Files are limited to {MAX_UPLOAD_BYTES} bytes")
         if file_name is None:
             window = window[-1024:] + chunk
             for match in _DISPOSITION.finditer(window):
                 if match.group(1) == b"fax_file":
                     file_name = (match.group(2) or b"").decode("utf-8", "replace")
+                    end = window.find(b"\r\n\r\n", match.end())
+                    head = size + len(chunk) - len(window) + (end + 4 if end >= 0 else match.end())
+                    break
+        size += len(chunk)
+        if size - head - tail > MAX_UPLOAD_BYTES and size > MAX_UPLOAD_BYTES:
+            return too_large
     if file_name is None:
         return error(400, "invalid_payload", "The form needs a file in the field fax_file")
+    size = max(0, size - head - tail)  # the file's own bytes
     path = f"/transient-{uuid.uuid4()}"
     state_of(request).uploads[path] = (owner, file_name, size)
     return JSONResponse({"path": path})
@@ -124,7 +140,7 @@ async def send_fax(request: Request) -> Response:
             fax = state.create_fax(
                 {
                     "user_id": owner,
-                    "lifecycle": state.send_lifecycle,
+                    "lifecycle": state.send_lifecycles.get(destination, state.send_lifecycle),
                     "comment": comment.get("text", ""),
                     "tags": list(comment.get("tags", [])),
                     "fields": fields,

@@ -180,6 +180,7 @@ class Fax:
             "left_at": None if left_at is None else fmt_offset(left_at),
             "left_at_ts": left_at,
             "comment": {"tags": list(self.comment_tags), "text": self.comment_text},
+            "to": list(self.fields.get("to", [])),
         }
 
 
@@ -204,6 +205,11 @@ class Fault:
     drop_after: bool = False
     # The handler's answer passes, but only its first ``cut_after`` body bytes: then the connection drops.
     cut_after: int | None = None
+    # The request is handled, then ``status`` answers instead (a proxy that passed the POST on).
+    processed: bool = False
+    # The body is read first, then the delay, then the request is handled even if the client has gone:
+    # a send processed after the client gave up.
+    late: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -262,6 +268,7 @@ class SandboxState:
         self.uploads: dict[str, tuple[str, str, int]] = {}
         self.cancelled: list[str] = []
         self.send_lifecycle: list[dict[str, Any]] = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
+        self.send_lifecycles: dict[str, list[dict[str, Any]]] = {}
         # Fax records (sandbox/records.py): sent records of faxes that left, received faxes.
         self.fax_records = RecordStore()
         # Bumped by reset(): a request delayed by a fault across a reset must not touch the new state.
@@ -377,6 +384,8 @@ class SandboxState:
             drop=bool(data.get("drop", False)),
             drop_after=bool(data.get("drop_after", False)),
             cut_after=None if data.get("cut_after") is None else int(_number(data, "cut_after", 0)),
+            processed=bool(data.get("processed", False)),
+            late=bool(data.get("late", False)),
         )
         if (
             fault.status is None
@@ -388,6 +397,10 @@ class SandboxState:
             raise SandboxInputError(
                 "a fault needs a status, drop=true, drop_after=true, cut_after or a delay"
             )
+        if fault.processed and (fault.status is None or fault.drop or fault.drop_after):
+            raise SandboxInputError("processed=true needs a status (and no drop): it answers after handling")
+        if fault.late and (fault.delay == 0 or fault.status is not None or fault.drop or fault.drop_after):
+            raise SandboxInputError("late=true needs a delay, and no status or drop")
         self.faults.append(fault)
         return fault
 
@@ -409,5 +422,6 @@ class SandboxState:
         self.uploads.clear()
         self.cancelled.clear()
         self.send_lifecycle = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
+        self.send_lifecycles = {}
         self.oauth.reset()
         self.fax_records.reset()

@@ -23,6 +23,7 @@ for name, on_ambiguous, two in (
     ("faxplus_send_fail", "fail", False),
     ("faxplus_send_resend", "resend", False),
     ("faxplus_send_two", "fail", True),
+    ("faxplus_send_two_resend", "resend", True),
 ):
     with DAG(
         dag_id=name,
@@ -56,4 +57,15 @@ with DAG(
 ) as mapped_dag:
     SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"], comment="mapped").expand(
         to=["+16699990001", "+16699990002"]
+    )
+
+with DAG(
+    dag_id="faxplus_send_mapped_twice",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"file": ""},
+) as mapped_twice_dag:
+    SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"], comment="mapped").expand(
+        to=["+16699990001", "+16699990002", "+16699990001"]
     )
