@@ -16,6 +16,7 @@ hook and the async trigger apply exactly the same ones.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import ssl
@@ -202,8 +203,18 @@ def proxy_for(url: str) -> str | None:
     return proxy
 
 
+def requests_proxies(url: str) -> dict[str, str | None]:
+    """The ``proxies`` argument of requests for ``url`` by :func:`proxy_for`'s rule, for a session with
+    ``trust_env`` off (the hook's and the ``faxplus-oauth`` CLI's): a ``None`` entry removes a session's
+    proxy for the scheme, so no environment proxy can apply."""
+    return {"https": proxy_for(url), "http": None, "all": None}
+
+
 def is_loopback(hostname: str) -> bool:
-    if hostname.lower() in ("localhost", "localhost."):
+    """Whether ``hostname`` names this machine by what it is, never by what DNS says: a literal address
+    in 127.0.0.0/8 or ::1, or exactly ``localhost`` (``localhost.`` is a DNS name: a resolver may answer
+    it with any address)."""
+    if hostname.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(hostname).is_loopback
@@ -220,15 +231,23 @@ def normalize_base_url(value: str, what: str = "base URL") -> str:
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise FaxPlusConfigError(f"the {what} {safe_url(url)!r} is not a valid URL: {exc}") from None
+    except ValueError:
+        raise FaxPlusConfigError(f"the {what} is not a valid URL (not shown: it may hold a secret)") from None
     if parts.scheme not in ("http", "https") or not hostname:
+        # Shown only if it is a URL at all: a secret pasted into the wrong field would be echoed.
+        shown = f" {safe_url(url)!r}" if parts.scheme and parts.netloc else " (not shown: no scheme://host)"
         example = DEFAULT_TOKEN_URL if what == "token URL" else DEFAULT_BASE_URL
         raise FaxPlusConfigError(
-            f"the {what} {safe_url(url)!r} must start with https:// (or http:// for a loopback "
-            f"sandbox) and name a host, for example {example}"
+            f"the {what}{shown} must start with https:// (or http:// for a loopback sandbox) and name a "
+            f"host, for example {example}"
         )
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise FaxPlusConfigError(
+            f"the {what} for host {hostname!r} has a port that is not a number from 0 to 65535 "
+            "(not shown: it may hold a secret)"
+        ) from None
     if parts.username is not None or parts.password is not None:
         raise FaxPlusConfigError(
             f"the {what} {safe_url(url)!r} must not contain credentials (user:password@); put the API "
@@ -253,13 +272,14 @@ def safe_url(url: str) -> str:
     them can hold a secret)."""
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - a bad port can be a pasted secret: shown as such, never echoed
     except ValueError:
         return "(an unparseable URL)"
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _has_control_chars(value: str) -> bool:
+def has_control_chars(value: str) -> bool:
     return any(ord(char) < 0x20 or ord(char) == 0x7F for char in value)
 
 
@@ -270,7 +290,7 @@ def _check_token(token: object) -> None:
             "the connection's API token field (password)"
         )
     # Never echo the token itself.
-    if token != token.strip() or _has_control_chars(token) or " " in token:
+    if token != token.strip() or has_control_chars(token) or " " in token:
         raise FaxPlusConfigError("the API token contains whitespace or control characters")
     if not token.isascii():
         raise FaxPlusConfigError(
@@ -282,7 +302,7 @@ def _check_secret(name: str, value: object) -> None:
     """A secret extra: non-empty printable ASCII, never echoed."""
     if not isinstance(value, str) or not value.strip():
         raise FaxPlusConfigError(f"extra {name!r} must be a non-empty string")
-    if value != value.strip() or _has_control_chars(value) or " " in value or not value.isascii():
+    if value != value.strip() or has_control_chars(value) or " " in value or not value.isascii():
         raise FaxPlusConfigError(
             f"extra {name!r} contains whitespace, control or non-ASCII characters: copy it again"
         )
@@ -291,15 +311,22 @@ def _check_secret(name: str, value: object) -> None:
 def _check_header_value(name: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise FaxPlusConfigError(f"extra {name!r} must be a non-empty string")
-    if _has_control_chars(value):
+    if has_control_chars(value):
         raise FaxPlusConfigError(f"extra {name!r} contains control characters")
     if not value.isascii():
         raise FaxPlusConfigError(f"extra {name!r} contains non-ASCII characters (it is sent as a header)")
 
 
 def _shown(value: object) -> str:
+    """A number as given, for messages; text never (a secret pasted into the wrong field)."""
     if isinstance(value, int) and value.bit_length() > 128:
         return f"an integer of {len(str(value)) if value.bit_length() < 10_000 else 'thousands of'} digits"
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            return f"text of {len(value)} characters (not shown: it may be a secret)"
+        return f"{number:g}"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -366,11 +393,13 @@ def _parse_ca_bundle(name: str, value: object) -> str:
         )
     path = value.strip()
     if not os.path.exists(path):
+        # An absolute path is shown; anything else may be a secret pasted into the wrong field.
+        shown = repr(path) if path.startswith("/") else "(not shown: not an absolute path, may be a secret)"
         raise FaxPlusConfigError(
             f"extra {name!r} must be true, false or the path of a CA bundle file or directory; "
-            f"{path!r} does not exist"
+            f"that path does not exist: {shown}"
             if name == "verify"
-            else f"extra {name!r}: the CA bundle {path!r} does not exist (a file or a directory)"
+            else f"extra {name!r}: the CA bundle does not exist (a file or a directory): {shown}"
         )
     return path
 
@@ -483,6 +512,30 @@ def config_from_connection(
         raise FaxPlusConfigError(f"Fax.Plus connection {conn_id!r}: {exc}") from None
 
 
+def _check_raw_extra(conn_id: str, raw: object, extra: object) -> None:
+    """Airflow reads an extra that is not JSON as ``{}`` (and logs it): say so instead; an extra that is
+    JSON but not an object is an error too. The content is never shown (it holds secrets)."""
+    if isinstance(raw, str) and raw.strip():
+        try:
+            decoded = json.loads(raw)
+        except ValueError as exc:
+            where = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise FaxPlusConfigError(
+                f"Fax.Plus connection {conn_id!r}: the extra is not valid JSON ({where}; not shown: it "
+                'holds secrets); write it as a JSON object, for example {"timeout": 30}'
+            ) from None
+        extra = decoded
+    if not isinstance(extra, Mapping):
+        raise FaxPlusConfigError(
+            f"Fax.Plus connection {conn_id!r}: the extra must be a JSON object, got {_json_kind(extra)}"
+        )
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
 def config_from_airflow_connection(conn_id: str, conn: Any, extra: Mapping[str, Any]) -> FaxPlusConfig:
     """Build a config from an Airflow ``Connection`` (its ``extra`` already decoded, as the sync hook and
     the async trigger each read it their own way)."""
@@ -490,6 +543,7 @@ def config_from_airflow_connection(conn_id: str, conn: Any, extra: Mapping[str, 
         raise FaxPlusConfigError(
             f"Fax.Plus connection {conn_id!r} has type {conn.conn_type!r}; expected {CONN_TYPE!r}"
         )
+    _check_raw_extra(conn_id, getattr(conn, "extra", None), extra)
     return config_from_connection(
         conn_id=conn_id,
         host=conn.host,

@@ -39,11 +39,38 @@ def object_storage_path(uri: str) -> Any:
     return ObjectStoragePath(uri)
 
 
-def file_source(source: object, file_name: str | None = None) -> FileSource:
+def _within_roots(source: object, allowed_roots: list[str] | tuple[str, ...]) -> object:
+    """``source`` if it lies under one of ``allowed_roots``, else :class:`FaxPlusInputError`. A local path is
+    resolved first (symbolic links and ``..`` followed), and the resolved path is what gets opened; an
+    object-storage location must start with a root that is a URI (``s3://bucket/faxes/``)."""
+    if isinstance(source, bytes | bytearray | memoryview | FileSource):
+        return source
+    text = str(source) if is_object_storage_uri(str(source)) else None
+    if text is None and isinstance(source, str | os.PathLike):
+        resolved = Path(os.fspath(source)).resolve()
+        for root in allowed_roots:
+            if "://" not in root and resolved.is_relative_to(Path(root).resolve()):
+                return resolved
+    elif text is not None:
+        for root in allowed_roots:
+            if "://" in root and text.startswith(root if root.endswith("/") else root + "/"):
+                return source
+    raise FaxPlusInputError(
+        f"file {str(source)!r} is outside allowed_roots ({', '.join(map(repr, allowed_roots))}): "
+        "refused before any request"
+    )
+
+
+def file_source(
+    source: object, file_name: str | None = None, allowed_roots: list[str] | tuple[str, ...] | None = None
+) -> FileSource:
     """A :class:`FileSource` for bytes (``file_name`` required), a local path, or an object-storage path;
-    the name (given or the path's) must have a type Fax.Plus accepts."""
+    the name (given or the path's) must have a type Fax.Plus accepts. With ``allowed_roots``, a path or
+    location outside every root is refused."""
     if isinstance(source, FileSource):
         return source
+    if allowed_roots is not None:
+        source = _within_roots(source, allowed_roots)
     if isinstance(source, bytes | bytearray | memoryview):
         if file_name is None:
             raise FaxPlusInputError("file_name is required with bytes: it gives Fax.Plus the file type")

@@ -10,7 +10,7 @@ identity is a hash of the token URL, client id and secrets, never the secrets th
 from __future__ import annotations
 
 import asyncio
-import base64
+import collections
 import hashlib
 import json
 import logging
@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
-from airflow_provider_faxplus.config import FaxPlusConfig, TlsSettings, safe_url
+from airflow_provider_faxplus import protocol
+from airflow_provider_faxplus.config import FaxPlusConfig, TlsSettings, has_control_chars, safe_url
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
     FaxPlusAuthError,
@@ -35,6 +36,7 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusTransportError,
 )
 from airflow_provider_faxplus.protocol import RETRYABLE_STATUSES, is_permanent, parse_retry_after
+from airflow_provider_faxplus.redaction import MAX_SCANNED_CHARS, Redactor, basic_credentials, mask_forms
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ REFRESH_MARGIN = 60.0
 # A refused client secret or refresh token is remembered this long: other callers fail without a request.
 PERMANENT_FAILURE_MEMORY = 60.0
 _MAX_ERROR_CHARS = 200
+# A token answer is a small JSON object; anything larger is refused unread past this.
+MAX_TOKEN_ANSWER_BYTES = 64 << 10
+# Earlier access and refresh tokens of an identity still redacted (an answer may echo a refused one).
+REMEMBERED_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class TokenCall:
     headers: Mapping[str, str] = field(repr=False)
     body: bytes = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False, default=())
+    redact: Redactor = field(repr=False, compare=False, default_factory=Redactor)
 
     @property
     def path(self) -> str:
@@ -79,15 +86,14 @@ class TokenGrant:
 def _token_call(
     token_url: str, client_id: str, client_secret: str, form: dict[str, str], secrets: tuple[str, ...]
 ) -> TokenCall:
-    basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
     headers = {
-        "Authorization": f"Basic {basic}",
+        "Authorization": f"Basic {basic_credentials(client_id, client_secret)}",
         "Content-Type": "application/x-www-form-urlencoded",
         "Accept": "application/json",
     }
-    return TokenCall(
-        token_url, form["grant_type"], headers, urlencode(form).encode("ascii"), (client_secret, *secrets)
-    )
+    secrets = (client_secret, *secrets)
+    redact = Redactor(secrets, [(client_id, client_secret)])
+    return TokenCall(token_url, form["grant_type"], headers, urlencode(form).encode("ascii"), secrets, redact)
 
 
 def refresh_call(config: FaxPlusConfig, refresh_token: str) -> TokenCall:
@@ -112,13 +118,6 @@ def authorization_url(client_id: str, redirect_uri: str, login_url: str = LOGIN_
         {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "scope": "all"}
     )
     return f"{login_url}?{query}"
-
-
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
 
 
 def _fields_hint(error: str | None) -> str:
@@ -160,7 +159,7 @@ def _grant(call: TokenCall, decoded: object, size: int) -> TokenGrant:
         raise _failure(FaxPlusResponseError, call, message, 200)
     token_type = decoded.get("token_type", "bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        shown = _redact(str(token_type), (access,))
+        shown = Redactor((access,))(str(token_type), _MAX_ERROR_CHARS)
         raise _failure(
             FaxPlusResponseError, call, f"{call.describe()}: token_type {shown!r} is not Bearer", 200
         )
@@ -173,7 +172,7 @@ def _grant(call: TokenCall, decoded: object, size: int) -> TokenGrant:
         log.warning(
             "%s: expires_in %s is not a positive number; assuming %g s",
             call.describe(),
-            _redact(repr(expires), (access,)),
+            Redactor((access,))(repr(expires), _MAX_ERROR_CHARS),
             DEFAULT_EXPIRES_IN,
         )
         expires_in = DEFAULT_EXPIRES_IN
@@ -182,7 +181,14 @@ def _grant(call: TokenCall, decoded: object, size: int) -> TokenGrant:
 
 
 def _usable(token: str) -> bool:
-    return bool(token.strip()) and token.isascii() and token == token.strip() and " " not in token
+    # A control character would end up in a header (and its message): refused like an empty token.
+    return (
+        bool(token.strip())
+        and token.isascii()
+        and token == token.strip()
+        and " " not in token
+        and not has_control_chars(token)
+    )
 
 
 def parse_token_response(call: TokenCall, status: int, headers: Mapping[str, str], body: bytes) -> TokenGrant:
@@ -196,12 +202,12 @@ def parse_token_response(call: TokenCall, status: int, headers: Mapping[str, str
         return _grant(call, decoded, len(body))
     error = description = None
     if isinstance(decoded, dict):
-        error = _redact(str(decoded["error"]), call.secrets) if "error" in decoded else None
+        error = call.redact(str(decoded["error"]), _MAX_ERROR_CHARS) if "error" in decoded else None
         if "error_description" in decoded or "description" in decoded:
             raw = decoded.get("error_description", decoded.get("description"))
-            description = _redact(str(raw), call.secrets)
+            description = call.redact(str(raw), _MAX_ERROR_CHARS)
     elif text.strip():
-        description = _redact(" ".join(text.split()), call.secrets)
+        description = call.redact(" ".join(text[:MAX_SCANNED_CHARS].split()), _MAX_ERROR_CHARS)
     said = " ".join(part for part in (error, f"- {description}" if description else None) if part)
     message = f"{call.describe()} failed: HTTP {status}" + (f" {said}" if said else "")
     if status in RETRYABLE_STATUSES:
@@ -237,9 +243,13 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def too_large(call: TokenCall, status: int) -> FaxPlusRequestError:
+    return protocol.answer_too_large(TOKEN_OPERATION, "POST", call.path, status, MAX_TOKEN_ANSWER_BYTES)
+
+
 def transport_error(call: TokenCall, reason: str) -> FaxPlusTransportError:
     return FaxPlusTransportError(
-        f"{call.describe()} failed: {_redact(reason, call.secrets)}",
+        f"{call.describe()} failed: {call.redact(reason, _MAX_ERROR_CHARS)}",
         operation=TOKEN_OPERATION,
         method="POST",
         path=call.path,
@@ -249,8 +259,8 @@ def transport_error(call: TokenCall, reason: str) -> FaxPlusTransportError:
 def tls_error(call: TokenCall, tls: TlsSettings, reason: str) -> FaxPlusTLSError:
     return FaxPlusTLSError(
         f"{call.describe()} failed: the token endpoint's TLS certificate could not be verified with "
-        f"{tls.source} ({_redact(reason, call.secrets)}). No retry can fix this: check token_url and the "
-        "connection's ca_bundle / verify",
+        f"{tls.source} ({call.redact(reason, _MAX_ERROR_CHARS)}). No retry can fix this: check token_url "
+        "and the connection's ca_bundle / verify",
         operation=TOKEN_OPERATION,
         method="POST",
         path=call.path,
@@ -266,15 +276,27 @@ def renewal_margin(expires_in: float) -> float:
     return min(REFRESH_MARGIN, expires_in / 5)
 
 
-def mask(*values: str | None) -> None:
-    """Register secrets with Airflow's log masker (where Airflow runs)."""
+def mask(*values: str | None, client_id: str | None = None, client_secret: str | None = None) -> None:
+    """Register secrets and their encoded forms (percent-encoding, base64, the Basic credentials of
+    ``client_id:client_secret``) with Airflow's log masker (where Airflow runs)."""
     try:
         from airflow.providers.common.compat.sdk import mask_secret
     except ImportError:  # pragma: no cover - outside Airflow
         return
-    for value in values:
-        if value:
-            mask_secret(value)
+    for form in mask_forms(values, [(client_id or "", client_secret)]):
+        mask_secret(form)
+
+
+async def amask(*values: str | None, client_id: str | None = None, client_secret: str | None = None) -> None:
+    """:func:`mask` for the event loop: Airflow 3's ``amask_secret`` tells the supervisor without the sync
+    send that can block a loop with a request already in flight; Airflow 2 has none (sync is fine there)."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:
+        mask(*values, client_id=client_id, client_secret=client_secret)
+        return
+    for form in mask_forms(values, [(client_id or "", client_secret)]):
+        await amask_secret(form)
 
 
 class TokenSource:
@@ -289,6 +311,8 @@ class TokenSource:
         self._access_token: str | None = None
         self._valid_until = 0.0
         self._failure: tuple[float, FaxPlusRequestError] | None = None
+        # Tokens issued or replaced lately: redacted from answers that echo them after they are gone.
+        self._seen: collections.deque[str] = collections.deque(maxlen=2 * REMEMBERED_TOKENS)
         self._inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[str]] = (
             weakref.WeakKeyDictionary()
         )
@@ -301,6 +325,11 @@ class TokenSource:
                 return self._access_token
             return None
 
+    def secrets(self) -> tuple[str, ...]:
+        """The current refresh token and the access and refresh tokens seen lately."""
+        with self._lock:
+            return (self._refresh_token, *self._seen)
+
     def invalidate(self, token: str) -> None:
         """The API refused ``token``: the next caller refreshes (unless someone already has)."""
         with self._lock:
@@ -312,15 +341,18 @@ class TokenSource:
             if self._failure and time.monotonic() - self._failure[0] < PERMANENT_FAILURE_MEMORY:
                 raise self._failure[1]
 
-    def _store(self, grant: TokenGrant, sent_at: float) -> str:
-        mask(grant.access_token, grant.refresh_token)
+    def _store(self, grant: TokenGrant, sent_at: float, masked: bool = False) -> str:
+        if not masked:
+            mask(grant.access_token, grant.refresh_token)
         with self._lock:
             self.refreshes += 1
             self._failure = None
             self._access_token = grant.access_token
+            self._seen.append(grant.access_token)
             # Counted from when the request was sent: never later than the server's own clock.
             self._valid_until = sent_at + grant.expires_in - renewal_margin(grant.expires_in)
             if grant.refresh_token:
+                self._seen.append(self._refresh_token)
                 self._refresh_token = grant.refresh_token
             return grant.access_token
 
@@ -374,7 +406,8 @@ class TokenSource:
         except BaseException as exc:
             self._fail(exc)
             raise
-        return self._store(grant, sent_at)
+        await amask(grant.access_token, grant.refresh_token)
+        return self._store(grant, sent_at, masked=True)
 
 
 def identity_key(config: FaxPlusConfig) -> str:
@@ -396,6 +429,14 @@ def source_for(config: FaxPlusConfig) -> TokenSource:
         if source is None:
             source = _SOURCES[key] = TokenSource(config.refresh_token)
         return source
+
+
+def issued_secrets(config: FaxPlusConfig) -> tuple[str, ...]:
+    """The access and refresh tokens this process holds or held lately for the connection's identity."""
+    key = identity_key(config)
+    with _SOURCES_LOCK:
+        source = _SOURCES.get(key)
+    return source.secrets() if source is not None else ()
 
 
 def _reset_after_fork() -> None:

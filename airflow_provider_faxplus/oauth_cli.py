@@ -23,7 +23,7 @@ from airflow_provider_faxplus.config import (
     DEFAULT_BASE_URL,
     DEFAULT_TOKEN_URL,
     normalize_base_url,
-    proxy_for,
+    requests_proxies,
 )
 from airflow_provider_faxplus.exceptions import FaxPlusError
 
@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     print("2. You are sent to the redirect URI with ?code=... in its address.", file=err, flush=True)
     try:
         if args.code:
+            print(
+                "faxplus-oauth: warning: --code is visible to other users of this machine (ps) until the "
+                "exchange is done; prefer the prompt",
+                file=err,
+            )
             code = _code_from(args.code)
         else:
             print("Paste the code (or the whole address you were sent to): ", end="", file=err, flush=True)
@@ -117,22 +122,29 @@ def main(argv: list[str] | None = None) -> int:
     call = oauth.authorization_code_call(
         args.token_url, args.client_id, secret.strip(), code, args.redirect_uri
     )
-    proxy = proxy_for(args.token_url)
     try:
+        # The hook's proxy rule, nothing from the environment besides it (trust_env would let
+        # HTTP_PROXY or ALL_PROXY see the client secret of a plain-http loopback token URL).
+        proxies = requests_proxies(args.token_url)
+        session = requests.Session()
+        session.trust_env = False
         try:
-            response = requests.post(
-                call.url,
-                data=call.body,
-                headers=dict(call.headers),
-                timeout=TIMEOUT,
-                allow_redirects=False,
-                proxies={"https": proxy} if proxy else {"https": None},  # type: ignore[dict-item]
-            )
+            with session:
+                response = session.post(
+                    call.url,
+                    data=call.body,
+                    headers=dict(call.headers),
+                    timeout=TIMEOUT,
+                    allow_redirects=False,
+                    proxies=proxies,  # type: ignore[arg-type]
+                    stream=True,
+                )
+                body = response.raw.read(oauth.MAX_TOKEN_ANSWER_BYTES + 1, decode_content=True)
         except requests.RequestException as exc:
             raise oauth.transport_error(call, f"{type(exc).__name__}: {exc}"[:300]) from None
-        grant = oauth.parse_token_response(
-            call, response.status_code, dict(response.headers), response.content
-        )
+        if len(body) > oauth.MAX_TOKEN_ANSWER_BYTES:
+            raise oauth.too_large(call, response.status_code)
+        grant = oauth.parse_token_response(call, response.status_code, dict(response.headers), body)
     except FaxPlusError as exc:
         print(f"faxplus-oauth: {exc}", file=err)
         return 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_faxplus import __version__
+from airflow_provider_faxplus import __version__, redaction
 from airflow_provider_faxplus.config import FaxPlusConfig, TlsSettings
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
@@ -34,6 +34,7 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusTransportError,
 )
 from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
+from airflow_provider_faxplus.redaction import Redactor
 
 MAX_PATH_PARAM_LENGTH = 256
 # 408 (Request Timeout) is transient by definition, like 429 and these 5xx.
@@ -51,12 +52,20 @@ NOT_FOUND_ERROR_CODES = frozenset(
 USER_AGENT = f"airflow-provider-faxplus/{__version__}"
 
 
+# The largest answer read, per operation: a hostile endpoint (or a man in the middle with verify off)
+# could otherwise fill the memory within the timeout. Bytes after decompression.
+MAX_ANSWER_BYTES = 1 << 20
+# The whole outbox in one answer (no pagination): ~600 bytes a record, so ~400,000 records.
+MAX_LIST_ANSWER_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str  # the spec's summary, used in messages
     operation_id: str
     method: str
     scopes: tuple[str, ...]
+    max_answer_bytes: int = MAX_ANSWER_BYTES
 
 
 GET_OUTBOX_FAX = Operation("Get outgoing fax", "getOutboxFax", "GET", ("fax:all:read", "fax:fax:read"))
@@ -107,12 +116,25 @@ def validate_path_param(name: str, value: object) -> str:
         raise FaxPlusInputError(f"{name} {value!r} must not contain '/', '\\' or '..'")
     if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
         raise FaxPlusInputError(f"{name} {value!r} contains control characters")
+    check_unicode(name, value)
     return value
+
+
+def check_unicode(name: str, value: str) -> None:
+    """Refuse text that cannot be sent as UTF-8: a lone surrogate (from a wrongly decoded byte)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FaxPlusInputError(
+            f"{name} is not valid Unicode text: a lone surrogate (U+{ord(value[exc.start]):04X}) at "
+            f"character {exc.start}, usually bytes decoded with errors='surrogateescape'"
+        ) from None
 
 
 def validate_comment(comment: object) -> str:
     if not isinstance(comment, str):
         raise FaxPlusInputError(f"comment must be a string, got {type(comment).__name__}")
+    check_unicode("comment", comment)
     return comment
 
 
@@ -173,20 +195,11 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def redact_and_cut(text: str, secret: str, limit: int) -> str:
-    """``text`` without ``secret``, cut to ``limit`` characters. Redacts before cutting, then redacts
-    what a cut can leave of the secret: its first characters at the very end."""
-    if secret:
-        text = text.replace(secret, "***")
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    for length in range(min(len(secret) - 1, len(cut)), 0, -1):
-        if cut.endswith(secret[:length]):
-            return cut[:-length] + "***"
-    return cut
+    """``text`` without ``secret`` (nor its encoded forms or fragments), cut to ``limit`` characters."""
+    return Redactor((secret,))(text, limit)
 
 
-def _error_fields(body: bytes, token: str) -> tuple[str | None, str | None]:
+def _error_fields(body: bytes, redact: Redactor) -> tuple[str | None, str | None]:
     """Fax.Plus's ``error`` and ``description`` from an ``Error`` body, else a short excerpt of the body."""
     text = body.decode("utf-8", errors="replace")
     try:
@@ -197,12 +210,10 @@ def _error_fields(body: bytes, token: str) -> tuple[str | None, str | None]:
         error = decoded.get("error")
         description = decoded.get("description")
         return (
-            redact_and_cut(str(error), token, MAX_ERROR_CHARS) if error is not None else None,
-            redact_and_cut(str(description), token, MAX_DESCRIPTION_CHARS)
-            if description is not None
-            else None,
+            redact(str(error), MAX_ERROR_CHARS) if error is not None else None,
+            redact(str(description), MAX_DESCRIPTION_CHARS) if description is not None else None,
         )
-    excerpt = redact_and_cut(" ".join(text.split()), token, MAX_ERROR_CHARS)
+    excerpt = redact(" ".join(text.split()), MAX_ERROR_CHARS)
     return None, (excerpt or None)
 
 
@@ -210,7 +221,7 @@ def error_from_response(
     config: FaxPlusConfig, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes
 ) -> FaxPlusRequestError:
     """The exception for a non-success response, with everything a person needs to act on it."""
-    error, description = _error_fields(body, config.token)
+    error, description = _error_fields(body, redaction.for_config(config))
     said = " ".join(part for part in (error, f"- {description}" if description else None) if part)
     message = f"{call.describe()} failed{_for_fax(call)}: HTTP {status}"
     if said:
@@ -318,6 +329,21 @@ def tls_error(call: ApiCall, tls: TlsSettings, reason: str) -> FaxPlusTLSError:
         method=call.method,
         path=call.path,
         **call.id_kwargs,
+    )
+
+
+def answer_too_large(
+    operation: str, method: str, path: str, status: int, limit: int, outbox_fax_id: str | None = None
+) -> FaxPlusResponseError:
+    """An answer over its operation's size limit: refused unread past the limit."""
+    return FaxPlusResponseError(
+        f"{operation} ({method} {path}) answered HTTP {status} with a body larger than {limit} bytes, this "
+        "provider's limit for it: refused unread (a misbehaving server or something in between)",
+        operation=operation,
+        method=method,
+        path=path,
+        outbox_fax_id=outbox_fax_id,
+        status=status,
     )
 
 

@@ -29,10 +29,12 @@ from airflow_provider_faxplus.exceptions import (
 )
 from airflow_provider_faxplus.models import OutboxFax, OutboxParseError, parse_outbox
 from airflow_provider_faxplus.protocol import (
+    MAX_LIST_ANSWER_BYTES,
     ApiCall,
     Operation,
     _malformed,
     base_headers,
+    check_unicode,
     error_from_response,
     validate_path_param,
 )
@@ -40,7 +42,13 @@ from airflow_provider_faxplus.protocol import (
 # The upload's scope is a file scope (faxplus-api 3.0.5, FilesApi.upload_file).
 UPLOAD_FILE = Operation("Upload a file", "uploadFile", "POST", ("fax:all:edit", "fax:file:edit"))
 SEND_FAX = Operation("Send a fax", "sendFax", "POST", ("fax:all:edit", "fax:fax:edit"))
-LIST_OUTBOX = Operation("List outgoing faxes", "listOutboxFaxes", "GET", ("fax:all:read", "fax:fax:read"))
+LIST_OUTBOX = Operation(
+    "List outgoing faxes",
+    "listOutboxFaxes",
+    "GET",
+    ("fax:all:read", "fax:fax:read"),
+    max_answer_bytes=MAX_LIST_ANSWER_BYTES,
+)
 CANCEL_OUTBOX_FAX = Operation(
     "Delete an outgoing fax", "deleteOutboxFax", "DELETE", ("fax:all:edit", "fax:fax:edit")
 )
@@ -325,7 +333,9 @@ def multipart_parts(file_name: str, boundary: str) -> tuple[bytes, bytes]:
 def send_call(config: FaxPlusConfig, payload: Mapping[str, Any], user_id: object = "self") -> ApiCall:
     path = _account_path(user_id, "outbox")
     headers = {**base_headers(config), "Content-Type": "application/json; charset=utf-8"}
-    return _call(config, SEND_FAX, path, headers, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+    body = json.dumps(payload, ensure_ascii=False)
+    check_unicode("the fax to send (its comment, tags or cover page)", body)
+    return _call(config, SEND_FAX, path, headers, body.encode("utf-8"))
 
 
 def list_outbox_call(config: FaxPlusConfig, user_id: object = "self") -> ApiCall:

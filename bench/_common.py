@@ -26,8 +26,10 @@ class Sandbox:
         if members:  # member accounts (user_ids of the one token): started through the server class
             cmd = [sys.executable, str(Path(__file__).with_name("_sandbox_proc.py")), TOKEN, *members]
         else:
-            cmd = [str(Path(sys.executable).parent / "faxplus-sandbox"), "--port", "0", "--token", TOKEN]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            cmd = [str(Path(sys.executable).parent / "faxplus-sandbox"), "--port", "0"]
+        # The token from the environment: the sandbox refuses secrets on its command line.
+        env = {**os.environ, "FAXPLUS_SANDBOX_TOKEN": TOKEN}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         assert self.proc.stdout is not None
         line = ""
         while not line.startswith("Fax.Plus sandbox listening on "):

@@ -50,7 +50,7 @@ def test_accepted_base_urls(host):
         ("ftp://restapi.fax.plus/v3", "must start with https://"),
         ("https://user:pw@restapi.fax.plus/v3", "credentials"),
         ("https://restapi.fax.plus/v3?x=1", "query"),
-        ("https://restapi.fax.plus:99999/v3", "not a valid URL"),
+        ("https://restapi.fax.plus:99999/v3", "port that is not a number from 0 to 65535"),
     ],
 )
 def test_refused_base_urls_name_the_problem(host, message):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,8 @@ def test_bound_to_every_interface_it_prints_a_connection_the_provider_accepts(mo
         [command, "--host", "0.0.0.0", "--port", "0", "--seed", "1"],  # noqa: S104 - the case under test
         stdout=subprocess.PIPE,
         text=True,
+        # Bound to every interface, the control API needs a control token (tests/test_secrets.py).
+        env={**os.environ, "FAXPLUS_SANDBOX_CONTROL_TOKEN": "ctl-test-token"},
     )
     try:
         lines = []

@@ -17,18 +17,18 @@ from functools import cached_property
 from typing import IO, Any
 
 import requests
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_faxplus import downloads, files, oauth, protocol, records, send
+from airflow_provider_faxplus import downloads, files, oauth, protocol, records, redaction, send
 from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
     config_from_airflow_connection,
-    proxy_for,
+    requests_proxies,
     tls_settings,
 )
 from airflow_provider_faxplus.constants import CONN_TYPE, DEFAULT_CONN_ID
@@ -125,9 +125,13 @@ class FaxPlusHook(BaseHook):
     def _load_config(self) -> FaxPlusConfig:
         conn = self.get_connection(self.faxplus_conn_id)
         config = config_from_airflow_connection(self.faxplus_conn_id, conn, conn.extra_dejson)
-        for secret in (config.token, config.client_secret, config.refresh_token):
-            if secret:
-                mask_secret(secret)
+        oauth.mask(
+            config.token,
+            config.client_secret,
+            config.refresh_token,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+        )
         return config
 
     def __repr__(self) -> str:
@@ -143,7 +147,6 @@ class FaxPlusHook(BaseHook):
         tls = tls_settings(config)
         if tls.ca_bundle is not None:
             tls.ssl_context()
-        proxy = proxy_for(config.base_url)
         session = requests.Session()
         adapter = _DeadlineAdapter(max_retries=0, pool_connections=1, pool_maxsize=4)
         session.mount("https://", adapter)
@@ -152,7 +155,7 @@ class FaxPlusHook(BaseHook):
         # requests re-reads the environment (proxies, CA bundle) on every request when trust_env is on,
         # about a fifth of a call's cost here: read it once per session instead.
         session.trust_env = False
-        session.proxies = {"https": proxy} if proxy else {}
+        session.proxies = {scheme: url for scheme, url in requests_proxies(config.base_url).items() if url}
         session.verify = tls.requests_verify()
         self._tls = tls
         return session
@@ -511,7 +514,7 @@ class FaxPlusHook(BaseHook):
         """One refresh at the token endpoint; transient failures retry like API calls."""
         config = self.config
         call = oauth.refresh_call(config, refresh_token)
-        proxy = proxy_for(config.token_url)
+        proxies = requests_proxies(config.token_url)  # None entries remove the API's proxy
         for attempt in Retrying(**retry_kwargs(config, log)):
             with attempt:
                 status, headers, body = self._exchange(
@@ -521,10 +524,12 @@ class FaxPlusHook(BaseHook):
                     headers=dict(call.headers),
                     data=call.body,
                     auth=None,
-                    proxies={"https": proxy},  # None removes the API's proxy: the rule is per URL
+                    proxies=proxies,
                     # Not-sent or not does not matter here: asking for a token again is harmless.
                     transport_error=lambda reason, _not_sent: oauth.transport_error(call, reason),
                     tls_error=lambda reason: oauth.tls_error(call, self._tls, reason),
+                    max_bytes=oauth.MAX_TOKEN_ANSWER_BYTES,
+                    too_large=lambda status: oauth.too_large(call, status),
                 )
                 grant = oauth.parse_token_response(call, status, headers, body)
                 log.info("Fax.Plus OAuth2 access token refreshed at %s", call.describe())
@@ -579,6 +584,15 @@ class FaxPlusHook(BaseHook):
             ),
             tls_error=lambda reason: protocol.tls_error(call, self._tls, reason),
             sink=sink,
+            max_bytes=call.operation.max_answer_bytes,
+            too_large=lambda status: protocol.answer_too_large(
+                call.operation.name,
+                call.method,
+                call.path,
+                status,
+                call.operation.max_answer_bytes,
+                call.outbox_fax_id or None,
+            ),
         )
 
     def _exchange(
@@ -593,10 +607,13 @@ class FaxPlusHook(BaseHook):
         proxies: dict[str, str | None] | None,
         transport_error: Callable[[str, bool], FaxPlusRequestError],
         tls_error: Callable[[str], FaxPlusRequestError],
+        max_bytes: int,
+        too_large: Callable[[int], FaxPlusRequestError],
         sink: Callable[[], IO[bytes]] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange under the whole-request deadline; failures become the caller's errors
-        (``transport_error(reason, not_sent)``: ``not_sent`` when the request provably never left)."""
+        (``transport_error(reason, not_sent)``: ``not_sent`` when the request provably never left;
+        ``too_large(status)``: the answer is over ``max_bytes``)."""
         timeout = self.config.timeout
         started = time.monotonic()
         # requests' timeout bounds each socket operation; the deadline bounds the whole request
@@ -613,9 +630,13 @@ class FaxPlusHook(BaseHook):
                     proxies=proxies,  # type: ignore[arg-type]
                     timeout=timeout,
                     allow_redirects=False,
-                    stream=sink is not None,
+                    stream=True,
                 )
-                body = response.content if sink is None else _stream(response, sink)
+                # A download streams into its sink; any other answer is read, bounded.
+                bounded = _stream(response, sink) if sink is not None else _read_bounded(response, max_bytes)
+                if bounded is None:
+                    raise too_large(response.status_code)
+                body = bounded
         except requests.ConnectTimeout:
             # No connection, so no byte of the request left: provably not sent.
             reason = f"could not connect within {timeout:g} s"
@@ -626,8 +647,8 @@ class FaxPlusHook(BaseHook):
             if deadline.expired:
                 raise transport_error(f"no answer within {timeout:g} s", False) from None
             if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
-                raise tls_error(_short(exc)) from None
-            raise transport_error(_short(exc), _never_connected(exc)) from None
+                raise tls_error(self._redact(_short(exc))) from None
+            raise transport_error(self._redact(_short(exc)), _never_connected(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
             method,
@@ -637,6 +658,10 @@ class FaxPlusHook(BaseHook):
             (time.monotonic() - started) * 1000,
         )
         return response.status_code, dict(response.headers), body
+
+    def _redact(self, text: str) -> str:
+        """A client library's message can quote what was sent (a header, a URL): redacted all the same."""
+        return redaction.for_config(self.config)(text)
 
     # Connection form ----------------------------------------------------------------------------
 
@@ -851,6 +876,19 @@ def _never_connected(exc: BaseException) -> bool:
             return True
         pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None), *item.args))
     return False
+
+
+def _read_bounded(response: requests.Response, limit: int) -> bytes | None:
+    """The body (decompressed), or ``None`` once it is over ``limit`` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            response.close()  # drops the connection: the rest is never read
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)  # read to the end: the connection goes back to the pool
 
 
 def _stream(response: requests.Response, sink: Callable[[], IO[bytes]]) -> bytes:

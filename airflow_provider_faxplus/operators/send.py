@@ -35,6 +35,10 @@ class SendFaxOperator(BaseOperator):
     :param to: One destination or a list, E.164 (``+16699990000``) (templated; mappable).
     :param files: Local paths, object-storage URIs or ``ObjectStoragePath``s, or paths already uploaded
         (``/transient-...``); at most 10, 150 MB in all (templated).
+    :param allowed_roots: Directories (or object-storage prefixes such as ``s3://bucket/faxes/``) that
+        ``files`` must lie under, symbolic links and ``..`` resolved; anything else fails the task before
+        any request. Set it when ``files`` is templated from input such as ``dag_run.conf``: whoever
+        triggers the DAG would otherwise choose any file the worker can read. Not templated.
     :param from_number: A number of the account, or ``no_number`` (templated).
     :param comment: Comment text (templated). ``comment_tags``: extra tags (templated).
     :param send_time: When to send: an aware ``datetime`` or an ISO-8601 string with an offset.
@@ -65,11 +69,18 @@ class SendFaxOperator(BaseOperator):
         on_ambiguous: str = "fail",
         user_id: str = "self",
         faxplus_conn_id: str = DEFAULT_CONN_ID,
+        allowed_roots: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if on_ambiguous not in ON_AMBIGUOUS:
             raise ValueError(f"on_ambiguous must be 'fail' or 'resend', got {on_ambiguous!r}")
+        if allowed_roots is not None and (
+            isinstance(allowed_roots, str)
+            or not all(isinstance(root, str) and root.strip() for root in allowed_roots)
+        ):
+            raise ValueError("allowed_roots must be a list of non-empty directory paths or URI prefixes")
+        self.allowed_roots = None if allowed_roots is None else list(allowed_roots)
         self.to = to
         self.files = files
         self.from_number = from_number
@@ -125,7 +136,11 @@ class SendFaxOperator(BaseOperator):
             payload = send.send_payload(
                 to=self.to, files=["/transient-check"] * len(files), comment_tags=tags, **options
             )
-            sources = {i: file_source(f) for i, f in enumerate(files) if not send.is_transient_path(f)}
+            sources = {
+                i: file_source(f, allowed_roots=self.allowed_roots)
+                for i, f in enumerate(files)
+                if not send.is_transient_path(f)
+            }
             send.validate_sizes({f"{i + 1}. {s.describe}": s.size for i, s in sources.items()})
         except FaxPlusInputError as exc:
             raise AirflowFailException(str(exc)) from exc

@@ -1,16 +1,26 @@
-"""``faxplus-sandbox``: run the local Fax.Plus sandbox in the foreground."""
+"""``faxplus-sandbox``: run the local Fax.Plus sandbox in the foreground.
+
+Secrets never come from the command line (any user of the machine can read a process's arguments): the
+bearer token it accepts from ``FAXPLUS_SANDBOX_TOKEN`` or ``--token-file``, the control token (required
+when bound to an address other than loopback) from ``FAXPLUS_SANDBOX_CONTROL_TOKEN`` or
+``--control-token-file``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
+import os
 import signal
 import sys
 import threading
 from urllib.parse import urlsplit
 
 from airflow_provider_faxplus.sandbox import DEFAULT_TOKEN, SandboxServer
+from airflow_provider_faxplus.sandbox.server import is_loopback_host
+
+TOKEN_ENV = "FAXPLUS_SANDBOX_TOKEN"  # noqa: S105 - the variable's name
+CONTROL_TOKEN_ENV = "FAXPLUS_SANDBOX_CONTROL_TOKEN"  # noqa: S105 - the variable's name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
     )
-    parser.add_argument("--token", default=DEFAULT_TOKEN, help="the bearer token it accepts")
+    parser.add_argument(
+        "--token-file",
+        help=f"a file holding the bearer token it accepts (else ${TOKEN_ENV}, else {DEFAULT_TOKEN!r})",
+    )
+    parser.add_argument(
+        "--control-token-file",
+        help=f"a file holding the control API's token (else ${CONTROL_TOKEN_ENV}); required when --host "
+        "is not a loopback address",
+    )
+    # Refused with a clear message: a token on the command line is visible to every user (ps).
+    parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument("--client-id", help="require this x-fax-clientid header (OAuth2 clients)")
     parser.add_argument("--pace", type=float, default=1.0, help="virtual seconds per real second (default 1)")
     parser.add_argument(
@@ -39,16 +59,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_loopback(hostname: str) -> bool:
-    # config.is_loopback's rule, not imported: that module pulls in Airflow, slow for a CLI start.
-    try:
-        return hostname == "localhost" or ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        return False
+class _SecretError(Exception):
+    pass
+
+
+def _secret(file_option: str, path: str | None, env: str) -> str | None:
+    """A secret from a file (its first line) or the environment; never echoed."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                value = handle.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _SecretError(f"{file_option}: cannot read {path!r}: {type(exc).__name__}") from None
+        if not value:
+            raise _SecretError(f"{file_option}: {path!r} is empty")
+        return value
+    value = os.environ.get(env, "").strip()
+    return value or None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.token is not None:
+        print(
+            f"faxplus-sandbox: --token is not accepted (any user can read a command line): set {TOKEN_ENV} "
+            "or use --token-file",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        token = _secret("--token-file", args.token_file, TOKEN_ENV) or DEFAULT_TOKEN
+        control_token = _secret("--control-token-file", args.control_token_file, CONTROL_TOKEN_ENV)
+    except _SecretError as exc:
+        print(f"faxplus-sandbox: {exc}", file=sys.stderr)
+        return 2
+    if control_token is None and not is_loopback_host(args.host):
+        print(
+            f"faxplus-sandbox: bound to {args.host!r}, not a loopback address, the control API (faxes, "
+            "OAuth2 clients and tokens, the request log, reset) would be open to the network: set "
+            f"{CONTROL_TOKEN_ENV} or use --control-token-file",
+            file=sys.stderr,
+        )
+        return 2
     # Before anything is printed: a caller may send SIGTERM as soon as it has read the lines.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -56,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     server = SandboxServer(
         host=args.host,
         port=args.port,
-        token=args.token,
+        token=token,
         client_id=args.client_id,
         pace=args.pace,
         not_found_status=args.not_found_status,
+        control_token=control_token,
     ).start()
     assert server.client is not None
     stages = [
@@ -68,14 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     ]
     seeded = [server.client.create_fax(lifecycle=stages)["id"] for _ in range(args.seed)]
     conn: dict[str, object] = {"conn_type": "faxplus", "host": server.base_url}
-    conn["password"] = args.token if args.token == DEFAULT_TOKEN else "<the --token you chose>"
+    conn["password"] = token if token == DEFAULT_TOKEN else "<the token you chose>"
     if args.client_id:
         conn["extra"] = {"client_id": args.client_id}
     print(f"Fax.Plus sandbox listening on {server.base_url}", flush=True)
     print(f"Control API: {server.root_url}/_sandbox (faxes, faults, requests, clock, settings, reset)")
-    if _is_loopback(urlsplit(server.root_url).hostname or ""):
+    if control_token is not None:
+        print("The control API needs the control token: Authorization: Bearer <control token>")
+    if is_loopback_host(urlsplit(server.root_url).hostname or ""):
         print(f"export AIRFLOW_CONN_FAXPLUS_DEFAULT='{json.dumps(conn)}'")
-    if args.host not in ("127.0.0.1", "::1", "localhost"):
+    if not is_loopback_host(args.host):
         # The provider sends a token over plain http only to a loopback host (config.normalize_base_url).
         print(
             "From other hosts, serve it over https (a TLS-terminating proxy in front) and use that https:// "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from airflow_provider_faxplus.sandbox import oauth
-from airflow_provider_faxplus.sandbox.common import API_PREFIX
+from airflow_provider_faxplus.sandbox.common import API_PREFIX, CONTROL_PREFIX, error
 from airflow_provider_faxplus.sandbox.state import SandboxState
 
 Scope = MutableMapping[str, Any]
@@ -53,6 +54,15 @@ class ApiLayer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(CONTROL_PREFIX) and not self._controller(scope):
+            response = error(
+                401,
+                "invalid_control_token",
+                "The sandbox's control API needs its control token (Authorization: Bearer)",
+                {"WWW-Authenticate": 'Bearer realm="faxplus-sandbox-control"'},
+            )
+            await response(scope, receive, send)
+            return
         is_token = path == oauth.TOKEN_PATH
         if scope["type"] != "http" or not (path.startswith(API_PREFIX + "/") or is_token):
             await self.app(scope, receive, send)
@@ -98,6 +108,27 @@ class ApiLayer:
                 entry["response_body"] = b"".join(response_body).decode("utf-8", errors="replace")
             await send(message)
 
+        try:
+            await self._handle(scope, path, entry, logged_receive, record, send, limit)
+        finally:
+            if is_token:  # the form holds the code or refresh token; the answer the access token
+                entry["body"] = oauth.redacted_form(entry["body"])
+                entry["grant_type"] = scope.get("state", {}).get("grant_type")
+                entry["response_body"] = "<redacted>"
+        entry["fax_status"] = scope.get("state", {}).get("fax_status")
+
+    async def _handle(
+        self,
+        scope: Scope,
+        path: str,
+        entry: dict[str, Any],
+        logged_receive: Receive,
+        record: Send,
+        send: Send,
+        limit: int,
+    ) -> None:
+        """The request through its fault (if one matches) or the app. Every path, faults included, ends
+        in the caller's redaction of a token request's log entry."""
         fault = self.state.take_fault(scope["method"], path)
         if fault is not None:
             entry["fault"] = fault.id
@@ -135,14 +166,18 @@ class ApiLayer:
             if fault.cut_after is not None:
                 await self.app(scope, logged_receive, self._cut(record, fault.cut_after))
                 return
-        try:
-            await self.app(scope, logged_receive, record)
-        finally:
-            if is_token:  # the form holds the code or refresh token; the answer the access token
-                entry["body"] = oauth.redacted_form(entry["body"])
-                entry["grant_type"] = scope.get("state", {}).get("grant_type")
-                entry["response_body"] = "<redacted>"
-        entry["fax_status"] = scope.get("state", {}).get("fax_status")
+        await self.app(scope, logged_receive, record)
+
+    def _controller(self, scope: Scope) -> bool:
+        """Whether a control request may proceed: no control token set, the health check, or the token."""
+        expected = self.state.control_token
+        if expected is None or scope.get("path") == CONTROL_PREFIX + "/health":
+            return True
+        for raw_name, raw_value in scope.get("headers", []):
+            if raw_name.lower() == b"authorization":
+                scheme, _, given = raw_value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(given, expected.encode())
+        return False
 
     async def _late(self, fault: Any, scope: Scope, receive: Receive, send: Send) -> None:
         """Read the whole body, wait ``fault.delay``, then handle the request whether or not the client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import threading
@@ -20,12 +21,26 @@ DEFAULT_TOKEN = "sandbox-token"  # noqa: S105 - the sandbox's public demo token,
 WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - a mapping, not a bind
 
 
+def is_loopback_host(host: str) -> bool:
+    """config.is_loopback's rule (by the name, never DNS), without importing Airflow: a literal
+    127.0.0.0/8 or ::1 address, or exactly ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class SandboxClient:
     """The control API (``/_sandbox``) over HTTP."""
 
-    def __init__(self, root_url: str) -> None:
+    def __init__(self, root_url: str, control_token: str | None = None) -> None:
         self.root_url = root_url.rstrip("/")
         self._session = requests.Session()
+        self._session.trust_env = False  # the sandbox is local: no environment proxy
+        if control_token:
+            self._session.headers["Authorization"] = f"Bearer {control_token}"
 
     def _call(self, method: str, path: str, json: Any = None) -> Any:
         response = self._session.request(
@@ -166,9 +181,20 @@ class SandboxServer:
         oauth_clients: dict[str, str] | None = None,
         access_token_lifetime: float = DEFAULT_ACCESS_TOKEN_LIFETIME,
         rotate_refresh_tokens: bool = False,
+        control_token: str | None = None,
     ) -> None:
+        if control_token is not None and not control_token.strip():
+            raise ValueError("control_token is empty")
+        if control_token is None and not is_loopback_host(host):
+            raise ValueError(
+                f"the sandbox bound to {host!r} (not a loopback address) serves its control API to the "
+                "network: give it a control token (SandboxServer(control_token=...); faxplus-sandbox reads "
+                "FAXPLUS_SANDBOX_CONTROL_TOKEN or --control-token-file)"
+            )
+        self.control_token = control_token
         self.state = SandboxState(
             tokens=tokens if tokens is not None else {token: None},
+            control_token=control_token,
             client_id=client_id,
             uid=uid,
             members=members,
@@ -225,7 +251,7 @@ class SandboxServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the Fax.Plus sandbox did not start")
             time.sleep(0.01)
-        self.client = SandboxClient(self.root_url)
+        self.client = SandboxClient(self.root_url, self.control_token)
         return self
 
     def stop(self) -> None:

@@ -249,8 +249,11 @@ class SandboxState:
         sending_modify_status: int = 409,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         oauth: OAuthState | None = None,
+        control_token: str | None = None,
     ) -> None:
         self.tokens = tokens
+        # Required (as a Bearer token) by every control request but the health check, when set.
+        self.control_token = control_token
         self.oauth = oauth or OAuthState()
         self.max_body_bytes = max_body_bytes
         self.client_id = client_id

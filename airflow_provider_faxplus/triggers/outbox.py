@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_faxplus import oauth, protocol
+from airflow_provider_faxplus import oauth, protocol, redaction
 from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
@@ -132,17 +132,28 @@ async def _exchange(
     proxy: str | None,
     transport_error: Callable[[str], FaxPlusRequestError],
     tls_error: Callable[[str], FaxPlusRequestError],
+    max_bytes: int,
+    too_large: Callable[[int], FaxPlusRequestError],
 ) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP exchange on the shared session; failures become the caller's errors (as the hook's)."""
+    """One HTTP exchange on the shared session; failures become the caller's errors (as the hook's).
+    An answer over ``max_bytes`` (decompressed) is refused unread past the limit: ``too_large(status)``."""
     try:
         async with lease.session.request(
             method, url, headers=headers, data=data, allow_redirects=False, proxy=proxy
         ) as response:
-            return response.status, dict(response.headers), await response.read()
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large(response.status)
+                chunks.append(chunk)
+            return response.status, dict(response.headers), b"".join(chunks)
     except TimeoutError:
         raise transport_error(f"no answer within {config.timeout:g} s") from None
     except aiohttp.ClientError as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:300]
+        # A client library's message can quote what was sent (a header, a URL): redacted all the same.
+        reason = redaction.for_config(config)(f"{type(exc).__name__}: {exc}", 300)
         if protocol.is_certificate_failure(exc):
             raise tls_error(reason) from None
         raise transport_error(reason) from None
@@ -154,6 +165,7 @@ async def fetch_outbox_fax(
     """One *Get outgoing fax*, no retries: the trigger's poll loop does the waiting. ``token``: the
     access token to send (default: the connection's)."""
     call = protocol.get_outbox_fax_call(config, outbox_fax_id, user_id)
+    fax_id = call.outbox_fax_id
     headers = {**call.headers, "Authorization": f"Bearer {token or config.token}"}
     status, response_headers, body = await _exchange(
         lease,
@@ -165,6 +177,10 @@ async def fetch_outbox_fax(
         proxy=lease.proxy,
         transport_error=lambda reason: protocol.transport_error(call, reason),
         tls_error=lambda reason: protocol.tls_error(call, lease.tls, reason),
+        max_bytes=call.operation.max_answer_bytes,
+        too_large=lambda status: protocol.answer_too_large(
+            call.operation.name, call.method, call.path, status, call.operation.max_answer_bytes, fax_id
+        ),
     )
     log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
     return protocol.parse_get_response(config, call, status, response_headers, body)
@@ -183,6 +199,8 @@ async def fetch_token_grant(lease: _Lease, config: FaxPlusConfig, refresh_token:
         proxy=proxy_for(config.token_url),
         transport_error=lambda reason: oauth.transport_error(call, reason),
         tls_error=lambda reason: oauth.tls_error(call, lease.tls, reason),
+        max_bytes=oauth.MAX_TOKEN_ANSWER_BYTES,
+        too_large=lambda status: oauth.too_large(call, status),
     )
     grant = oauth.parse_token_response(call, status, response_headers, body)
     log.info("Fax.Plus OAuth2 access token refreshed at %s", call.describe())
@@ -226,7 +244,13 @@ async def _read_connection(conn_id: str) -> FaxPlusConfig:
     environment_proxy(config.base_url)
     if config.uses_oauth_refresh:
         environment_proxy(config.token_url)
-    oauth.mask(config.token, config.client_secret, config.refresh_token)
+    await oauth.amask(
+        config.token,
+        config.client_secret,
+        config.refresh_token,
+        client_id=config.client_id,
+        client_secret=config.client_secret,
+    )
     return config
 
 
@@ -249,14 +273,7 @@ def _error_kind(exc: FaxPlusRequestError) -> str:
 
 
 def _redacted(text: str, config: FaxPlusConfig | None) -> str:
-    if config is not None:
-        secrets = [config.token, config.client_secret, config.refresh_token]
-        if config.uses_oauth_refresh:
-            secrets.append(oauth.source_for(config).valid_token())
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, "***")
-    return text[:500]
+    return redaction.for_config(config)(text, 500) if config is not None else text[:500]
 
 
 class OutboxFaxTrigger(BaseTrigger):

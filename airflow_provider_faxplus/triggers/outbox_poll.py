@@ -242,6 +242,10 @@ class AccountPoll:
             proxy=self.lease.proxy,
             transport_error=lambda reason: protocol.transport_error(call, reason),
             tls_error=lambda reason: protocol.tls_error(call, self.lease.tls, reason),
+            max_bytes=call.operation.max_answer_bytes,
+            too_large=lambda status: protocol.answer_too_large(
+                call.operation.name, call.method, call.path, status, call.operation.max_answer_bytes
+            ),
         )
         log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
         by_id: dict[str, tuple[int, Any]] = {}

@@ -1,0 +1,645 @@
+"""Secrets and hostile input (issue 21): one test, or a few, per finding of the security review, each
+over real HTTP where a real part can reach. Redaction, proxies and loopback rules are exercised through the
+paths users hit: the hook, the trigger, the token endpoint, the faxplus-oauth CLI and the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from urllib.parse import quote, quote_plus
+
+import pytest
+import requests
+
+from airflow_provider_faxplus import oauth
+from airflow_provider_faxplus.config import (
+    FaxPlusConfig,
+    config_from_connection,
+    is_loopback,
+    normalize_base_url,
+)
+from airflow_provider_faxplus.exceptions import (
+    FaxPlusAuthError,
+    FaxPlusConfigError,
+    FaxPlusInputError,
+    FaxPlusResponseError,
+)
+from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+from airflow_provider_faxplus.sandbox import SandboxServer
+from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
+from tests.test_oauth import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, collect, seen_trigger, use_oauth
+
+SECRET = "alohi_pat_PASTED-sentinel-7c1e"  # what a person pastes into the wrong field
+
+
+@pytest.fixture
+def oauth_sandbox(sandbox, control):
+    control.oauth_settings(clients={CLIENT_ID: CLIENT_SECRET})
+    return sandbox
+
+
+@pytest.fixture
+def refresh_token(oauth_sandbox, control) -> str:
+    return control.mint_refresh_token(CLIENT_ID)
+
+
+def encodings(secret: str) -> list[str]:
+    """The forms a leak takes: as is, percent-encoded, base64 and a prefix."""
+    return [
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret),
+        base64.b64encode(secret.encode()).decode(),
+        secret[:12],
+    ]
+
+
+def assert_none_of(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        for form in encodings(secret):
+            assert form not in text, (form, text)
+
+
+# 1. faxplus-oauth follows the hook's proxy rule ------------------------------------------------------
+
+
+class FakeProxy:
+    """A TCP listener that records what a client sends it (a proxy must see nothing) and answers 502."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.seen: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    self.seen.append(conn.recv(65536))
+                    conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
+def test_cli_sends_the_client_secret_through_no_environment_proxy(oauth_sandbox, control, variable):
+    proxy = FakeProxy()
+    try:
+        code = control.mint_code(CLIENT_ID, REDIRECT_URI)
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        }
+        env.update({variable: proxy.url, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET})
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "airflow_provider_faxplus.oauth_cli",
+                "--client-id",
+                CLIENT_ID,
+                "--redirect-uri",
+                REDIRECT_URI,
+                "--token-url",
+                oauth_sandbox.token_url,
+            ],
+            input=code + "\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        proxy.close()
+    assert proxy.seen == []
+    assert done.returncode == 0, done.stderr
+    assert [entry["grant_type"] for entry in control.token_requests()] == ["authorization_code"]
+
+
+@pytest.mark.parametrize("variable", ["ALL_PROXY", "all_proxy", "HTTPS_PROXY"])
+def test_cli_opens_no_proxy_tunnel_to_an_https_loopback_token_url(variable):
+    proxy = FakeProxy()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: a refused connection, quickly
+    port = closed.getsockname()[1]
+    try:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        }
+        env.update({variable: proxy.url, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET})
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "airflow_provider_faxplus.oauth_cli",
+                "--client-id",
+                CLIENT_ID,
+                "--redirect-uri",
+                REDIRECT_URI,
+                "--token-url",
+                f"https://127.0.0.1:{port}/token",
+            ],
+            input="code-123\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        proxy.close()
+        closed.close()
+    assert proxy.seen == []  # no CONNECT: loopback is never proxied
+    assert done.returncode == 1
+    assert "refused" in done.stderr.lower() or "connection" in done.stderr.lower(), done.stderr
+    assert CLIENT_SECRET not in done.stderr
+
+
+def test_cli_warns_that_a_code_on_the_command_line_is_visible(oauth_sandbox, control):
+    code = control.mint_code(CLIENT_ID, REDIRECT_URI)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_faxplus.oauth_cli",
+            "--client-id",
+            CLIENT_ID,
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--token-url",
+            oauth_sandbox.token_url,
+            "--code",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--code is visible" in done.stderr
+
+
+# 2. Loopback is a name, never a DNS answer -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["localhost.", "LOCALHOST.", "localhost.localdomain", "127.0.0.1.nip.io"])
+def test_a_name_that_dns_resolves_is_not_loopback(host):
+    assert not is_loopback(host)
+    for what in ("base URL", "token URL"):
+        with pytest.raises(FaxPlusConfigError, match="plain http"):
+            normalize_base_url(f"http://{host}:8080/v3", what=what)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.8.9.10", "[::1]"])
+def test_literal_loopback_and_localhost_exactly_may_be_plain_http(host):
+    assert normalize_base_url(f"http://{host}:8080/v3") == f"http://{host}:8080/v3"
+
+
+def test_trigger_refuses_a_dns_loopback_name_as_a_config_event(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FAXPLUS_DEFAULT",
+        json.dumps({"conn_type": "faxplus", "host": "http://localhost.:1/v3", "password": SECRET}),
+    )
+    [event] = asyncio.run(asyncio.wait_for(collect(OutboxFaxTrigger(outbox_fax_id="f1")), 30))
+    assert (event["status"], event["kind"]) == ("error", "config")
+    assert "plain http" in event["message"]
+    assert_none_of(event["message"], SECRET)
+
+
+# 3. Access tokens echoed by the API ---------------------------------------------------------------------
+
+
+def _echoing_401(control, token: str) -> None:
+    description = (
+        f"token {token} refused; b64 {base64.b64encode(token.encode()).decode()}; url {quote(token, safe='')}"
+    )
+    body = json.dumps({"error": "invalid_token", "description": description})
+    control.add_fault(status=401, times=4, path_contains="/outbox/", body=body)
+
+
+def test_an_access_token_echoed_by_the_api_is_redacted_in_hook_errors(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1")
+    hook = FaxPlusHook()
+    hook.get_outbox_fax("f1")
+    [issued] = list(oauth_sandbox.state.oauth.access_tokens)
+    _echoing_401(control, issued)
+    with pytest.raises(FaxPlusAuthError) as info:
+        hook.get_outbox_fax("f1")
+    assert "refused" in str(info.value)  # the description is there, its token is not
+    ok, message = FaxPlusHook().test_connection()
+    assert not ok
+    for text in (str(info.value), info.value.description or "", message):
+        assert_none_of(text, *oauth_sandbox.state.oauth.access_tokens, refresh_token, CLIENT_SECRET)
+    hook.close()
+
+
+def test_an_access_token_echoed_by_the_api_is_redacted_in_the_trigger_event(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="f1")
+    hook = FaxPlusHook()
+    hook.get_outbox_fax("f1")
+    hook.close()
+    [issued] = list(oauth_sandbox.state.oauth.access_tokens)
+    _echoing_401(control, issued)
+    trigger = seen_trigger("f1", poke_interval=0.1)
+    trigger.shared_poll = False
+    [event] = asyncio.run(asyncio.wait_for(collect(trigger), 60))
+    assert (event["status"], event["kind"]) == ("error", "auth")
+    assert "refused" in event["message"]
+    assert_none_of(json.dumps(event), *oauth_sandbox.state.oauth.access_tokens, refresh_token)
+
+
+# 4. Token-endpoint errors: encoded secrets --------------------------------------------------------------
+
+ODD_REFRESH = "rt/+=Q9-sentinel~refresh.token_8842"
+
+
+def test_token_endpoint_errors_redact_encoded_secrets():
+    config = FaxPlusConfig(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=ODD_REFRESH,
+        token_url="https://accounts.example/token",
+    )
+    call = oauth.refresh_call(config, ODD_REFRESH)
+    basic = call.headers["Authorization"]
+    form = call.body.decode()
+    assert quote_plus(ODD_REFRESH) in form  # the echo below is what was really sent
+    echoes = {
+        "basic": f"bad header {basic}",
+        "form": f"could not parse {form}",
+        "prefix": f"refresh token {ODD_REFRESH[:14]}... is unknown",
+        "json-escaped": json.dumps({"got": ODD_REFRESH})[1:-1],
+        "base64": base64.b64encode(f"refresh_token={ODD_REFRESH}".encode()).decode(),
+    }
+    for name, echo in echoes.items():
+        for body in (json.dumps({"error": "invalid_request", "error_description": echo}), echo):
+            with pytest.raises(FaxPlusAuthError) as info:
+                oauth.parse_token_response(call, 400, {}, body.encode())
+            for text in (str(info.value), info.value.description or ""):
+                assert_none_of(text, ODD_REFRESH, CLIENT_SECRET)
+                assert basic.split()[1] not in text, name
+                assert quote_plus(ODD_REFRESH) not in text, name
+                assert ODD_REFRESH[:10] not in text, name
+
+
+def test_encoded_secrets_are_registered_with_the_masker(oauth_sandbox, refresh_token, monkeypatch):
+    try:
+        from airflow.sdk.log import redact
+    except ImportError:  # Airflow 2.11
+        from airflow.utils.log.secrets_masker import redact
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    FaxPlusHook().close()
+    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    masked = redact(f"Authorization: Basic {basic}; refresh_token={quote(refresh_token, safe='')}")
+    assert basic not in masked
+    assert refresh_token not in masked
+
+
+def test_the_redactor_catches_fragments_and_leaves_other_text_alone():
+    from airflow_provider_faxplus.redaction import Redactor
+
+    redact = Redactor([ODD_REFRESH], [(CLIENT_ID, CLIENT_SECRET)])
+    assert redact("HTTP 400 invalid_grant") == "HTTP 400 invalid_grant"
+    assert ODD_REFRESH[5:20] not in redact(f"x {ODD_REFRESH[5:20]} y")
+    assert redact("x" * 300, 200) == "x" * 200
+    # A cut that leaves the first characters of a secret at the end.
+    assert redact("x" * 195 + ODD_REFRESH[:6], 200) == "x" * 195 + "***"
+    assert repr(redact).startswith("Redactor(")
+    assert ODD_REFRESH not in repr(redact)
+
+
+# 5. Access tokens with control characters ---------------------------------------------------------------
+
+
+def test_an_access_token_with_control_characters_is_a_clear_error(
+    oauth_sandbox, control, refresh_token, monkeypatch
+):
+    bad = "oauth_access_BAD\x01\r\nX-Injected:1"  # no space: that alone was refused already
+    control.add_fault(
+        status=200,
+        path_contains="/token",
+        times=5,
+        body=json.dumps({"access_token": bad, "token_type": "Bearer", "expires_in": 3600}),
+        content_type="application/json",
+    )
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    hook = FaxPlusHook()
+    with pytest.raises(FaxPlusResponseError, match="without a usable access_token") as info:
+        hook.get_outbox_fax("f1")
+    assert "oauth_access_BAD" not in str(info.value)
+    assert [entry["path"] for entry in control.requests()] == ["/token"]  # the API never saw it
+    hook.close()
+
+
+# 6. The sandbox's request log on the fault path ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", [{"status": 503}, {"drop": True}, {"status": 200, "body": "{}"}])
+def test_the_sandbox_log_never_keeps_a_refresh_token_even_when_a_fault_answers(
+    oauth_sandbox, control, refresh_token, monkeypatch, fault
+):
+    control.add_fault(path_contains="/token", times=1, **fault)
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    hook = FaxPlusHook()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the fault's answer, whatever it is
+        hook.get_outbox_fax("nope")
+    hook.close()
+    entries = control.token_requests()
+    assert entries
+    assert entries[0].get("fault")
+    assert "grant_type=refresh_token" in entries[0]["body"]  # the log keeps the form, not the secret
+    assert_none_of(json.dumps(control.requests()), refresh_token, CLIENT_SECRET)
+
+
+# 7. The sandbox's control API on a network address ------------------------------------------------------
+
+
+def test_a_sandbox_on_a_network_address_needs_a_control_token():
+    with pytest.raises(ValueError, match="control token"):
+        SandboxServer(host="0.0.0.0")  # noqa: S104 - the case under test
+
+
+def test_the_control_token_guards_every_control_request_but_health():
+    control_token = "ctl-sentinel-5b1f0a"
+    with SandboxServer(host="0.0.0.0", control_token=control_token) as server:  # noqa: S104
+        root = server.root_url
+        session = requests.Session()
+        session.trust_env = False
+        for method, path in (
+            ("GET", "/faxes"),
+            ("POST", "/oauth/refresh_tokens"),
+            ("GET", "/requests"),
+            ("POST", "/reset"),
+        ):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": control_token}):
+                answer = session.request(method, f"{root}/_sandbox{path}", headers=headers, timeout=10)
+                assert answer.status_code == 401, (method, path, headers)
+                assert control_token not in answer.text
+        assert session.get(f"{root}/_sandbox/health", timeout=10).status_code == 200
+        assert server.client is not None
+        server.client.create_fax(id="f1")  # the in-process client carries the token
+        assert [fax["id"] for fax in server.client.faxes()] == ["f1"]
+        answer = session.get(
+            f"{server.base_url}/accounts/self/outbox/f1",
+            headers={"Authorization": f"Bearer {server.token}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200  # the API itself is unchanged
+        session.close()
+
+
+def _sandbox_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_faxplus.sandbox.cli", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_sandbox_cli_refuses_a_network_address_without_a_control_token_and_a_token_in_argv():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAXPLUS_SANDBOX_")}
+    for args, message in (
+        (("--host", "0.0.0.0"), "FAXPLUS_SANDBOX_CONTROL_TOKEN"),  # noqa: S104
+        (("--token", SECRET), "--token is not accepted"),
+    ):
+        proc = _sandbox_cli(*args, env=env)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()  # a sandbox that started after all must not outlive the test
+            proc.communicate()
+        assert proc.returncode == 2, (args, out, err)
+        assert message in err
+        assert SECRET not in out + err
+
+
+def test_sandbox_cli_reads_its_tokens_from_the_environment_and_files(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("sbx-file-token-91d2\n")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FAXPLUS_SANDBOX_")},
+        "FAXPLUS_SANDBOX_CONTROL_TOKEN": "ctl-env-token-44ab",
+    }
+    proc = _sandbox_cli("--host", "0.0.0.0", "--token-file", str(token_file), "--seed", "1", env=env)  # noqa: S104
+    try:
+        lines: list[str] = []
+        while not any(line.startswith("seeded outbox fax") for line in lines):
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line, f"the sandbox exited early: {lines}"
+            lines.append(line.strip())
+        [listening] = [line for line in lines if line.startswith("Fax.Plus sandbox listening on ")]
+        base_url = listening.rsplit(" ", 1)[1]
+        root = base_url.rsplit("/v3", 1)[0]
+        fax_id = lines[-1].rsplit(" ", 1)[1]
+        session = requests.Session()
+        session.trust_env = False
+        assert session.get(f"{root}/_sandbox/faxes", timeout=10).status_code == 401
+        listed = session.get(
+            f"{root}/_sandbox/faxes", headers={"Authorization": "Bearer ctl-env-token-44ab"}, timeout=10
+        )
+        assert [fax["id"] for fax in listed.json()] == [fax_id]
+        answer = session.get(
+            f"{base_url}/accounts/self/outbox/{fax_id}",
+            headers={"Authorization": "Bearer sbx-file-token-91d2"},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+        session.close()
+        assert not any("ctl-env-token-44ab" in line or "sbx-file-token-91d2" in line for line in lines)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+# 8. A secret pasted into the wrong field is never echoed ------------------------------------------------
+
+
+def _config(host: str | None = None, **extra: object) -> FaxPlusConfig:
+    return config_from_connection(
+        conn_id="c", host=host, password="tok-123456", login=None, schema=None, port=None, extra=extra
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "field"),
+    [
+        (None, {"timeout": SECRET}, "'timeout'"),
+        (None, {"max_attempts": SECRET}, "'max_attempts'"),
+        (None, {"initial_backoff": SECRET}, "'initial_backoff'"),
+        (None, {"verify": SECRET}, "'verify'"),
+        (None, {"ca_bundle": SECRET}, "'ca_bundle'"),
+        (None, {"token_url": SECRET}, "token URL"),
+        (f"https://restapi.fax.plus:{SECRET}/v3", {}, "base URL"),
+        (f"https://restapi.fax.plus:{SECRET}", {}, "base URL"),
+        (SECRET, {}, "base URL"),
+        (
+            None,
+            {
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "refresh_token": "rt-1234567",
+                "token_url": f"https://accounts.fax.plus:{SECRET}/token",
+            },
+            "token URL",
+        ),
+    ],
+)
+def test_a_secret_in_the_wrong_field_is_named_never_echoed(host, extra, field):
+    with pytest.raises(FaxPlusConfigError) as info:
+        _config(host, **extra)
+    message = str(info.value)
+    assert field in message
+    assert_none_of(message, SECRET)
+
+
+def test_numbers_are_still_shown():
+    with pytest.raises(FaxPlusConfigError, match="got -5"):
+        _config(timeout="-5")
+
+
+# 9. Bad input gets a clear error ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([1, 2], "must be a JSON object, got a list"),
+        ("not json {", "is not valid JSON"),
+        ('"a string"', "must be a JSON object, got a string"),
+    ],
+)
+def test_an_extra_that_is_no_json_object_is_a_clear_error(monkeypatch, extra, message):
+    # A JSON connection keeps a string extra as is (Airflow's extra_dejson then gives {} and logs it).
+    raw = json.dumps({"conn_type": "faxplus", "password": SECRET, "extra": extra})
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", raw)
+    hook = FaxPlusHook()
+    with pytest.raises(FaxPlusConfigError, match=message) as info:
+        hook.get_outbox_fax("f1")
+    assert_none_of(str(info.value), SECRET)
+    ok, text = hook.test_connection()
+    assert not ok
+    assert message in text
+
+
+def test_a_trigger_reports_a_non_object_extra_as_a_config_event(monkeypatch):
+    raw = json.dumps({"conn_type": "faxplus", "password": SECRET, "extra": [1]})
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", raw)
+    [event] = asyncio.run(asyncio.wait_for(collect(OutboxFaxTrigger(outbox_fax_id="f1")), 30))
+    assert (event["status"], event["kind"]) == ("error", "config")
+    assert "must be a JSON object" in event["message"]
+
+
+def test_a_lone_surrogate_is_an_input_error_before_any_request(hook, control):
+    for call in (
+        lambda: hook.get_outbox_fax("f\udcff"),
+        lambda: hook.get_outbox_fax("f1", user_id="\udcff"),
+        lambda: hook.update_outbox_fax("f1", comment="bad \udcff comment"),
+        lambda: hook.cancel_outbox_fax("\udcff"),
+        lambda: hook.send_fax("+15551234567", ["/transient-1"], comment="\udcff"),
+    ):
+        with pytest.raises(FaxPlusInputError, match="lone surrogate"):
+            call()
+    assert control.requests() == []
+
+
+# Also seen: answers are read up to a size limit per operation --------------------------------------------
+
+
+def test_an_oversized_api_answer_is_refused_by_the_hook_and_the_trigger(hook, control, faxplus_conn):
+    from airflow_provider_faxplus.protocol import MAX_ANSWER_BYTES
+
+    control.create_fax(id="f1")
+    huge = json.dumps({"id": "f1", "padding": "x" * (MAX_ANSWER_BYTES + 10)})
+    control.add_fault(status=200, path_contains="/outbox/f1", times=2, body=huge)
+    with pytest.raises(FaxPlusResponseError, match=f"larger than {MAX_ANSWER_BYTES} bytes"):
+        hook.get_outbox_fax("f1")
+    trigger = OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1, shared_poll=False)
+    [event] = asyncio.run(asyncio.wait_for(collect(trigger), 30))
+    assert (event["status"], event["kind"]) == ("error", "api")
+    assert f"larger than {MAX_ANSWER_BYTES} bytes" in event["message"]
+    assert hook.get_outbox_fax("f1").id == "f1"  # the limit is per answer; a normal one still reads
+
+
+def test_an_oversized_token_answer_is_refused(oauth_sandbox, control, refresh_token, monkeypatch):
+    huge = json.dumps({"access_token": "a" * (oauth.MAX_TOKEN_ANSWER_BYTES + 10), "token_type": "Bearer"})
+    control.add_fault(status=200, path_contains="/token", times=1, body=huge)
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    hook = FaxPlusHook()
+    with pytest.raises(FaxPlusResponseError, match=f"larger than {oauth.MAX_TOKEN_ANSWER_BYTES} bytes"):
+        hook.get_outbox_fax("f1")
+    hook.close()
+
+
+# Also seen: allowed_roots for files chosen by whoever triggers the DAG ----------------------------------
+
+
+def test_allowed_roots_refuse_paths_outside_them_symlinks_and_dot_dots_included(tmp_path):
+    from airflow_provider_faxplus.files import file_source
+
+    inside = tmp_path / "faxes"
+    inside.mkdir()
+    (inside / "ok.pdf").write_bytes(b"%PDF-1.4 ok")
+    outside = tmp_path / "secret.pdf"
+    outside.write_bytes(b"%PDF-1.4 secret")
+    (inside / "link.pdf").symlink_to(outside)
+    roots = [str(inside)]
+    assert file_source(str(inside / "ok.pdf"), allowed_roots=roots).size == len(b"%PDF-1.4 ok")
+    assert file_source(b"%PDF", "a.pdf", allowed_roots=roots).size == 4  # bytes are no path
+    for refused in (outside, inside / "link.pdf", inside / ".." / "secret.pdf", "s3://bucket/x.pdf"):
+        with pytest.raises(FaxPlusInputError, match="outside allowed_roots"):
+            file_source(str(refused), allowed_roots=roots)
+    assert file_source(str(outside)).size > 0  # without allowed_roots nothing changes
+
+
+def test_send_operator_with_allowed_roots_fails_before_any_request(tmp_path, faxplus_conn, control):
+    from types import SimpleNamespace
+
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_faxplus.operators.send import SendFaxOperator
+
+    outside = tmp_path / "secret.pdf"
+    outside.write_bytes(b"%PDF-1.4 secret")
+    (tmp_path / "faxes").mkdir()
+    operator = SendFaxOperator(
+        task_id="send", to="+15551234567", files=[str(outside)], allowed_roots=[str(tmp_path / "faxes")]
+    )
+    # The check runs before the task state store is read: a bare task instance is enough.
+    ti = SimpleNamespace(dag_id="d", task_id="send", run_id="r", map_index=-1)
+    with pytest.raises(AirflowFailException, match="outside allowed_roots"):
+        operator.execute({"ti": ti})
+    assert control.requests() == []
+    with pytest.raises(ValueError, match="allowed_roots must be a list"):
+        SendFaxOperator(task_id="s2", to="+1", files=[], allowed_roots="/data")
