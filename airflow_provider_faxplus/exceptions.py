@@ -32,6 +32,7 @@ class FaxPlusRequestError(FaxPlusError):
         method: str,
         path: str,
         outbox_fax_id: str | None = None,
+        fax_id: str | None = None,
         status: int | None = None,
         error: str | None = None,
         description: str | None = None,
@@ -41,6 +42,7 @@ class FaxPlusRequestError(FaxPlusError):
         self.method = method
         self.path = path
         self.outbox_fax_id = outbox_fax_id
+        self.fax_id = fax_id  # the id of a fax record (sent or received), not an outbox id
         self.status = status
         self.error = error
         self.description = description

@@ -104,6 +104,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Fax.Plus",
                 "python-modules": [
                     "airflow_provider_faxplus.operators.outbox",
+                    "airflow_provider_faxplus.operators.records",
                     "airflow_provider_faxplus.operators.send",
                 ],
             }

@@ -84,10 +84,17 @@ class ApiCall:
     outbox_fax_id: str
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    # What the id names: an outbox id, or the id of a fax record (records.py), which errors say apart.
+    kind: str = "outbox fax"
 
     @property
     def method(self) -> str:
         return self.operation.method
+
+    @property
+    def id_kwargs(self) -> dict[str, Any]:
+        """The id as an exception attribute: ``outbox_fax_id`` or ``fax_id``."""
+        return {"outbox_fax_id" if self.kind == "outbox fax" else "fax_id": self.outbox_fax_id}
 
     def describe(self) -> str:
         return f"{self.operation.name} ({self.method} {self.path})"
@@ -223,7 +230,7 @@ def error_from_response(
         "operation": call.operation.name,
         "method": call.method,
         "path": call.path,
-        "outbox_fax_id": call.outbox_fax_id,
+        **call.id_kwargs,
         "status": status,
         "error": error,
         "description": description,
@@ -241,6 +248,10 @@ def error_from_response(
             message + ". No such path on this API: check the connection's base URL and the user_id (self, "
             "or a member's user id)",
             **kwargs,
+        )
+    if call.kind != "outbox fax" and (status == 404 or (status == 400 and error in NOT_FOUND_ERROR_CODES)):
+        return FaxPlusNotFoundError(
+            message + f". No {call.kind} with this id: a wrong id, deleted, or not recorded yet", **kwargs
         )
     if status == 404 or (status == 400 and error in NOT_FOUND_ERROR_CODES):
         return FaxPlusNotFoundError(
@@ -276,7 +287,7 @@ def _location_host(location: str) -> str:
 
 def _for_fax(call: ApiCall) -> str:
     # Calls on the whole outbox (send, list, upload) name no fax.
-    return f" for outbox fax {call.outbox_fax_id!r}" if call.outbox_fax_id else ""
+    return f" for {call.kind} {call.outbox_fax_id!r}" if call.outbox_fax_id else ""
 
 
 def transport_error(call: ApiCall, reason: str, *, not_sent: bool = False) -> FaxPlusTransportError:
@@ -286,7 +297,7 @@ def transport_error(call: ApiCall, reason: str, *, not_sent: bool = False) -> Fa
         operation=call.operation.name,
         method=call.method,
         path=call.path,
-        outbox_fax_id=call.outbox_fax_id,
+        **call.id_kwargs,
     )
 
 
@@ -310,14 +321,14 @@ def is_certificate_failure(exc: BaseException) -> bool:
 
 def tls_error(call: ApiCall, tls: TlsSettings, reason: str) -> FaxPlusTLSError:
     return FaxPlusTLSError(
-        f"{call.describe()} failed for outbox fax {call.outbox_fax_id!r}: the server's TLS certificate "
+        f"{call.describe()} failed{_for_fax(call)}: the server's TLS certificate "
         f"could not be verified with {tls.source} ({reason}). No retry can fix this: set the "
         "connection's CA bundle (extra 'ca_bundle') to the CA that signed the server's certificate "
         "(or REQUESTS_CA_BUNDLE for every connection), or, for a test server only, set 'verify' to false",
         operation=call.operation.name,
         method=call.method,
         path=call.path,
-        outbox_fax_id=call.outbox_fax_id,
+        **call.id_kwargs,
     )
 
 
@@ -342,7 +353,7 @@ def _malformed(call: ApiCall, status: int, reason: str) -> FaxPlusResponseError:
         operation=call.operation.name,
         method=call.method,
         path=call.path,
-        outbox_fax_id=call.outbox_fax_id,
+        **call.id_kwargs,
         status=status,
     )
 

@@ -75,6 +75,8 @@ def run_spec(uploaded: str = UPLOADED) -> dict[str, Any]:
             for parameter in operation["parameters"]:
                 if parameter["name"] == "user_id":
                     ids = ["self", DEFAULT_UID]
+                elif parameter["name"] in ("after", "before"):  # the pattern allows impossible dates
+                    ids = ["2026-01-01 00:00:00", "2026-12-31 23:59:59"]
                 elif parameter["name"] != "outbox_fax_id":
                     continue
                 elif operation["operationId"] == "deleteOutboxFax":  # the other faxes stay for the rest

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import IO, Any
 
 import requests
 from airflow.providers.common.compat.sdk import BaseHook
@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_faxplus import oauth, protocol, redaction, send
+from airflow_provider_faxplus import downloads, files, oauth, protocol, records, redaction, send
 from airflow_provider_faxplus.config import (
     FaxPlusConfig,
     TlsSettings,
@@ -36,12 +36,15 @@ from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
     FaxPlusConfigError,
     FaxPlusError,
+    FaxPlusInputError,
     FaxPlusNotFoundError,
     FaxPlusNotSentError,
     FaxPlusRequestError,
+    FaxPlusResponseError,
     FaxPlusTLSError,
 )
 from airflow_provider_faxplus.models import OutboxFax
+from airflow_provider_faxplus.records import FaxRecord
 from airflow_provider_faxplus.retry import retry_kwargs
 from airflow_provider_faxplus.send import SentFax, UploadedFile
 
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 # test_connection() reads an outbox id that cannot exist: the least scope the provider needs
 # (fax:fax:read) proves the token without touching any fax.
 CONNECTION_TEST_FAX_ID = "airflow-connection-test"
+# What is read of a download's answer that is no file (an error body) for the error message.
+DOWNLOAD_ERROR_BODY_BYTES = 64 * 1024
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -315,6 +320,138 @@ class FaxPlusHook(BaseHook):
         status, headers, body = self._send(call)
         send.check_cancel_response(self.config, call, status, headers, body)
 
+    # Fax records, files and reports (records.py builds the calls and reads the answers) -------------
+
+    def list_faxes(
+        self,
+        category: str,
+        *,
+        after: datetime | str | None = None,
+        before: datetime | str | None = None,
+        limit: int | None = None,
+        user_id: str = "self",
+    ) -> list[FaxRecord]:
+        """*List fax records* of one ``category`` (``inbox``, ``sent``, ``spam``), optionally between
+        ``after`` and ``before`` (aware datetimes, or ``YYYY-MM-DD HH:mm:ss`` UTC strings).
+
+        Pages through the API's ``limit``/``offset`` (50 per page) until an empty page. ``limit`` bounds
+        the result; without it more than ``records.MAX_LIST_RECORDS`` records is an error, never a
+        silently truncated list. A record that shows up on two pages (faxes arriving while paging shift
+        the offsets) is returned once; a page that brings nothing new is an error (the server ignores
+        ``offset``).
+        """
+        records.validate_category(category)
+        after_s = None if after is None else records.format_api_time("after", after)
+        before_s = None if before is None else records.format_api_time("before", before)
+        if after_s is not None and before_s is not None and after_s >= before_s:
+            raise FaxPlusInputError(f"after ({after_s}) must be earlier than before ({before_s})")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise FaxPlusInputError(f"limit must be a whole number >= 1, got {limit!r:.20}")
+        found: dict[str, FaxRecord] = {}
+        offset = 0
+        while True:
+            size = records.PAGE_SIZE if limit is None else min(records.PAGE_SIZE, limit - len(found))
+            call = records.list_faxes_call(
+                self.config,
+                category,
+                after=after_s,
+                before=before_s,
+                limit=size,
+                offset=offset,
+                user_id=user_id,
+            )
+            status, headers, body = self._send(call)
+            page = records.parse_list_faxes_response(self.config, call, status, headers, body)
+            new = [record for record in page if record.id not in found]
+            if page and not new:
+                raise FaxPlusResponseError(
+                    f"{call.describe()} answered offset {offset} with records already listed: the server "
+                    "does not page by offset, so the list cannot be completed",
+                    operation=call.operation.name,
+                    method=call.method,
+                    path=call.path,
+                    status=status,
+                )
+            for record in new:
+                self._warn_parse(record)
+                found[record.id] = record
+            offset += len(page)
+            # Only an empty page ends the list: a server that caps its pages below the size asked for
+            # answers short pages that are not the last (one request more per listing, never a hole).
+            if not page or (limit is not None and len(found) >= limit):
+                break
+            if limit is None and len(found) >= records.MAX_LIST_RECORDS:
+                raise FaxPlusInputError(
+                    f"more than {records.MAX_LIST_RECORDS:,} {category} fax records"
+                    f"{f' after {after_s}' if after_s else ''}{f' before {before_s}' if before_s else ''}: "
+                    "narrow the window with after/before, or give limit"
+                )
+        result = list(found.values())
+        return result if limit is None else result[:limit]
+
+    def get_fax(self, fax_id: str, user_id: str = "self") -> FaxRecord:
+        """*Get a fax record* (a sent or received fax).
+
+        :raises FaxPlusNotFoundError: no fax record with this id.
+        """
+        call = records.get_fax_call(self.config, fax_id, user_id)
+        status, headers, body = self._send(call)
+        record = records.parse_get_fax_response(self.config, call, status, headers, body)
+        self._warn_parse(record)
+        return record
+
+    def update_fax(
+        self, fax_id: str, *, comment: str | None = None, is_read: bool | None = None, user_id: str = "self"
+    ) -> None:
+        """*Modify a fax record*: its ``comment`` and/or ``is_read`` (only what is given is sent)."""
+        call = records.update_fax_call(self.config, fax_id, comment=comment, is_read=is_read, user_id=user_id)
+        status, headers, body = self._send(call)
+        records.check_no_content_response(self.config, call, status, headers, body)
+
+    def delete_fax(self, fax_id: str, user_id: str = "self") -> None:
+        """*Delete a fax record* (and its file). Retried like a read: a second delete changes nothing, but
+        one whose answer was lost is then a not-found, raised as :class:`FaxPlusNotFoundError`."""
+        call = records.delete_fax_call(self.config, fax_id, user_id)
+        status, headers, body = self._send(call)
+        records.check_no_content_response(self.config, call, status, headers, body)
+
+    def download_fax(
+        self, fax_id: str, destination: Any, *, format: str = "pdf", user_id: str = "self"
+    ) -> Any:
+        """The fax's file (``format`` ``pdf`` or ``tiff``) streamed to ``destination``: a local file path
+        or directory, an object-storage URI or an ``ObjectStoragePath`` (a directory or a path ending in
+        ``/`` gets ``<fax_id>.pdf``/``.tif``). Written atomically; returns where it was written (a
+        string for a local path, else the ``ObjectStoragePath``)."""
+        call = records.download_fax_call(self.config, fax_id, format, user_id)
+        return self._download(call, destination, downloads.default_name(call.outbox_fax_id, format, False))
+
+    def download_fax_report(self, fax_id: str, destination: Any, *, user_id: str = "self") -> Any:
+        """The fax's confirmation report (PDF) streamed to ``destination`` as :meth:`download_fax` does
+        (a directory gets ``<fax_id>-report.pdf``)."""
+        call = records.download_report_call(self.config, fax_id, user_id)
+        return self._download(call, destination, downloads.default_name(call.outbox_fax_id, "pdf", True))
+
+    def _download(self, call: protocol.ApiCall, destination: Any, name: str) -> Any:
+        target = downloads.Destination(destination, name)
+        try:
+            status, headers, body = self._send(call, sink=target.attempt)
+            records.check_download_start(self.config, call, status, headers, body)
+            written = target.commit()
+        finally:
+            target.discard()
+        log.info("%s: fax %s written to %s", call.operation.name, call.outbox_fax_id, target)
+        return written
+
+    @staticmethod
+    def _warn_parse(record: FaxRecord) -> None:
+        if record.parse_warnings:
+            log.warning(
+                "Fax record %s: field(s) that did not parse were left empty (the raw value is kept in "
+                "record.raw): %s",
+                record.id,
+                "; ".join(record.parse_warnings),
+            )
+
     def test_connection(self) -> tuple[bool, str]:
         """Prove the token with *Get outgoing fax* on an id that cannot exist (needs only read scope).
 
@@ -338,25 +475,27 @@ class FaxPlusHook(BaseHook):
         *,
         retry_statuses: frozenset[int] = protocol.RETRYABLE_STATUSES,
         data: Callable[[], Any] | None = None,
+        sink: Callable[[], IO[bytes]] | None = None,
         **retry_overrides: Any,
     ) -> tuple[int, dict[str, str], bytes]:
         """Send with retries on transient failures; return the final non-retryable answer.
 
         Retryable statuses are raised inside the loop so that tenacity can retry them. ``data`` makes
-        a fresh (streamed) body per attempt; ``retry_overrides`` replace tenacity arguments.
+        a fresh (streamed) body per attempt; ``sink`` a fresh file per attempt into which a 200 answer's
+        body is streamed (the returned body is then empty); ``retry_overrides`` replace tenacity arguments.
         """
         self.session  # noqa: B018 - a bad CA bundle or proxy is a configuration error, never retried
         renewed = False
         for attempt in Retrying(**{**retry_kwargs(self.config, log), **retry_overrides}):
             with attempt:
                 token = self._access_token()
-                status, headers, body = self._send_once(call, token, data)
+                status, headers, body = self._send_once(call, token, data, sink)
                 if status == 401 and not renewed and self._renew_after_401(token):
                     # Once per call: a refreshed or rotated token gets one more try. The API refused the
                     # request unprocessed, so this is safe even for a send.
                     renewed = True
                     call = _rebased(call, self.config)
-                    status, headers, body = self._send_once(call, self._access_token(), data)
+                    status, headers, body = self._send_once(call, self._access_token(), data, sink)
                 if status in retry_statuses:
                     raise protocol.error_from_response(self.config, call, status, headers, body)
                 return status, headers, body
@@ -424,7 +563,11 @@ class FaxPlusHook(BaseHook):
     # Transport -----------------------------------------------------------------------------------
 
     def _send_once(
-        self, call: protocol.ApiCall, token: str, data: Callable[[], Any] | None = None
+        self,
+        call: protocol.ApiCall,
+        token: str,
+        data: Callable[[], Any] | None = None,
+        sink: Callable[[], IO[bytes]] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One attempt; ``data`` makes a fresh (streamed) body for it."""
         return self._exchange(
@@ -440,6 +583,7 @@ class FaxPlusHook(BaseHook):
                 call, reason, not_sent=not_sent
             ),
             tls_error=lambda reason: protocol.tls_error(call, self._tls, reason),
+            sink=sink,
             max_bytes=call.operation.max_answer_bytes,
             too_large=lambda status: protocol.answer_too_large(
                 call.operation.name,
@@ -465,6 +609,7 @@ class FaxPlusHook(BaseHook):
         tls_error: Callable[[str], FaxPlusRequestError],
         max_bytes: int,
         too_large: Callable[[int], FaxPlusRequestError],
+        sink: Callable[[], IO[bytes]] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange under the whole-request deadline; failures become the caller's errors
         (``transport_error(reason, not_sent)``: ``not_sent`` when the request provably never left;
@@ -487,9 +632,11 @@ class FaxPlusHook(BaseHook):
                     allow_redirects=False,
                     stream=True,
                 )
-                body = _read_bounded(response, max_bytes)
-                if body is None:
+                # A download streams into its sink; any other answer is read, bounded.
+                bounded = _stream(response, sink) if sink is not None else _read_bounded(response, max_bytes)
+                if bounded is None:
                     raise too_large(response.status_code)
+                body = bounded
         except requests.ConnectTimeout:
             # No connection, so no byte of the request left: provably not sent.
             reason = f"could not connect within {timeout:g} s"
@@ -742,6 +889,24 @@ def _read_bounded(response: requests.Response, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)  # read to the end: the connection goes back to the pool
+
+
+def _stream(response: requests.Response, sink: Callable[[], IO[bytes]]) -> bytes:
+    """A 200 file answer's body into a fresh sink, chunk by chunk (never whole in memory); another
+    answer's body (an error, JSON) read up to 64 KiB and returned."""
+    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    with response:
+        if response.status_code != 200 or content_type == "application/json":
+            body = b""
+            for chunk in response.iter_content(8192):
+                body += chunk
+                if len(body) >= DOWNLOAD_ERROR_BODY_BYTES:
+                    break
+            return body[:DOWNLOAD_ERROR_BODY_BYTES]
+        handle = sink()
+        for chunk in response.iter_content(files.CHUNK_BYTES):
+            handle.write(chunk)
+    return b""
 
 
 def _short(exc: BaseException) -> str:

@@ -20,15 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_faxplus.sandbox.app import (
+from airflow_provider_faxplus.sandbox.common import (
     API_PREFIX,
     EDIT_SCOPES,
     READ_SCOPES,
-    _authorize,
-    _is_json,
-    _lookup,
-    _state,
+    authorize,
     error,
+    is_json,
+    lookup,
+    state_of,
 )
 from airflow_provider_faxplus.sandbox.spec import schema_errors
 from airflow_provider_faxplus.sandbox.state import SandboxInputError
@@ -51,14 +51,14 @@ def _boundary(content_type: str) -> str | None:
 
 
 def _owner(request: Request) -> str | Response:
-    owner = _state(request).resolve_user(request.path_params["user_id"])
+    owner = state_of(request).resolve_user(request.path_params["user_id"])
     if owner is None:
         return error(400, "invalid_user_id", "Invalid user id given")
     return owner
 
 
 async def upload_file(request: Request) -> Response:
-    denied = _authorize(request, FILE_EDIT_SCOPES)
+    denied = authorize(request, FILE_EDIT_SCOPES)
     if denied is not None:
         return denied
     owner = _owner(request)
@@ -94,12 +94,12 @@ async def upload_file(request: Request) -> Response:
         return error(400, "invalid_payload", "The form needs a file in the field fax_file")
     size = max(0, size - head - tail)  # the file's own bytes
     path = f"/transient-{uuid.uuid4()}"
-    _state(request).uploads[path] = (owner, file_name, size)
+    state_of(request).uploads[path] = (owner, file_name, size)
     return JSONResponse({"path": path})
 
 
 async def send_fax(request: Request) -> Response:
-    denied = _authorize(request, EDIT_SCOPES)
+    denied = authorize(request, EDIT_SCOPES)
     if denied is not None:
         return denied
     owner = _owner(request)
@@ -108,7 +108,7 @@ async def send_fax(request: Request) -> Response:
     body = await request.body()
     if len(body) > MAX_SEND_BODY:
         return error(413, "payload_too_large", "The request body is too large")
-    if not _is_json(request.headers.get("content-type")):
+    if not is_json(request.headers.get("content-type")):
         return error(415, "unsupported_media_type", "The request body must be application/json")
     try:
         payload: Any = json.loads(body)
@@ -117,7 +117,7 @@ async def send_fax(request: Request) -> Response:
     problem = _payload_problem(payload)
     if problem is not None:
         return error(400, *problem)
-    state = _state(request)
+    state = state_of(request)
     files = payload["files"]
     unknown = [path for path in files if state.uploads.get(path, (None,))[0] != owner]
     if unknown:
@@ -203,13 +203,13 @@ def _payload_problem(payload: Any) -> tuple[str, str] | None:
 
 
 async def list_outbox(request: Request) -> Response:
-    denied = _authorize(request, READ_SCOPES)
+    denied = authorize(request, READ_SCOPES)
     if denied is not None:
         return denied
     owner = _owner(request)
     if isinstance(owner, Response):
         return owner
-    state = _state(request)
+    state = state_of(request)
     now = state.clock.now()
     # A list answer that shows a fax is a look at it, as a GET is: poll-counted lifecycles move on (a
     # shared list poll would otherwise never see a poll-counted fax leave).
@@ -222,13 +222,13 @@ async def list_outbox(request: Request) -> Response:
 
 
 async def cancel_outbox_fax(request: Request) -> Response:
-    denied = _authorize(request, EDIT_SCOPES)
+    denied = authorize(request, EDIT_SCOPES)
     if denied is not None:
         return denied
-    fax = _lookup(request)
+    fax = lookup(request)
     if isinstance(fax, Response):
         return fax
-    state = _state(request)
+    state = state_of(request)
     if fax.status(state.clock.now()) == "sending":
         return error(
             state.sending_modify_status, "fax_not_modifiable", "A fax that is sending cannot be cancelled"

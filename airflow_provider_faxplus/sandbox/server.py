@@ -123,6 +123,32 @@ class SandboxClient:
         revoked: bool = self._call("POST", "/oauth/revoke", {"refresh_token": refresh_token})["revoked"]
         return revoked
 
+    def receive_fax(self, **spec: Any) -> dict[str, Any]:
+        """Inject a received fax record: ``id``, ``user_id``, ``category`` (inbox|spam), ``from``, ``to``,
+        ``pages``, ``comment``, ``status`` (success|partially_received|failed*), ``file_size`` (pad the
+        PDF to that many bytes)."""
+        result: dict[str, Any] = self._call("POST", "/records/received", spec)
+        return result
+
+    def set_record_outcome(self, outbox_fax_id: str, status: str, **extra: Any) -> dict[str, Any]:
+        """The sent record an outbox fax gets when it leaves: ``status`` (success, a failed_*,
+        partially_sent, ...), ``description``, ``id`` (the record's id, whatever the id policy)."""
+        result: dict[str, Any] = self._call(
+            "POST", "/records/outcomes", {"outbox_fax_id": outbox_fax_id, "status": status, **extra}
+        )
+        return result
+
+    def record_settings(self, **values: Any) -> dict[str, Any]:
+        """``default_outcome`` ({status, description}), ``id_policy`` (``same``: a sent record has the
+        outbox id; ``new``: an id of its own), ``from_field`` (``from`` or ``from_number``), ``page_cap``."""
+        result: dict[str, Any] = self._call("POST", "/records/settings", values)
+        return result
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every fax record (summaries with ``outbox_fax_id`` for sent ones), deleted ones included."""
+        result: list[dict[str, Any]] = self._call("GET", "/records")
+        return result
+
     def token_requests(self) -> list[dict[str, Any]]:
         """The request log's entries for the token endpoint."""
         return [entry for entry in self.requests() if entry["path"] == TOKEN_PATH]

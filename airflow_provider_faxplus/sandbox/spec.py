@@ -1,5 +1,6 @@
-"""The sandbox's copy of the spec (outbox.openapi.yaml, Fax.Plus's text) merged with the sending
-operations this project adds (sending.openapi.yaml), read once: the control API is checked against it."""
+"""The sandbox's copy of the spec (outbox.openapi.yaml, Fax.Plus's text) merged with the operations
+this project adds (sending.openapi.yaml, records.openapi.yaml), read once: the control API is checked
+against it."""
 
 from __future__ import annotations
 
@@ -13,23 +14,25 @@ from jsonschema import Draft4Validator
 
 SPEC_PATH = Path(__file__).with_name("outbox.openapi.yaml")
 SENDING_PATH = Path(__file__).with_name("sending.openapi.yaml")
+RECORDS_PATH = Path(__file__).with_name("records.openapi.yaml")
 
 
 @cache
 def document() -> dict[str, Any]:
-    """The whole API the sandbox serves: the spec plus the sending operations (new paths, methods and
-    schemas only: nothing of the spec is replaced)."""
+    """The whole API the sandbox serves: the spec plus the sending and record operations (new paths,
+    methods and schemas only: nothing of the spec is replaced)."""
     with SPEC_PATH.open(encoding="utf-8") as handle:
         loaded: dict[str, Any] = yaml.safe_load(handle)
-    with SENDING_PATH.open(encoding="utf-8") as handle:
-        sending: dict[str, Any] = yaml.safe_load(handle)
-    for path, item in sending["paths"].items():
-        methods = loaded["paths"].setdefault(path, {})
-        assert not set(item) & set(methods), f"{path}: sending.openapi.yaml would replace the spec's"
-        methods.update(item)
-    schemas = loaded["components"]["schemas"]
-    assert not set(sending["components"]["schemas"]) & set(schemas)
-    schemas.update(sending["components"]["schemas"])
+    for extra in (SENDING_PATH, RECORDS_PATH):
+        with extra.open(encoding="utf-8") as handle:
+            added: dict[str, Any] = yaml.safe_load(handle)
+        for path, item in added["paths"].items():
+            methods = loaded["paths"].setdefault(path, {})
+            assert not set(item) & set(methods), f"{path}: {extra.name} would replace the spec's"
+            methods.update(item)
+        schemas = loaded["components"]["schemas"]
+        assert not set(added["components"]["schemas"]) & set(schemas)
+        schemas.update(added["components"]["schemas"])
     return loaded
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow_provider_faxplus.sandbox.fax_records import RecordStore, fmt_plain
 from airflow_provider_faxplus.sandbox.oauth import OAuthState
 from airflow_provider_faxplus.sandbox.spec import schema_errors
 
@@ -53,11 +54,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self._offset += seconds
-
-
-def fmt_plain(ts: float) -> str:
-    """``YYYY-MM-DD HH:mm:ss``: the spec's format for last_updated_status_time and status_changes[].at."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def fmt_offset(ts: float) -> str:
@@ -207,6 +203,8 @@ class Fault:
     drop: bool = False
     # The request is handled (a send creates its fax), then the answer is cut off mid-body.
     drop_after: bool = False
+    # The handler's answer passes, but only its first ``cut_after`` body bytes: then the connection drops.
+    cut_after: int | None = None
     # The request is handled, then ``status`` answers instead (a proxy that passed the POST on).
     processed: bool = False
     # The body is read first, then the delay, then the request is handled even if the client has gone:
@@ -274,6 +272,8 @@ class SandboxState:
         self.cancelled: list[str] = []
         self.send_lifecycle: list[dict[str, Any]] = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
         self.send_lifecycles: dict[str, list[dict[str, Any]]] = {}
+        # Fax records (sandbox/records.py): sent records of faxes that left, received faxes.
+        self.fax_records = RecordStore()
         # Bumped by reset(): a request delayed by a fault across a reset must not touch the new state.
         self.generation = 0
         self._fault_ids = 0
@@ -386,11 +386,20 @@ class SandboxState:
             delay=_number(data, "delay", 0.0),
             drop=bool(data.get("drop", False)),
             drop_after=bool(data.get("drop_after", False)),
+            cut_after=None if data.get("cut_after") is None else int(_number(data, "cut_after", 0)),
             processed=bool(data.get("processed", False)),
             late=bool(data.get("late", False)),
         )
-        if fault.status is None and not fault.drop and not fault.drop_after and fault.delay == 0:
-            raise SandboxInputError("a fault needs a status, drop=true, drop_after=true or a delay")
+        if (
+            fault.status is None
+            and not fault.drop
+            and not fault.drop_after
+            and fault.cut_after is None
+            and fault.delay == 0
+        ):
+            raise SandboxInputError(
+                "a fault needs a status, drop=true, drop_after=true, cut_after or a delay"
+            )
         if fault.processed and (fault.status is None or fault.drop or fault.drop_after):
             raise SandboxInputError("processed=true needs a status (and no drop): it answers after handling")
         if fault.late and (fault.delay == 0 or fault.status is not None or fault.drop or fault.drop_after):
@@ -418,3 +427,4 @@ class SandboxState:
         self.send_lifecycle = [{"status": s, "seconds": 2.0} for s in OUTBOX_STATUSES]
         self.send_lifecycles = {}
         self.oauth.reset()
+        self.fax_records.reset()
