@@ -30,30 +30,37 @@ DEFAULT_LINE = "3.3"
 BENCH_EXTRAS = ["apache-airflow-providers-http==6.3.0", "faxplus-api==3.0.5", "httpx==0.28.1"]
 
 
-# The browser of tests/test_browser.py: Debian's chromium, never a browser that Playwright downloads.
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian packages the tests use, each known by a file it installs: the browser of tests/test_browser.py
+# (Debian's chromium, never a browser that Playwright downloads), and the metadata database and Celery
+# broker of tests/test_production.py.
+DEBIAN_PACKAGES = {
+    "chromium": "usr/bin/chromium",
+    "postgresql": "usr/lib/postgresql/*/bin/initdb",
+    "redis-server": "usr/bin/redis-server",
+}
 
 
 def ensure_chromium() -> None:
-    """Install Debian's chromium when it is missing and we may (root, apt-get); otherwise the browser
-    tests skip and say why. Idempotent: nothing happens once it is installed."""
-    if CHROMIUM.exists():
+    """Install the missing DEBIAN_PACKAGES when we may (root, apt-get), in one apt-get; otherwise the
+    tests that need them skip and say why. Idempotent: nothing happens once they are installed."""
+    missing = [name for name, file in DEBIAN_PACKAGES.items() if not any(Path("/").glob(file))]
+    if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        print(f"== no {CHROMIUM} and no root apt-get to install it: the browser tests will skip", flush=True)
+        print(f"== {', '.join(missing)} missing and no root apt-get: the tests needing them will skip")
         return
-    print("== installing chromium for the browser tests (apt-get)", flush=True)
+    print(f"== installing {', '.join(missing)} for the tests (apt-get)", flush=True)
     started = time.monotonic()
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             print(
-                f"== {' '.join(cmd)} failed, the browser tests will skip:\n{result.stderr[-2000:]}",
+                f"== {' '.join(cmd)} failed, the tests needing it will skip:\n{result.stderr[-2000:]}",
                 flush=True,
             )
             return
-    print(f"== chromium installed in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"== {', '.join(missing)} installed in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def _venv_dir(line: str) -> Path:
@@ -84,7 +91,7 @@ def ensure_env(line: str, extras: list[str] | None = None) -> Path:
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
     _run([*pip, "install", "--upgrade", "pip"])
-    _run([*pip, "install", AIRFLOW_LINES[line], "-e", f"{ROOT}[sandbox,dev]", *(extras or [])])
+    _run([*pip, "install", AIRFLOW_LINES[line], "-e", f"{ROOT}[sandbox,dev,deploy]", *(extras or [])])
     stamp.write_text(digest)
     return python
 
