@@ -403,6 +403,20 @@ class ApiLayer:
                 await asyncio.sleep(fault.delay)
                 if generation != self.state.generation:
                     raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
+            if fault.hold_after:
+                held: list[Message] = []
+
+                async def hold(message: Message) -> None:
+                    held.append(message)
+
+                generation = self.state.generation
+                await self.app(scope, logged_receive, hold)
+                await asyncio.sleep(fault.hold_after)
+                if generation != self.state.generation:
+                    raise DeliberateDrop()
+                for message in held:
+                    await record(message)
+                return
             if fault.drop_after:
                 # Handled for real (a send creates its fax), then the answer is lost.
                 async def swallow(message: Message) -> None:

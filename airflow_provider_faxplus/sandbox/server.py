@@ -60,7 +60,8 @@ class SandboxClient:
     def add_fault(self, **spec: Any) -> dict[str, Any]:
         """Script a fault: ``times``, ``method``, ``path_contains``, ``path_endswith``, ``status``, ``body``,
         ``content_type``, ``headers``, ``retry_after``, ``delay``, ``drop``, ``drop_after`` (handle the
-        request, then cut the answer off: a send creates its fax and the client never learns it)."""
+        request, then cut the answer off: a send creates its fax and the client never learns it),
+        ``hold_after`` (handle the request, then hold the answer that many seconds)."""
         result: dict[str, Any] = self._call("POST", "/faults", spec)
         return result
 

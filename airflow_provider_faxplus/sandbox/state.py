@@ -206,6 +206,9 @@ class Fault:
     drop: bool = False
     # The request is handled (a send creates its fax), then the answer is cut off mid-body.
     drop_after: bool = False
+    # The request is handled, then its answer held this many seconds: the client waits on a request
+    # that has taken effect (a send whose worker dies meanwhile).
+    hold_after: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -376,9 +379,19 @@ class SandboxState:
             delay=_number(data, "delay", 0.0),
             drop=bool(data.get("drop", False)),
             drop_after=bool(data.get("drop_after", False)),
+            hold_after=_number(data, "hold_after", 0.0),
         )
-        if fault.status is None and not fault.drop and not fault.drop_after and fault.delay == 0:
-            raise SandboxInputError("a fault needs a status, drop=true, drop_after=true or a delay")
+        if fault.hold_after and (fault.status is not None or fault.drop or fault.drop_after):
+            raise SandboxInputError("hold_after handles the request for real: no status, drop or drop_after")
+        if (
+            fault.status is None
+            and not fault.drop
+            and not fault.drop_after
+            and not (fault.delay or fault.hold_after)
+        ):
+            raise SandboxInputError(
+                "a fault needs a status, drop=true, drop_after=true, a delay or hold_after"
+            )
         self.faults.append(fault)
         return fault
 
