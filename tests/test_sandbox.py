@@ -222,6 +222,8 @@ def test_a_held_answer_comes_after_the_request_took_effect(sandbox, control):
         time.sleep(0.05)
     assert put.is_alive()  # ... and its answer not sent yet
     assert answers == []
+    [entry] = [e for e in control.requests() if e["method"] == "PUT"]
+    assert entry["handled_status"] == 204
     put.join(timeout=30)
     assert answers == [204]
     with pytest.raises(RuntimeError, match="hold_after handles the request"):

@@ -407,6 +407,8 @@ class ApiLayer:
                 held: list[Message] = []
 
                 async def hold(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        entry["handled_status"] = message["status"]
                     held.append(message)
 
                 generation = self.state.generation
