@@ -261,6 +261,8 @@ def test_celery_workers_run_the_examples_and_a_killed_worker_never_sends_twice(c
 
     wait_until(retried, "the interrupted send to be retried and succeed", 300, 2)
     recovered = time.monotonic() - killed_at
+    # No fax sent twice: one send request per destination, the interrupted one included.
+    assert sorted(_destination(entry) for entry in sends()) == DESTINATIONS
 
     # Every sensor deferred and looked once at its fax: now the faxes leave the outbox.
     def all_polled() -> bool:
