@@ -29,6 +29,9 @@ from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor
 # The demo polls fast against the sandbox; against Fax.Plus keep it at a minute or more.
 POKE_INTERVAL = float(os.environ.get("FAXPLUS_EXAMPLE_POKE_INTERVAL", "60"))
 FAX_ID = "{{ ti.xcom_pull(task_ids='send_fax')['outbox_fax_ids'][params.to] }}"
+# On Airflow 3 a run triggered without a logical date (`airflow dags trigger`) has no `ds`: fall back to
+# the date the run was due.
+DAY = "{{ ds if ds is defined else dag_run.run_after | ds }}"
 
 
 def one_page_pdf(text: str) -> bytes:
@@ -65,17 +68,17 @@ with DAG(
 ) as dag:
 
     @task
-    def upload_report(ds: str | None = None) -> str:
+    def upload_report(ds: str | None = None, run_id: str | None = None) -> str:
         from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 
-        pdf = one_page_pdf(f"Daily report {ds}")
+        pdf = one_page_pdf(f"Daily report {ds or run_id}")  # no ds: see DAY
         return FaxPlusHook().upload_file(pdf, file_name="report.pdf").path
 
     send = SendFaxOperator(
         task_id="send_fax",
         to="{{ params.to }}",
         files=[upload_report()],
-        comment="daily report {{ ds }}",
+        comment=f"daily report {DAY}",
         comment_tags=["report"],
         # Retries look in the outbox for this task's fax before sending again; Fax.Plus can take
         # about 30 s to show a new fax, so wait at least that long between tries.
@@ -84,7 +87,7 @@ with DAG(
     )
 
     tag = UpdateOutboxCommentOperator(
-        task_id="tag_comment", outbox_fax_id=FAX_ID, comment="daily report {{ ds }} (run {{ run_id }})"
+        task_id="tag_comment", outbox_fax_id=FAX_ID, comment=f"daily report {DAY} (run {{{{ run_id }}}})"
     )
 
     wait = OutboxFaxSensor(

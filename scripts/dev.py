@@ -6,6 +6,7 @@ python3 scripts/dev.py test              # lint + tests on Airflow 3.3 and 2.11 
 python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest args
 python3 scripts/dev.py test --unlocked   # the same on the newest releases, not the locks
 python3 scripts/dev.py lock              # newest releases: lint + tests, then rewrite locks/ if green
+python3 scripts/dev.py lock --keep       # the same, resolving only what the locks lack (a new dependency)
 python3 scripts/dev.py demo              # the sandbox demo (see README)
 python3 scripts/dev.py lint              # ruff + mypy
 python3 scripts/dev.py bench             # the benchmarks (docs/benchmarks.md)
@@ -39,30 +40,37 @@ DEFAULT_LINE = "3.3"
 BENCH_EXTRAS = ["apache-airflow-providers-http==6.3.0", "faxplus-api==3.0.5"]
 
 
-# The browser of tests/test_browser.py: Debian's chromium, never a browser that Playwright downloads.
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian packages the tests use, each known by a file it installs: the browser of tests/test_browser.py
+# (Debian's chromium, never a browser that Playwright downloads), and the metadata database and Celery
+# broker of tests/test_production.py.
+DEBIAN_PACKAGES = {
+    "chromium": "usr/bin/chromium",
+    "postgresql": "usr/lib/postgresql/*/bin/initdb",
+    "redis-server": "usr/bin/redis-server",
+}
 
 
 def ensure_chromium() -> None:
-    """Install Debian's chromium when it is missing and we may (root, apt-get); otherwise the browser
-    tests skip and say why. Idempotent: nothing happens once it is installed."""
-    if CHROMIUM.exists():
+    """Install the missing DEBIAN_PACKAGES when we may (root, apt-get), in one apt-get; otherwise the
+    tests that need them skip and say why. Idempotent: nothing happens once they are installed."""
+    missing = [name for name, file in DEBIAN_PACKAGES.items() if not any(Path("/").glob(file))]
+    if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        print(f"== no {CHROMIUM} and no root apt-get to install it: the browser tests will skip", flush=True)
+        print(f"== {', '.join(missing)} missing and no root apt-get: the tests needing them will skip")
         return
-    print("== installing chromium for the browser tests (apt-get)", flush=True)
+    print(f"== installing {', '.join(missing)} for the tests (apt-get)", flush=True)
     started = time.monotonic()
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             print(
-                f"== {' '.join(cmd)} failed, the browser tests will skip:\n{result.stderr[-2000:]}",
+                f"== {' '.join(cmd)} failed, the tests needing it will skip:\n{result.stderr[-2000:]}",
                 flush=True,
             )
             return
-    print(f"== chromium installed in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"== {', '.join(missing)} installed in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def _venv_dir(name: str) -> Path:
@@ -113,10 +121,16 @@ def ensure_env(
     target = _venv_dir(name)
     python = target / "bin" / "python"
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    wanted = [AIRFLOW_LINES[line], f"{ROOT}[sandbox,dev]", *(extras or [])]
+    wanted = [AIRFLOW_LINES[line], f"{ROOT}[sandbox,dev,deploy]", *(extras or [])]
     if unlocked:
         if name in _RESOLVED:
             return python
+        if (
+            within is None
+            and os.environ.get("FAXPLUS_LOCK_KEEP") == "1"
+            and lock_file(line, flavour).exists()
+        ):
+            within = lock_file(line, flavour)  # `lock --keep`: only what the lock lacks is resolved anew
         print(f"== resolving the newest releases in {target.relative_to(ROOT)}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
         _run([*pip, "install", "--upgrade", "pip", "setuptools"])
@@ -248,9 +262,12 @@ def _minutes(since: float) -> str:
     return f"{(time.monotonic() - since) / 60:.1f} min"  # since the start of `dev.py test`
 
 
-def lock(lines: list[str]) -> None:
+def lock(lines: list[str], keep: bool) -> None:
     """Re-resolve the newest releases, run lint and the suite on them, and only if all passed write each
-    line's lock (and the benchmarks', resolved against the new 3.3 lock) from what was installed."""
+    line's lock (and the benchmarks', resolved against the new 3.3 lock) from what was installed.
+    ``keep``: keep every locked version and resolve only what the locks lack (a new dependency)."""
+    if keep:
+        os.environ["FAXPLUS_LOCK_KEEP"] = "1"  # read by ensure_env here and in the child of each line
     test(lines, [], True, True, True)
     _write_locks(lines)
 
@@ -309,6 +326,9 @@ def main() -> int:
         "lock", help="run the suite on the newest releases; if it passes, rewrite the locks"
     )
     p_lock.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), action="append", help="only this line")
+    p_lock.add_argument(
+        "--keep", action="store_true", help="keep the locked versions; resolve only what the locks lack"
+    )
     p_demo = sub.add_parser("demo", help="run the example DAGs against the sandbox")
     p_demo.add_argument("--airflow", choices=sorted(AIRFLOW_LINES), default=DEFAULT_LINE)
     sub.add_parser("lint", help="ruff and mypy")
@@ -321,7 +341,7 @@ def main() -> int:
             lines = args.airflow or ["3.3", "2.11"]
             test(lines, args.pytest_args, not args.no_lint, not args.one_at_a_time, args.unlocked)
         elif args.command == "lock":
-            lock(args.airflow or ["3.3", "2.11"])
+            lock(args.airflow or ["3.3", "2.11"], args.keep)
         elif args.command == "demo":
             demo(args.airflow)
         elif args.command == "bench":

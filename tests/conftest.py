@@ -12,6 +12,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 from airflow_provider_faxplus.sandbox import SandboxClient, SandboxServer
+from airflow_provider_faxplus.sandbox.services import PostgresCluster, postgres_missing
 from airflow_provider_faxplus.sandbox.state import Clock
 
 TOKEN = "alohi_pat_T0KEN-sentinel-9f3b2c"  # distinctive, so leaks are easy to find
@@ -69,3 +70,14 @@ def hook(faxplus_conn: str) -> Iterator[FaxPlusHook]:
     hook = FaxPlusHook()
     yield hook
     hook.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throw-away PostgreSQL cluster (Debian's postgresql, which `scripts/dev.py test` installs) for
+    the production-shaped deployment tests; each Airflow home gets a database of its own in it."""
+    problem = postgres_missing()
+    if problem:
+        pytest.skip(f"no PostgreSQL: {problem}")
+    with PostgresCluster() as cluster:
+        yield cluster

@@ -204,6 +204,32 @@ def test_a_request_delayed_across_a_reset_does_not_touch_the_new_state(sandbox, 
     assert requests.get(url(sandbox), headers=AUTH, timeout=5).json()["status"] == "sending"
 
 
+def test_a_held_answer_comes_after_the_request_took_effect(sandbox, control):
+    import threading
+
+    control.create_fax(id="f1", lifecycle=[{"status": "submitted", "polls": 100}])
+    control.add_fault(hold_after=3, method="PUT")
+    answers: list[int] = []
+    put = threading.Thread(
+        target=lambda: answers.append(
+            requests.put(url(sandbox, "f1"), headers=AUTH, json={"comment": "held"}, timeout=60).status_code
+        )
+    )
+    put.start()
+    deadline = time.monotonic() + 20
+    while control.fax("f1")["comment"]["text"] != "held":  # handled ...
+        assert time.monotonic() < deadline, "the held PUT never took effect"
+        time.sleep(0.05)
+    assert put.is_alive()  # ... and its answer not sent yet
+    assert answers == []
+    [entry] = [e for e in control.requests() if e["method"] == "PUT"]
+    assert entry["handled_status"] == 204
+    put.join(timeout=30)
+    assert answers == [204]
+    with pytest.raises(RuntimeError, match="hold_after handles the request"):
+        control.add_fault(hold_after=1, drop_after=True)
+
+
 def test_lifecycle_units_cannot_be_mixed(control):
     with pytest.raises(RuntimeError, match="seconds or polls"):
         control.create_fax(

@@ -1,9 +1,11 @@
-"""Two real ``airflow triggerer`` processes share the deferred sensors of one mapped task; one is killed
-(SIGKILL, as a crash) and the other takes over its triggers: every sensor still completes exactly once.
+"""Two real ``airflow triggerer`` processes share the deferred sensors of one mapped task on a PostgreSQL
+metadata database; one is killed (SIGKILL, as a crash) and the other takes over its triggers: every
+sensor still completes exactly once.
 
-The triggers are spread deterministically: the first triggerer starts alone with ``--capacity 4`` and
-claims three of the six triggers, then the second starts and claims the rest. So the two never race for
-the same unassigned trigger, which on SQLite (no row locks) both could claim: see the README.
+Both triggerers run before any sensor defers and race for every trigger: on PostgreSQL Airflow's claim
+(``SELECT ... FOR UPDATE SKIP LOCKED``) gives each trigger to one of them. (On SQLite, which takes no row
+locks, both could claim one trigger: see the README.) Which triggerer wins which trigger is up to the
+race; the one holding the most is killed.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import os
 import secrets
 import shutil
 import signal
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing, suppress
+from contextlib import suppress
 from urllib.parse import quote
 
 import psutil
 import pytest
+import sqlalchemy
 
 from airflow_provider_faxplus.sandbox import SandboxServer
 from airflow_provider_faxplus.sandbox.dagtest import AirflowHome
@@ -29,15 +31,19 @@ from tests.test_deployment import _XCOM, AIRFLOW_3, ROOT, TOKEN, Deployment, _an
 
 DAG_ID = "faxplus_triggerer_ha"
 FAXES = 6
-FIRST_CAPACITY = 3
 # Failover: a triggerer whose heartbeat (every second here) is older than the health-check threshold is
 # dead and its triggers go to the others. Loose enough that a busy machine does not kill a live one.
 HEALTH_CHECK_THRESHOLD = 10
 VERDICT = "it has left the outbox"
+_DIALECT = """
+from airflow import settings
+settings.configure_orm()
+print("FAXPLUS-OUT:", settings.engine.dialect.name)
+"""
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory) -> Iterator[Deployment]:
+def deployment(tmp_path_factory, postgres) -> Iterator[Deployment]:
     dags = tmp_path_factory.mktemp("ha-dags")
     shutil.copy(ROOT / "tests" / "dags" / f"{DAG_ID}.py", dags)
     port = _free_port()
@@ -53,6 +59,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(HEALTH_CHECK_THRESHOLD),
             },
             path=tmp_path_factory.mktemp("ha-home"),
+            postgres=postgres,
         )
         deployed = Deployment(home, sandbox)
         if AIRFLOW_3:
@@ -64,10 +71,16 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
             deployed.stop_all()
 
 
-def _query(home: AirflowHome, sql: str, *args: object) -> list[tuple[object, ...]]:
-    """Read Airflow's SQLite metadata database directly: cheaper than an Airflow process per look."""
-    with closing(sqlite3.connect(home.path / "airflow.db", timeout=60)) as db:
-        return db.execute(sql, args).fetchall()
+_engines: dict[str, sqlalchemy.engine.Engine] = {}
+
+
+def _query(home: AirflowHome, sql: str, **params: object) -> list[tuple[object, ...]]:
+    """Read Airflow's metadata database directly: cheaper than an Airflow process per look."""
+    url = home.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    if url not in _engines:
+        _engines[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with _engines[url].connect() as connection:
+        return [tuple(row) for row in connection.execute(sqlalchemy.text(sql), params)]
 
 
 def _triggerer_jobs(home: AirflowHome) -> list[int]:
@@ -80,8 +93,8 @@ def _assignments(home: AirflowHome) -> dict[int, int | None]:
     rows = _query(
         home,
         "SELECT ti.map_index, t.triggerer_id FROM task_instance ti JOIN trigger t ON ti.trigger_id = t.id"
-        " WHERE ti.dag_id = ? AND ti.task_id = 'wait' AND ti.state = 'deferred'",
-        DAG_ID,
+        " WHERE ti.dag_id = :dag_id AND ti.task_id = 'wait' AND ti.state = 'deferred'",
+        dag_id=DAG_ID,
     )
     return {int(str(index)): None if job is None else int(str(job)) for index, job in rows}
 
@@ -116,31 +129,38 @@ def test_sensors_on_two_triggerers_complete_once_when_one_is_killed(deployment):
     ]
     receipt = control.create_fax(lifecycle=[{"status": "submitted", "seconds": 10**6}])["id"]
 
-    # The first triggerer, alone, claims FIRST_CAPACITY triggers; the others wait unassigned.
-    deployment.start("first", "triggerer", "--capacity", str(FIRST_CAPACITY))
-    wait_for(lambda: len(_triggerer_jobs(home)) == 1, "the first triggerer's job")
-    [first] = _triggerer_jobs(home)
+    assert home.python(_DIALECT) == "postgresql"
+
+    # Both triggerers run before any sensor defers: they race for every trigger.
+    # (One after the other only to tell their jobs apart.)
+    job_of: dict[int, str] = {}
+    for name in ("a", "b"):
+        deployment.start(name, "triggerer")
+        wait_for(lambda: len(_triggerer_jobs(home)) == len(job_of) + 1, f"triggerer {name}'s job")
+        [job] = set(_triggerer_jobs(home)) - set(job_of)
+        job_of[job] = name
+    jobs = sorted(job_of)
     run = deployment.dags_test(DAG_ID, {"outbox_fax_ids": ids, "receipt_fax_id": receipt})
     try:
         wait_for(lambda: len(_assignments(home)) == FAXES, "every sensor deferred", timeout=300)
-        wait_for(
-            lambda: list(_assignments(home).values()).count(first) == FIRST_CAPACITY, "the first's claim"
-        )
-
-        # The second triggerer claims the rest: both now run some of the triggers.
-        deployment.start("second", "triggerer")
-        wait_for(lambda: len(_triggerer_jobs(home)) == 2, "the second triggerer's job")
-        [second] = [job for job in _triggerer_jobs(home) if job != first]
-        wait_for(lambda: set(_assignments(home).values()) == {first, second}, "the second's claim")
+        wait_for(lambda: None not in _assignments(home).values(), "every trigger claimed")
         before = _assignments(home)
+        assert set(before.values()) <= set(jobs), before
+        held = Counter(before.values())
+        first = held.most_common(1)[0][0]  # the one to kill: it holds the most
+        [second] = [job for job in jobs if job != first]
         on_first = {index for index, job in before.items() if job == first}
         on_second = {index for index, job in before.items() if job == second}
-        assert (len(on_first), len(on_second)) == (FIRST_CAPACITY, FAXES - FIRST_CAPACITY), before
         wait_for(lambda: _polled_by(deployment, first, on_first), "the first triggerer's polls")
         wait_for(lambda: _polled_by(deployment, second, on_second), "the second triggerer's polls")
+        # Each trigger ran in one triggerer only: the claims did not overlap.
+        assert {index: sorted(logs) for index, logs in _trigger_logs(deployment).items()} == {
+            index: [job] for index, job in before.items()
+        }
+        print(f"FAXPLUS-HA: claims {len(on_first)} + {len(on_second)}")
 
         # A crash: SIGKILL to the triggerer and every process it started (its trigger runner on Airflow 3).
-        process = deployment.processes.pop("first")
+        process = deployment.processes.pop(job_of[first])
         family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
         for member in family:
             with suppress(ProcessLookupError):
@@ -167,7 +187,9 @@ def test_sensors_on_two_triggerers_complete_once_when_one_is_killed(deployment):
 
     # Every task instance succeeded in its first try.
     tasks = _query(
-        home, "SELECT task_id, map_index, state, try_number FROM task_instance WHERE dag_id = ?", DAG_ID
+        home,
+        "SELECT task_id, map_index, state, try_number FROM task_instance WHERE dag_id = :dag_id",
+        dag_id=DAG_ID,
     )
     assert len(tasks) == 2 + FAXES, tasks  # fax_ids, FAXES x wait, record
     assert {(state, tries) for _, _, state, tries in tasks} == {("success", 1)}, tasks

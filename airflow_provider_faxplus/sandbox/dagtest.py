@@ -34,9 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_faxplus.sandbox.server import SandboxServer
+
+if TYPE_CHECKING:
+    from airflow_provider_faxplus.sandbox.services import PostgresCluster
 
 _TASK_STATES = """
 import json, sys
@@ -77,6 +80,20 @@ def _migrated_database() -> Path:
             AirflowHome(path, path / "dags", _base_env(path, path / "dags")).airflow("db", "migrate")
             _template = path / "airflow.db"
         return _template
+
+
+_SQL_ALCHEMY_CONN = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+
+
+def _migrate_into(url: str) -> None:
+    """``airflow db migrate`` with default settings into the database at ``url``."""
+    path = Path(tempfile.mkdtemp(prefix="faxplus-airflow-template-"))
+    try:
+        (path / "dags").mkdir()
+        env = {**_base_env(path, path / "dags"), _SQL_ALCHEMY_CONN: url}
+        AirflowHome(path, path / "dags", env).airflow("db", "migrate")
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _base_env(home: Path, dags_folder: Path) -> dict[str, str]:
@@ -121,7 +138,10 @@ class AirflowHome:
         connections: dict[str, SandboxServer | str] | None = None,
         extra_env: dict[str, str] | None = None,
         path: str | os.PathLike[str] | None = None,
+        postgres: PostgresCluster | None = None,
     ) -> AirflowHome:
+        """A home on a SQLite database, or with ``postgres`` on a database of its own in that cluster
+        (a copy of one that ``db migrate`` made once per cluster)."""
         home = Path(path or tempfile.mkdtemp(prefix="faxplus-airflow-"))
         env = _base_env(home, Path(dags_folder))
         # Without a key every Airflow process that finds no airflow.cfg writes one with a random key of
@@ -132,8 +152,16 @@ class AirflowHome:
             text = value.connection_json() if isinstance(value, SandboxServer) else value
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = text
         env.update(extra_env or {})
+        migrate_inputs = any(key.startswith(_MIGRATE_INPUTS) for key in env)
+        if postgres is not None:
+            if migrate_inputs:
+                raise ValueError("a home on PostgreSQL takes no settings that `db migrate` stores")
+            template = postgres.template(sys.executable, _migrate_into)
+            env[_SQL_ALCHEMY_CONN] = postgres.new_database(template=template)
+            home.mkdir(parents=True, exist_ok=True)
+            return cls(home, Path(dags_folder).resolve(), env)
         instance = cls(home, Path(dags_folder).resolve(), env)
-        if any(key.startswith(_MIGRATE_INPUTS) for key in env) or (home / "airflow.db").exists():
+        if migrate_inputs or (home / "airflow.db").exists():
             instance.airflow("db", "migrate")
         else:
             home.mkdir(parents=True, exist_ok=True)

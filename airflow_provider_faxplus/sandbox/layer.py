@@ -140,6 +140,23 @@ class ApiLayer:
                 await asyncio.sleep(fault.delay)
                 if generation != self.state.generation:
                     raise DeliberateDrop()  # the sandbox was reset meanwhile: answer nothing
+            if fault.hold_after:
+                # Handled for real, then the answer held: the client waits on a request that took effect.
+                held: list[Message] = []
+
+                async def hold(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        entry["handled_status"] = message["status"]
+                    held.append(message)
+
+                generation = self.state.generation
+                await self.app(scope, logged_receive, hold)
+                await asyncio.sleep(fault.hold_after)
+                if generation != self.state.generation:
+                    raise DeliberateDrop()
+                for message in held:
+                    await record(message)
+                return
             if fault.drop_after or fault.processed:
                 # Handled for real (a send creates its fax), then the answer is lost or replaced.
                 async def swallow(message: Message) -> None:

@@ -77,7 +77,8 @@ class SandboxClient:
         ``content_type``, ``headers``, ``retry_after``, ``delay``, ``drop``, ``drop_after`` (handle the
         request, then cut the answer off: a send creates its fax and the client never learns it),
         ``processed`` (handle it, then answer ``status`` instead), ``late`` (read the body, wait ``delay``,
-        then handle it even if the client gave up)."""
+        then handle it even if the client gave up),
+        ``hold_after`` (handle the request, then hold the answer that many seconds)."""
         result: dict[str, Any] = self._call("POST", "/faults", spec)
         return result
 

@@ -210,6 +210,9 @@ class Fault:
     # The body is read first, then the delay, then the request is handled even if the client has gone:
     # a send processed after the client gave up.
     late: bool = False
+    # The request is handled, then its answer held this many seconds: the client waits on a request
+    # that has taken effect (a send whose worker dies meanwhile).
+    hold_after: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -389,16 +392,19 @@ class SandboxState:
             cut_after=None if data.get("cut_after") is None else int(_number(data, "cut_after", 0)),
             processed=bool(data.get("processed", False)),
             late=bool(data.get("late", False)),
+            hold_after=_number(data, "hold_after", 0.0),
         )
+        if fault.hold_after and (fault.status is not None or fault.drop or fault.drop_after):
+            raise SandboxInputError("hold_after handles the request for real: no status, drop or drop_after")
         if (
             fault.status is None
             and not fault.drop
             and not fault.drop_after
             and fault.cut_after is None
-            and fault.delay == 0
+            and not (fault.delay or fault.hold_after)
         ):
             raise SandboxInputError(
-                "a fault needs a status, drop=true, drop_after=true, cut_after or a delay"
+                "a fault needs a status, drop=true, drop_after=true, cut_after, a delay or hold_after"
             )
         if fault.processed and (fault.status is None or fault.drop or fault.drop_after):
             raise SandboxInputError("processed=true needs a status (and no drop): it answers after handling")
