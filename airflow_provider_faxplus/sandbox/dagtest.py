@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,16 +29,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_provider_faxplus.sandbox.server import SandboxServer
+from airflow_provider_faxplus.sandbox.services import PostgresCluster, free_port, wait_until
 
-if TYPE_CHECKING:
-    from airflow_provider_faxplus.sandbox.services import PostgresCluster
+__all__ = ["AirflowDeployment", "AirflowHome", "PostgresCluster", "free_port", "wait_until"]
 
 _TASK_STATES = """
 import json, sys
@@ -300,22 +298,6 @@ with create_session() as session:
     ).all()
     print("FAXPLUS-OUT:", json.dumps({key: value for key, value in rows}))
 """
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], object], what: str, timeout: float, interval: float = 1.0) -> None:
-    """Poll ``check`` until it is true; after ``timeout`` seconds raise ``TimeoutError`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _answers(url: str) -> bool:

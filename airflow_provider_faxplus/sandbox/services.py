@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -18,8 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-
-from airflow_provider_faxplus.sandbox.dagtest import free_port, wait_until
 
 # PostgreSQL refuses to run as root: as root its commands run as Debian's ``postgres`` user.
 _SERVICE_USER = "postgres"
@@ -52,6 +51,22 @@ def postgres_missing() -> str | None:
         except KeyError:
             return f"running as root and there is no {_SERVICE_USER!r} user (PostgreSQL refuses root)"
     return None
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float, interval: float = 1.0) -> None:
+    """Poll ``check`` until it is true; after ``timeout`` seconds raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 class PostgresCluster:
