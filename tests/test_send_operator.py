@@ -237,6 +237,65 @@ def test_a_failed_upload_then_a_retry_sends_once(faxplus_conn, hook, control, pd
     assert _send_bodies(control) == [[A]]
 
 
+class Beside(Store):
+    """A store shared by two executions of one task instance (a zombie try 1 still running while try 2
+    runs): ``beside`` runs whole at try 1's first write (after it began, before it uploads and sends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beside: Any = None
+
+    def set(self, key: str, value: Any) -> None:
+        super().set(key, value)
+        beside, self.beside = self.beside, None
+        if beside is not None:
+            beside()
+
+
+def _run_try(operator: SendFaxOperator, store: Store, try_number: int) -> dict[str, Any]:
+    ti = SimpleNamespace(
+        dag_id="send_dag", task_id="send", run_id="manual__1", map_index=-1, try_number=try_number
+    )
+    return operator.execute({"ti": ti, "task_state_store": store})
+
+
+def test_a_try_running_beside_another_adopts_what_it_sent_meanwhile(faxplus_conn, hook, control, pdf):
+    """Issue 20 review, break 1: try 2 sends while try 1 uploads; try 1 reads the record again before
+    its POST, adopts try 2's ids and sends nothing; try 2's ids stay on record (none overwritten)."""
+    control.settings(send_lifecycle=STAYS)
+    store = Beside()
+    second: dict[str, Any] = {}
+    store.beside = lambda: second.update(_run_try(_task(pdf, [A, B]).operator, store, 2))
+    first = _run_try(_task(pdf, [A, B]).operator, store, 1)
+    assert _send_bodies(control) == [[A, B]]
+    assert first["outbox_fax_ids"] == second["outbox_fax_ids"]
+    assert first["adopted"] == [A, B]
+    assert store.get(STATE_KEY)["ids"] == second["outbox_fax_ids"]
+
+
+def test_a_try_running_beside_another_does_not_send_what_it_marked_possibly_sent(
+    faxplus_conn, hook, control, pdf
+):
+    """Break 1, the other way: try 2's answer is lost (possibly sent); try 1, still running, must not
+    POST those destinations; the next try looks in the outbox and adopts."""
+    control.settings(send_lifecycle=STAYS)
+    store = Beside()
+
+    def second_try() -> None:
+        _lose_next_send_answer(control)
+        with pytest.raises(AirflowException, match="may have been sent"):
+            _run_try(_task(pdf, [A, B]).operator, store, 2)
+
+    store.beside = second_try
+    with pytest.raises(AirflowException, match="running at the same time") as raced:
+        _run_try(_task(pdf, [A, B]).operator, store, 1)
+    assert not isinstance(raced.value, AirflowFailException)
+    assert _send_bodies(control) == [[A, B]]
+    third = _run_try(_task(pdf, [A, B]).operator, store, 3)
+    assert sorted(third["adopted"]) == [A, B]
+    assert _send_bodies(control) == [[A, B]]
+
+
 def test_the_outcome_rule_covers_every_request():
     from airflow_provider_faxplus.exceptions import FaxPlusAPIError
 

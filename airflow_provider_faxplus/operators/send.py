@@ -182,6 +182,27 @@ class SendFaxOperator(BaseOperator):
                 for i, f in enumerate(files)
             ]
             record.files = paths
+            # Another execution of this task instance (a try still running beside this one) may have
+            # sent, or begun to send, while this one uploaded: read the record again just before the POST.
+            decided = set(record.uncertain)
+            record.refresh()
+            sent_meanwhile = {d: record.ids[d] for d in missing if d in record.ids}
+            if sent_meanwhile:
+                self.log.info("Another try of this task sent this fax meanwhile: adopting %s", sent_meanwhile)
+                known.update(sent_meanwhile)
+                adopted += list(sent_meanwhile)
+                missing = [d for d in missing if d not in sent_meanwhile]
+            raced = [d for d in missing if d in record.uncertain and d not in decided]
+            if raced:
+                record.save()
+                raise AirflowException(
+                    f"Another try of this task, running at the same time as this one, may be sending the "
+                    f"fax to {', '.join(raced)} (it marked them possibly sent while this try uploaded): "
+                    f"this try does not send. The next try looks in the outbox for the tag {mark}."
+                )
+            if not missing:
+                record.save()
+                return self._result(known, mark, adopted, destinations, paths)
             before = set(record.uncertain)
             record.uncertain |= set(missing)
             record.save()  # possibly sent from here on, until the answer says otherwise
@@ -200,8 +221,7 @@ class SendFaxOperator(BaseOperator):
             except FaxPlusError as exc:
                 if send.send_outcome("send", exc) != send.NOT_SENT:
                     raise
-                record.uncertain = before  # certainly not sent by this try
-                record.save()
+                record.not_sent(set(missing) - before)  # certainly not sent by this try
                 raise
             record.learn(sent)
         except FaxPlusError as exc:
@@ -276,17 +296,26 @@ class SendRecord:
     and the uploaded ``files``. Airflow 3.3: the task state store; Airflow 2.11 (no store): an Airflow
     Variable ``faxplus_send.<mark>``, in the metadata database as well."""
 
-    def __init__(self, store: Any, key: str, mark: str, saved: object) -> None:
+    def __init__(self, store: Any, key: str, mark: str, saved: object, run: object = None) -> None:
         self._store = store
         self._key = key
         self.mark = mark
-        ok = isinstance(saved, dict) and saved.get("mark") == mark
-        data: dict[str, Any] = saved if ok else {}  # type: ignore[assignment]
+        self.run = run
+        data = self._valid(saved) or {}
         self.lost = False
         self.ids: dict[str, str] = dict(data.get("ids") or {})
+        self.also_sent: list[list[str]] = list(data.get("also_sent") or [])
         self.uncertain: set[str] = set(data.get("uncertain") or [])
         self.files: list[str] = list(data.get("files") or [])
-        self.found = ok
+        self.found = bool(data)
+        self._not_sent: set[str] = set()
+
+    def _valid(self, saved: object) -> dict[str, Any] | None:
+        """A record of this task instance in this very DAG run (not one of an earlier run that had the
+        same run_id and was deleted, which a Variable outlives)."""
+        if isinstance(saved, dict) and saved.get("mark") == self.mark and saved.get("run") == self.run:
+            return saved
+        return None
 
     @classmethod
     def open(cls, context: Any, mark: str, log: Any) -> SendRecord:
@@ -294,10 +323,28 @@ class SendRecord:
         key = STATE_KEY
         if store is None:
             store, key = _VariableStore(), f"{STATE_KEY}.{mark}"
-        record = cls(store, key, mark, store.get(key))
+        record = cls(store, key, mark, store.get(key), run_identity(context))
         # A try after the first with no record of earlier tries: they may have sent.
         record.lost = not record.found and context["ti"].try_number > 1
         return record
+
+    def refresh(self) -> None:
+        """Merge in what another execution of this task instance wrote since this one read the record:
+        ids learned by anyone are kept (never overwritten), and so are destinations it marked possibly
+        sent (except those this execution learned were certainly not sent by it)."""
+        data = self._valid(self._store.get(self._key))
+        if data is None:
+            return
+        for destination, fax_id in (data.get("ids") or {}).items():
+            mine = self.ids.setdefault(destination, fax_id)
+            if mine != fax_id and [destination, fax_id] not in self.also_sent:
+                self.also_sent.append([destination, fax_id])  # two faxes: both ids are kept
+        for pair in data.get("also_sent") or []:
+            if pair not in self.also_sent:
+                self.also_sent.append(pair)
+        self.uncertain |= set(data.get("uncertain") or []) - self._not_sent
+        if not self.files:
+            self.files = list(data.get("files") or [])
 
     def learn(self, ids: Mapping[str, str]) -> None:
         """Ids are written at once, and never taken back."""
@@ -305,16 +352,34 @@ class SendRecord:
         self.uncertain -= set(ids)
         self.save()
 
+    def not_sent(self, destinations: set[str]) -> None:
+        """This execution's send certainly made no fax for ``destinations``."""
+        self._not_sent |= destinations
+        self.uncertain -= destinations
+        self.save()
+
     def save(self) -> None:
-        self._store.set(
-            self._key,
-            {
-                "mark": self.mark,
-                "ids": self.ids,
-                "uncertain": sorted(self.uncertain - set(self.ids)),
-                "files": self.files,
-            },
-        )
+        """Read, merge, write: what another execution wrote meanwhile is kept. The store has no
+        compare-and-set, so two writes in the same instant can still cross (see the README)."""
+        self.refresh()
+        value: dict[str, Any] = {
+            "mark": self.mark,
+            "run": self.run,
+            "ids": self.ids,
+            "uncertain": sorted(self.uncertain - set(self.ids)),
+            "files": self.files,
+        }
+        if self.also_sent:
+            value["also_sent"] = self.also_sent
+        self._store.set(self._key, value)
+
+
+def run_identity(context: Any) -> object:
+    """The DAG run's database id where the context has it (Airflow 2.11): a run deleted and made again
+    with the same run_id has another, a clear or a retry keeps it. Airflow 3.3's context has none (its
+    task state store belongs to the task instance); ``None`` there."""
+    run_id = getattr(context.get("dag_run"), "id", None)
+    return run_id if isinstance(run_id, int) and not isinstance(run_id, bool) else None
 
 
 class _VariableStore:
