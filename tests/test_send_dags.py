@@ -230,3 +230,23 @@ def test_a_retry_after_a_failed_upload_sends_on_both_lines(send_home, control, r
     assert len(_sends(control)) == 1
     assert "no record of its earlier tries" not in run.output
     assert not [e for e in control.requests() if e["method"] == "GET"]  # nothing to look for
+
+
+def test_a_new_run_with_a_reused_run_id_sends_its_own_fax(send_home, control, report_pdf):
+    """Issue 20 review, break 3: ``dags test`` twice with one logical date deletes the first run and makes
+    a new one with the same run_id. On 2.11 the record (a Variable) outlives the run; the new run must not
+    adopt the first run's fax from it, nor be taken for a retry whose record is lost."""
+    control.settings(send_lifecycle=STAYS)
+    conf = json.dumps({"to": "+16699990001", "file": report_pdf})
+    results = []
+    for _ in range(2):
+        run = send_home.airflow(
+            "dags", "test", "faxplus_send_fail", "2026-03-01T00:00:00+00:00", "--conf", conf
+        )
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, output[-5000:]
+        [line] = [line for line in output.splitlines() if "FAXPLUS-SENT:" in line]
+        results.append(json.loads(line.partition("FAXPLUS-SENT:")[2]))
+    assert [r["adopted"] for r in results] == [[], []]
+    assert len(_sends(control)) == 2  # each run sent its fax
+    assert results[0]["outbox_fax_ids"] != results[1]["outbox_fax_ids"]

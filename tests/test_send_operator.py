@@ -252,11 +252,27 @@ class Beside(Store):
             beside()
 
 
-def _run_try(operator: SendFaxOperator, store: Store, try_number: int) -> dict[str, Any]:
+def _run_try(
+    operator: SendFaxOperator, store: Store, try_number: int, dag_run_id: int | None = None
+) -> dict[str, Any]:
+    """One try; ``dag_run_id``: as on Airflow 2.11, no task state store and a DAG run with a database id
+    (the record is then a Variable, the store standing in for it)."""
     ti = SimpleNamespace(
         dag_id="send_dag", task_id="send", run_id="manual__1", map_index=-1, try_number=try_number
     )
-    return operator.execute({"ti": ti, "task_state_store": store})
+    if dag_run_id is None:
+        return operator.execute({"ti": ti, "task_state_store": store})
+    return operator.execute({"ti": ti, "dag_run": SimpleNamespace(id=dag_run_id)})
+
+
+@pytest.fixture
+def variables(monkeypatch):
+    """The Airflow 2.11 record (a Variable per mark) kept in a store: unit tests have no metadata DB."""
+    from airflow_provider_faxplus.operators import send as operator_module
+
+    store = Beside()
+    monkeypatch.setattr(operator_module, "_VariableStore", lambda: store)
+    return store
 
 
 def test_a_try_running_beside_another_adopts_what_it_sent_meanwhile(faxplus_conn, hook, control, pdf):
@@ -294,6 +310,34 @@ def test_a_try_running_beside_another_does_not_send_what_it_marked_possibly_sent
     third = _run_try(_task(pdf, [A, B]).operator, store, 3)
     assert sorted(third["adopted"]) == [A, B]
     assert _send_bodies(control) == [[A, B]]
+
+
+def test_on_2_11_a_try_running_beside_another_adopts_what_it_sent_meanwhile(
+    faxplus_conn, hook, control, pdf, variables
+):
+    """Break 1 on the Variable record: try 1 (which began the record) still sees try 2's writes."""
+    control.settings(send_lifecycle=STAYS)
+    second: dict[str, Any] = {}
+    variables.beside = lambda: second.update(_run_try(_task(pdf, [A, B]).operator, variables, 2, 7))
+    first = _run_try(_task(pdf, [A, B]).operator, variables, 1, 7)
+    assert _send_bodies(control) == [[A, B]]
+    assert first["outbox_fax_ids"] == second["outbox_fax_ids"]
+
+
+def test_on_2_11_a_new_run_with_the_same_id_starts_anew_and_its_retries_keep_its_record(
+    faxplus_conn, hook, control, pdf, variables
+):
+    """Break 3: the Variable of a deleted run (same run_id, even the same database id) is not adopted by
+    the new run's first try; the new run's own retry adopts what its first try sent."""
+    control.settings(send_lifecycle=STAYS)
+    old = _run_try(_task(pdf, A).operator, variables, 1, 7)
+    new = _run_try(_task(pdf, A).operator, variables, 1, 7)
+    assert new["adopted"] == []
+    assert new["outbox_fax_ids"] != old["outbox_fax_ids"]
+    retry = _run_try(_task(pdf, A).operator, variables, 2, 7)
+    assert retry["adopted"] == [A]
+    assert retry["outbox_fax_ids"] == new["outbox_fax_ids"]
+    assert _send_bodies(control) == [[A], [A]]
 
 
 def test_the_outcome_rule_covers_every_request():

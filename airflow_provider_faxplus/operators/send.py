@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
@@ -296,12 +297,14 @@ class SendRecord:
     and the uploaded ``files``. Airflow 3.3: the task state store; Airflow 2.11 (no store): an Airflow
     Variable ``faxplus_send.<mark>``, in the metadata database as well."""
 
-    def __init__(self, store: Any, key: str, mark: str, saved: object, run: object = None) -> None:
+    def __init__(
+        self, store: Any, key: str, mark: str, saved: object, run: Mapping[str, Any] | None = None
+    ) -> None:
         self._store = store
         self._key = key
         self.mark = mark
-        self.run = run
-        data = self._valid(saved) or {}
+        self.run: dict[str, Any] | None = None if run is None else dict(run)
+        data = self._valid(saved, adopt=True) or {}
         self.lost = False
         self.ids: dict[str, str] = dict(data.get("ids") or {})
         self.also_sent: list[list[str]] = list(data.get("also_sent") or [])
@@ -309,21 +312,37 @@ class SendRecord:
         self.files: list[str] = list(data.get("files") or [])
         self.found = bool(data)
         self._not_sent: set[str] = set()
+        if self.run is not None and "token" not in self.run:
+            self.run["token"] = uuid.uuid4().hex  # a record begun anew: its own lineage
 
-    def _valid(self, saved: object) -> dict[str, Any] | None:
-        """A record of this task instance in this very DAG run (not one of an earlier run that had the
-        same run_id and was deleted, which a Variable outlives)."""
-        if isinstance(saved, dict) and saved.get("mark") == self.mark and saved.get("run") == self.run:
+    def _valid(self, saved: object, adopt: bool = False) -> dict[str, Any] | None:
+        """A record of this task instance in this very DAG run, not one of an earlier run with the same
+        run_id that was deleted (a Variable outlives it). ``adopt``: on opening, take its lineage."""
+        if not isinstance(saved, dict) or saved.get("mark") != self.mark:
+            return None
+        theirs = saved.get("run")
+        if self.run is None or not isinstance(theirs, dict):
+            return saved if theirs == self.run else None
+        if adopt and theirs.get("id") == self.run.get("id") and isinstance(theirs.get("token"), str):
+            self.run["token"] = theirs["token"]
             return saved
-        return None
+        return saved if theirs == self.run else None
 
     @classmethod
     def open(cls, context: Any, mark: str, log: Any) -> SendRecord:
         store = context.get("task_state_store")
         key = STATE_KEY
+        run = None
         if store is None:
             store, key = _VariableStore(), f"{STATE_KEY}.{mark}"
-        record = cls(store, key, mark, store.get(key), run_identity(context))
+            run = run_identity(context)
+        saved = store.get(key)
+        if run is not None and context["ti"].try_number <= 1:
+            # A Variable outlives its DAG run, and a deleted run's database id can come back (SQLite
+            # reuses the highest row id): a first try takes no record as its own run's. Its later tries,
+            # clears included, take the lineage it began (same run id and token).
+            saved = None
+        record = cls(store, key, mark, saved, run)
         # A try after the first with no record of earlier tries: they may have sent.
         record.lost = not record.found and context["ti"].try_number > 1
         return record
@@ -374,12 +393,12 @@ class SendRecord:
         self._store.set(self._key, value)
 
 
-def run_identity(context: Any) -> object:
-    """The DAG run's database id where the context has it (Airflow 2.11): a run deleted and made again
-    with the same run_id has another, a clear or a retry keeps it. Airflow 3.3's context has none (its
-    task state store belongs to the task instance); ``None`` there."""
+def run_identity(context: Any) -> dict[str, Any] | None:
+    """The DAG run's database id where the context has it (Airflow 2.11's DagRun); ``None`` otherwise."""
     run_id = getattr(context.get("dag_run"), "id", None)
-    return run_id if isinstance(run_id, int) and not isinstance(run_id, bool) else None
+    if not isinstance(run_id, int) or isinstance(run_id, bool):
+        return None
+    return {"id": run_id}
 
 
 class _VariableStore:
