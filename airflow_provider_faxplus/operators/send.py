@@ -232,22 +232,32 @@ class SendFaxOperator(BaseOperator):
         return self._result({**known, **sent}, mark, adopted, destinations, paths)
 
     def _refuse_mapped_duplicates(self, destinations: list[str], map_index: int | None) -> None:
-        """Mapped instances have a mark each, so a number listed twice in ``.expand(to=[...])`` would be
-        faxed twice. Refused where the expansion input is a literal list (an XCom's is not visible)."""
+        """Mapped instances have a mark each, so a number that two instances would send the same way is
+        faxed twice. Refused where the expand input is literal (an XCom's is not visible): this task's
+        ``expand(to=[...])`` or ``expand_kwargs([...])``, or, for a task in a mapped task group whose
+        ``to`` is the group's argument, the group's ``expand``/``expand_kwargs``."""
         if map_index is None or map_index < 0:
             return
         dag = getattr(self, "dag", None)
-        mapped = getattr(dag, "task_dict", {}).get(self.task_id) if dag is not None else None
-        value = getattr(getattr(mapped, "expand_input", None), "value", None)
-        listed = value.get("to") if isinstance(value, Mapping) else None
-        if not isinstance(listed, list | tuple):
-            return
-        numbers = [n for item in listed for n in ([item] if isinstance(item, str) else item or [])]
-        twice = sorted({n for n in destinations if numbers.count(n) > 1})
+        original = getattr(dag, "task_dict", {}).get(self.task_id) if dag is not None else None
+        expand_input = getattr(original, "expand_input", None)
+        key, where = "to", "this task's"
+        if expand_input is None:  # a task in a mapped task group?
+            to = getattr(original, "to", None)
+            group_key = getattr(to, "_key", None)  # the group's argument passed as to (a MappedArgument)
+            if type(to).__name__ != "MappedArgument" or not isinstance(group_key, str):
+                return
+            key = group_key
+            group = getattr(original, "task_group", None)
+            while group is not None and getattr(group, "_expand_input", None) is None:
+                group = getattr(group, "parent_group", None)
+            expand_input, where = getattr(group, "_expand_input", None), "its task group's"
+        value = getattr(expand_input, "value", None)
+        twice, call = _doubled(value, key, map_index, destinations)
         if twice:
             raise AirflowFailException(
-                f"destination(s) given twice in this task's expand(to=...): {', '.join(twice)}; each "
-                "mapped instance sends on its own, so they would be faxed twice"
+                f"destination(s) given twice in {where} {call}: {', '.join(twice)}; each mapped "
+                "instance sends on its own, so they would be faxed twice"
             )
 
     def _ambiguous(self, mark: str, missing: list[str], known: Mapping[str, str]) -> None:
@@ -289,6 +299,40 @@ class SendFaxOperator(BaseOperator):
             "files": list(files or []),
             "adopted": adopted,
         }
+
+
+def _numbers(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [n for n in value if isinstance(n, str)] if isinstance(value, list | tuple) else []
+
+
+def _doubled(value: object, key: str, index: int, destinations: list[str]) -> tuple[list[str], str]:
+    """The destinations of mapped instance ``index`` that another instance of the literal expand input
+    ``value`` sends the same way, and the call that named them. ``expand`` (a dict of lists, a cross
+    product): a number listed twice under ``key``. ``expand_kwargs`` (a list of dicts): a number another
+    entry also sends, all its other arguments equal (entries that differ, say in files, are two faxes)."""
+    if isinstance(value, Mapping):
+        listed = value.get(key)
+        if not isinstance(listed, list | tuple):
+            return [], ""
+        numbers = [n for item in listed for n in _numbers(item)]
+        return sorted({n for n in destinations if numbers.count(n) > 1}), f"expand({key}=...)"
+    if not isinstance(value, list | tuple) or not 0 <= index < len(value):
+        return [], ""
+    if not all(isinstance(entry, Mapping) for entry in value):
+        return [], ""
+    mine = value[index]
+    rest = {k: v for k, v in mine.items() if k != key}
+    twice: set[str] = set()
+    for i, entry in enumerate(value):
+        if i == index or {k: v for k, v in entry.items() if k != key} != rest:
+            continue
+        if key in entry and key in mine:
+            twice |= set(destinations) & set(_numbers(entry[key]))
+        elif key not in entry and key not in mine:  # both send to the same (partial's) destinations
+            twice |= set(destinations)
+    return sorted(twice), "expand_kwargs([...])"
 
 
 class SendRecord:
