@@ -340,6 +340,25 @@ def test_on_2_11_a_new_run_with_the_same_id_starts_anew_and_its_retries_keep_its
     assert _send_bodies(control) == [[A], [A]]
 
 
+def test_a_fax_of_another_deployment_with_the_same_mark_is_not_adopted(faxplus_conn, hook, control, pdf):
+    """Issue 20 review, break 4: staging and prod run one DAG (same mark) on one account. Prod's send is
+    cut off before it is handled (no fax); its retry must not adopt staging's fax, whose comment differs."""
+    control.settings(send_lifecycle=STAYS)
+    staging = SendFaxOperator(task_id="send", to=A, files=[pdf], comment="STAGING test fax")
+    staging_ids = Task(staging, Store()).run()["outbox_fax_ids"]
+    prod = Task(SendFaxOperator(task_id="send", to=A, files=[pdf], comment="PROD invoice"), Store())
+    control.add_fault(drop=True, method="POST", path_endswith="/outbox", times=1)
+    with pytest.raises(AirflowException, match="may have been sent"):
+        prod.run()
+    with pytest.raises(AirflowFailException, match="Check the account's sent faxes"):
+        prod.run()  # not staging's fax: ambiguous, and on_ambiguous="fail"
+    prod.operator.on_ambiguous = "resend"
+    result = prod.run()
+    assert result["outbox_fax_ids"] != staging_ids
+    assert result["adopted"] == []
+    assert [f["comment"]["text"] for f in control.faxes()] == ["STAGING test fax", "PROD invoice"]
+
+
 def test_the_outcome_rule_covers_every_request():
     from airflow_provider_faxplus.exceptions import FaxPlusAPIError
 

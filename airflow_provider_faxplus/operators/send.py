@@ -165,8 +165,19 @@ class SendFaxOperator(BaseOperator):
             look = [d for d in destinations if d not in known and d in record.uncertain]
             found: dict[str, str] = {}
             if look:
-                marked = send.find_marked(self.hook.list_outbox_faxes(self.user_id), mark)
+                outbox = self.hook.list_outbox_faxes(self.user_id)
+                # More than the mark: the comment this task sends, all its tags (the same mark can come
+                # from another deployment of this DAG sharing the account).
+                marked = send.find_marked(outbox, mark, tags=tags, text=self.comment or "")
                 found = {d: marked[d] for d in look if d in marked}
+                others = send.marked_elsewhere(outbox, mark, marked)
+                if others:
+                    self.log.warning(
+                        "The outbox holds fax(es) %s tagged %s with another comment or other tags than "
+                        "this task sends (another deployment of this DAG?): not adopted",
+                        ", ".join(others),
+                        mark,
+                    )
                 if found:
                     record.learn(found)  # written before anything else happens
                     self.log.info("Found this task's fax in the outbox (tag %s): adopting %s", mark, found)
