@@ -286,6 +286,7 @@ def test_a_try_running_beside_another_adopts_what_it_sent_meanwhile(faxplus_conn
     assert _send_bodies(control) == [[A, B]]
     assert first["outbox_fax_ids"] == second["outbox_fax_ids"]
     assert first["adopted"] == [A, B]
+    assert first["files"] == second["files"]  # the paths sent (try 2's), not try 1's unused upload
     assert store.get(STATE_KEY)["ids"] == second["outbox_fax_ids"]
 
 
@@ -357,6 +358,20 @@ def test_a_fax_of_another_deployment_with_the_same_mark_is_not_adopted(faxplus_c
     assert result["outbox_fax_ids"] != staging_ids
     assert result["adopted"] == []
     assert [f["comment"]["text"] for f in control.faxes()] == ["STAGING test fax", "PROD invoice"]
+
+
+def test_a_save_merges_what_another_execution_wrote_and_keeps_both_ids_of_a_conflict():
+    from airflow_provider_faxplus.operators.send import SendRecord
+
+    store = Store()
+    mark = "airflow-000000000001"
+    mine = SendRecord(store, STATE_KEY, mark, None)
+    store.set(STATE_KEY, {"mark": mark, "ids": {A: "theirs", B: "b"}, "uncertain": [], "files": ["/t"]})
+    mine.learn({A: "mine"})
+    saved = store.get(STATE_KEY)
+    assert saved["ids"] == {A: "mine", B: "b"}
+    assert saved["also_sent"] == [[A, "theirs"]]
+    assert saved["files"] == ["/t"]
 
 
 def test_the_outcome_rule_covers_every_request():

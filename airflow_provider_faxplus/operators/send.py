@@ -193,7 +193,6 @@ class SendFaxOperator(BaseOperator):
                 self.hook.upload_file(sources[i], user_id=self.user_id).path if i in sources else f
                 for i, f in enumerate(files)
             ]
-            record.files = paths
             # Another execution of this task instance (a try still running beside this one) may have
             # sent, or begun to send, while this one uploaded: read the record again just before the POST.
             decided = set(record.uncertain)
@@ -214,7 +213,8 @@ class SendFaxOperator(BaseOperator):
                 )
             if not missing:
                 record.save()
-                return self._result(known, mark, adopted, destinations, paths)
+                return self._result(known, mark, adopted, destinations, record.files)
+            record.files = paths
             before = set(record.uncertain)
             record.uncertain |= set(missing)
             record.save()  # possibly sent from here on, until the answer says otherwise
