@@ -275,8 +275,8 @@ class SendFaxOperator(BaseOperator):
         message = (
             f"An earlier try of this task may have sent the fax to {', '.join(missing)} (its answer was "
             f"lost, or the record of earlier tries is gone), and the outbox holds no fax tagged {mark} "
-            "for it: the fax may already have been sent and left the outbox, or may never have been "
-            "created."
+            "with this task's comment and tags for it: the fax may already have been sent and left the "
+            "outbox, or may never have been created."
         )
         if known:
             message += (
