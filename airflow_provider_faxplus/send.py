@@ -278,14 +278,28 @@ def send_mark(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     return MARK_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
-def find_marked(records: Iterable[OutboxFax], mark: str) -> dict[str, str]:
-    """Destination -> outbox id of the faxes carrying ``mark`` (a comment tag)."""
+def find_marked(
+    records: Iterable[OutboxFax], mark: str, *, tags: Iterable[str] = (), text: str | None = None
+) -> dict[str, str]:
+    """Destination -> outbox id of the faxes carrying ``mark`` (a comment tag) that are this send's:
+    every tag of ``tags`` present too, and the comment text ``text`` (when given) the same. The mark
+    names a task instance, not a deployment: two deployments sharing an account can share it."""
+    wanted = {mark, *tags}
     found: dict[str, str] = {}
     for record in records:
-        if mark in record.comment.tags:
-            for destination in record.to:
-                found.setdefault(destination, record.id)
+        if not wanted <= set(record.comment.tags):
+            continue
+        if text is not None and record.comment.text.strip() != text.strip():
+            continue
+        for destination in record.to:
+            found.setdefault(destination, record.id)
     return found
+
+
+def marked_elsewhere(records: Iterable[OutboxFax], mark: str, found: Mapping[str, str]) -> list[str]:
+    """Ids of faxes carrying ``mark`` that :func:`find_marked` did not take (another comment or tags)."""
+    taken = set(found.values())
+    return [r.id for r in records if mark in r.comment.tags and r.id not in taken]
 
 
 # Calls --------------------------------------------------------------------------------------------

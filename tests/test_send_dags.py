@@ -219,6 +219,26 @@ def test_a_number_twice_in_a_literal_expand_list_is_refused(send_home, control, 
     assert states == ["failed", "failed", "success"]
 
 
+def test_a_number_twice_in_a_literal_expand_kwargs_list_is_refused(send_home, control, report_pdf):
+    """Issue 20 review, break 2: entries alike but for nothing are the same fax twice; an entry that
+    differs (its comment) is another fax, and is sent."""
+    run = send_home.dags_test("faxplus_send_kwargs_twice", conf={"file": report_pdf})
+    assert not run.succeeded
+    assert "given twice in this task's expand_kwargs([...]): +16699990001" in run.output
+    sent = sorted(json.loads(e["body"])["to"][0] for e in _sends(control))
+    assert sent == ["+16699990002", "+16699990003", "+16699990003"]
+    states = [state for _, _, state in sorted(send_home.task_states("faxplus_send_kwargs_twice")["tasks"])]
+    assert states == ["failed", "success", "failed", "success", "success"]
+
+
+def test_a_number_twice_in_a_mapped_task_groups_literal_expand_is_refused(send_home, control, report_pdf):
+    run = send_home.dags_test("faxplus_send_group_twice", conf={"file": report_pdf})
+    assert not run.succeeded
+    assert "given twice in its task group's expand(number=...): +16699990001" in run.output
+    sent = [json.loads(e["body"])["to"] for e in _sends(control)]
+    assert sent == [["+16699990002"]]
+
+
 def test_a_retry_after_a_failed_upload_sends_on_both_lines(send_home, control, report_pdf):
     """The first try fails before any send (the upload gives up after 5 x 503). Its record (3.3: the task
     state store; 2.11: an Airflow Variable) says no send began, so the retry sends, once."""
@@ -230,3 +250,23 @@ def test_a_retry_after_a_failed_upload_sends_on_both_lines(send_home, control, r
     assert len(_sends(control)) == 1
     assert "no record of its earlier tries" not in run.output
     assert not [e for e in control.requests() if e["method"] == "GET"]  # nothing to look for
+
+
+def test_a_new_run_with_a_reused_run_id_sends_its_own_fax(send_home, control, report_pdf):
+    """Issue 20 review, break 3: ``dags test`` twice with one logical date deletes the first run and makes
+    a new one with the same run_id. On 2.11 the record (a Variable) outlives the run; the new run must not
+    adopt the first run's fax from it, nor be taken for a retry whose record is lost."""
+    control.settings(send_lifecycle=STAYS)
+    conf = json.dumps({"to": "+16699990001", "file": report_pdf})
+    results = []
+    for _ in range(2):
+        run = send_home.airflow(
+            "dags", "test", "faxplus_send_fail", "2026-03-01T00:00:00+00:00", "--conf", conf
+        )
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, output[-5000:]
+        [line] = [line for line in output.splitlines() if "FAXPLUS-SENT:" in line]
+        results.append(json.loads(line.partition("FAXPLUS-SENT:")[2]))
+    assert [r["adopted"] for r in results] == [[], []]
+    assert len(_sends(control)) == 2  # each run sent its fax
+    assert results[0]["outbox_fax_ids"] != results[1]["outbox_fax_ids"]

@@ -274,6 +274,22 @@ def test_find_marked_maps_destinations_to_the_marked_faxes():
     assert send.find_marked(entries, "airflow-ffffffffffff") == {}
 
 
+def test_find_marked_takes_only_faxes_with_this_sends_comment_and_tags():
+    """Issue 20 review, break 4: another deployment's fax with the same mark is not this send's."""
+
+    def record(fax_id: str, tags: list[str], text: str) -> OutboxFax:
+        body = {"id": fax_id, "uid": "u", "status": "submitted", "to": ["+16699990001"]}
+        return parse_outbox({**body, "comment": {"tags": tags, "text": text}})
+
+    mark = "airflow-000000000001"
+    staging = record("s", [mark, "staging"], "invoice")
+    prod = record("p", [mark, "prod"], "invoice")
+    other_text = record("t", [mark, "prod"], "STAGING test fax")
+    assert send.find_marked([staging, prod], mark, tags=["prod"], text="invoice") == {"+16699990001": "p"}
+    assert send.find_marked([other_text], mark, tags=["prod"], text="invoice") == {}
+    assert send.marked_elsewhere([staging, prod], mark, {"+16699990001": "p"}) == ["s"]
+
+
 def test_the_sandbox_refuses_an_upload_over_150_mb_from_its_declared_length(sandbox, control):
     import http.client
     from urllib.parse import urlsplit

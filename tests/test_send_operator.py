@@ -237,6 +237,143 @@ def test_a_failed_upload_then_a_retry_sends_once(faxplus_conn, hook, control, pd
     assert _send_bodies(control) == [[A]]
 
 
+class Beside(Store):
+    """A store shared by two executions of one task instance (a zombie try 1 still running while try 2
+    runs): ``beside`` runs whole at try 1's first write (after it began, before it uploads and sends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beside: Any = None
+
+    def set(self, key: str, value: Any) -> None:
+        super().set(key, value)
+        beside, self.beside = self.beside, None
+        if beside is not None:
+            beside()
+
+
+def _run_try(
+    operator: SendFaxOperator, store: Store, try_number: int, dag_run_id: int | None = None
+) -> dict[str, Any]:
+    """One try; ``dag_run_id``: as on Airflow 2.11, no task state store and a DAG run with a database id
+    (the record is then a Variable, the store standing in for it)."""
+    ti = SimpleNamespace(
+        dag_id="send_dag", task_id="send", run_id="manual__1", map_index=-1, try_number=try_number
+    )
+    if dag_run_id is None:
+        return operator.execute({"ti": ti, "task_state_store": store})
+    return operator.execute({"ti": ti, "dag_run": SimpleNamespace(id=dag_run_id)})
+
+
+@pytest.fixture
+def variables(monkeypatch):
+    """The Airflow 2.11 record (a Variable per mark) kept in a store: unit tests have no metadata DB."""
+    from airflow_provider_faxplus.operators import send as operator_module
+
+    store = Beside()
+    monkeypatch.setattr(operator_module, "_VariableStore", lambda: store)
+    return store
+
+
+def test_a_try_running_beside_another_adopts_what_it_sent_meanwhile(faxplus_conn, hook, control, pdf):
+    """Issue 20 review, break 1: try 2 sends while try 1 uploads; try 1 reads the record again before
+    its POST, adopts try 2's ids and sends nothing; try 2's ids stay on record (none overwritten)."""
+    control.settings(send_lifecycle=STAYS)
+    store = Beside()
+    second: dict[str, Any] = {}
+    store.beside = lambda: second.update(_run_try(_task(pdf, [A, B]).operator, store, 2))
+    first = _run_try(_task(pdf, [A, B]).operator, store, 1)
+    assert _send_bodies(control) == [[A, B]]
+    assert first["outbox_fax_ids"] == second["outbox_fax_ids"]
+    assert first["adopted"] == [A, B]
+    assert first["files"] == second["files"]  # the paths sent (try 2's), not try 1's unused upload
+    assert store.get(STATE_KEY)["ids"] == second["outbox_fax_ids"]
+
+
+def test_a_try_running_beside_another_does_not_send_what_it_marked_possibly_sent(
+    faxplus_conn, hook, control, pdf
+):
+    """Break 1, the other way: try 2's answer is lost (possibly sent); try 1, still running, must not
+    POST those destinations; the next try looks in the outbox and adopts."""
+    control.settings(send_lifecycle=STAYS)
+    store = Beside()
+
+    def second_try() -> None:
+        _lose_next_send_answer(control)
+        with pytest.raises(AirflowException, match="may have been sent"):
+            _run_try(_task(pdf, [A, B]).operator, store, 2)
+
+    store.beside = second_try
+    with pytest.raises(AirflowException, match="running at the same time") as raced:
+        _run_try(_task(pdf, [A, B]).operator, store, 1)
+    assert not isinstance(raced.value, AirflowFailException)
+    assert _send_bodies(control) == [[A, B]]
+    third = _run_try(_task(pdf, [A, B]).operator, store, 3)
+    assert sorted(third["adopted"]) == [A, B]
+    assert _send_bodies(control) == [[A, B]]
+
+
+def test_on_2_11_a_try_running_beside_another_adopts_what_it_sent_meanwhile(
+    faxplus_conn, hook, control, pdf, variables
+):
+    """Break 1 on the Variable record: try 1 (which began the record) still sees try 2's writes."""
+    control.settings(send_lifecycle=STAYS)
+    second: dict[str, Any] = {}
+    variables.beside = lambda: second.update(_run_try(_task(pdf, [A, B]).operator, variables, 2, 7))
+    first = _run_try(_task(pdf, [A, B]).operator, variables, 1, 7)
+    assert _send_bodies(control) == [[A, B]]
+    assert first["outbox_fax_ids"] == second["outbox_fax_ids"]
+
+
+def test_on_2_11_a_new_run_with_the_same_id_starts_anew_and_its_retries_keep_its_record(
+    faxplus_conn, hook, control, pdf, variables
+):
+    """Break 3: the Variable of a deleted run (same run_id, even the same database id) is not adopted by
+    the new run's first try; the new run's own retry adopts what its first try sent."""
+    control.settings(send_lifecycle=STAYS)
+    old = _run_try(_task(pdf, A).operator, variables, 1, 7)
+    new = _run_try(_task(pdf, A).operator, variables, 1, 7)
+    assert new["adopted"] == []
+    assert new["outbox_fax_ids"] != old["outbox_fax_ids"]
+    retry = _run_try(_task(pdf, A).operator, variables, 2, 7)
+    assert retry["adopted"] == [A]
+    assert retry["outbox_fax_ids"] == new["outbox_fax_ids"]
+    assert _send_bodies(control) == [[A], [A]]
+
+
+def test_a_fax_of_another_deployment_with_the_same_mark_is_not_adopted(faxplus_conn, hook, control, pdf):
+    """Issue 20 review, break 4: staging and prod run one DAG (same mark) on one account. Prod's send is
+    cut off before it is handled (no fax); its retry must not adopt staging's fax, whose comment differs."""
+    control.settings(send_lifecycle=STAYS)
+    staging = SendFaxOperator(task_id="send", to=A, files=[pdf], comment="STAGING test fax")
+    staging_ids = Task(staging, Store()).run()["outbox_fax_ids"]
+    prod = Task(SendFaxOperator(task_id="send", to=A, files=[pdf], comment="PROD invoice"), Store())
+    control.add_fault(drop=True, method="POST", path_endswith="/outbox", times=1)
+    with pytest.raises(AirflowException, match="may have been sent"):
+        prod.run()
+    with pytest.raises(AirflowFailException, match="Check the account's sent faxes"):
+        prod.run()  # not staging's fax: ambiguous, and on_ambiguous="fail"
+    prod.operator.on_ambiguous = "resend"
+    result = prod.run()
+    assert result["outbox_fax_ids"] != staging_ids
+    assert result["adopted"] == []
+    assert [f["comment"]["text"] for f in control.faxes()] == ["STAGING test fax", "PROD invoice"]
+
+
+def test_a_save_merges_what_another_execution_wrote_and_keeps_both_ids_of_a_conflict():
+    from airflow_provider_faxplus.operators.send import SendRecord
+
+    store = Store()
+    mark = "airflow-000000000001"
+    mine = SendRecord(store, STATE_KEY, mark, None)
+    store.set(STATE_KEY, {"mark": mark, "ids": {A: "theirs", B: "b"}, "uncertain": [], "files": ["/t"]})
+    mine.learn({A: "mine"})
+    saved = store.get(STATE_KEY)
+    assert saved["ids"] == {A: "mine", B: "b"}
+    assert saved["also_sent"] == [[A, "theirs"]]
+    assert saved["files"] == ["/t"]
+
+
 def test_the_outcome_rule_covers_every_request():
     from airflow_provider_faxplus.exceptions import FaxPlusAPIError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
@@ -164,8 +165,19 @@ class SendFaxOperator(BaseOperator):
             look = [d for d in destinations if d not in known and d in record.uncertain]
             found: dict[str, str] = {}
             if look:
-                marked = send.find_marked(self.hook.list_outbox_faxes(self.user_id), mark)
+                outbox = self.hook.list_outbox_faxes(self.user_id)
+                # More than the mark: the comment this task sends, all its tags (the same mark can come
+                # from another deployment of this DAG sharing the account).
+                marked = send.find_marked(outbox, mark, tags=tags, text=self.comment or "")
                 found = {d: marked[d] for d in look if d in marked}
+                others = send.marked_elsewhere(outbox, mark, marked)
+                if others:
+                    self.log.warning(
+                        "The outbox holds fax(es) %s tagged %s with another comment or other tags than "
+                        "this task sends (another deployment of this DAG?): not adopted",
+                        ", ".join(others),
+                        mark,
+                    )
                 if found:
                     record.learn(found)  # written before anything else happens
                     self.log.info("Found this task's fax in the outbox (tag %s): adopting %s", mark, found)
@@ -181,6 +193,27 @@ class SendFaxOperator(BaseOperator):
                 self.hook.upload_file(sources[i], user_id=self.user_id).path if i in sources else f
                 for i, f in enumerate(files)
             ]
+            # Another execution of this task instance (a try still running beside this one) may have
+            # sent, or begun to send, while this one uploaded: read the record again just before the POST.
+            decided = set(record.uncertain)
+            record.refresh()
+            sent_meanwhile = {d: record.ids[d] for d in missing if d in record.ids}
+            if sent_meanwhile:
+                self.log.info("Another try of this task sent this fax meanwhile: adopting %s", sent_meanwhile)
+                known.update(sent_meanwhile)
+                adopted += list(sent_meanwhile)
+                missing = [d for d in missing if d not in sent_meanwhile]
+            raced = [d for d in missing if d in record.uncertain and d not in decided]
+            if raced:
+                record.save()
+                raise AirflowException(
+                    f"Another try of this task, running at the same time as this one, may be sending the "
+                    f"fax to {', '.join(raced)} (it marked them possibly sent while this try uploaded): "
+                    f"this try does not send. The next try looks in the outbox for the tag {mark}."
+                )
+            if not missing:
+                record.save()
+                return self._result(known, mark, adopted, destinations, record.files)
             record.files = paths
             before = set(record.uncertain)
             record.uncertain |= set(missing)
@@ -200,8 +233,7 @@ class SendFaxOperator(BaseOperator):
             except FaxPlusError as exc:
                 if send.send_outcome("send", exc) != send.NOT_SENT:
                     raise
-                record.uncertain = before  # certainly not sent by this try
-                record.save()
+                record.not_sent(set(missing) - before)  # certainly not sent by this try
                 raise
             record.learn(sent)
         except FaxPlusError as exc:
@@ -211,30 +243,40 @@ class SendFaxOperator(BaseOperator):
         return self._result({**known, **sent}, mark, adopted, destinations, paths)
 
     def _refuse_mapped_duplicates(self, destinations: list[str], map_index: int | None) -> None:
-        """Mapped instances have a mark each, so a number listed twice in ``.expand(to=[...])`` would be
-        faxed twice. Refused where the expansion input is a literal list (an XCom's is not visible)."""
+        """Mapped instances have a mark each, so a number that two instances would send the same way is
+        faxed twice. Refused where the expand input is literal (an XCom's is not visible): this task's
+        ``expand(to=[...])`` or ``expand_kwargs([...])``, or, for a task in a mapped task group whose
+        ``to`` is the group's argument, the group's ``expand``/``expand_kwargs``."""
         if map_index is None or map_index < 0:
             return
         dag = getattr(self, "dag", None)
-        mapped = getattr(dag, "task_dict", {}).get(self.task_id) if dag is not None else None
-        value = getattr(getattr(mapped, "expand_input", None), "value", None)
-        listed = value.get("to") if isinstance(value, Mapping) else None
-        if not isinstance(listed, list | tuple):
-            return
-        numbers = [n for item in listed for n in ([item] if isinstance(item, str) else item or [])]
-        twice = sorted({n for n in destinations if numbers.count(n) > 1})
+        original = getattr(dag, "task_dict", {}).get(self.task_id) if dag is not None else None
+        expand_input = getattr(original, "expand_input", None)
+        key, where = "to", "this task's"
+        if expand_input is None:  # a task in a mapped task group?
+            to = getattr(original, "to", None)
+            group_key = getattr(to, "_key", None)  # the group's argument passed as to (a MappedArgument)
+            if type(to).__name__ != "MappedArgument" or not isinstance(group_key, str):
+                return
+            key = group_key
+            group = getattr(original, "task_group", None)
+            while group is not None and getattr(group, "_expand_input", None) is None:
+                group = getattr(group, "parent_group", None)
+            expand_input, where = getattr(group, "_expand_input", None), "its task group's"
+        value = getattr(expand_input, "value", None)
+        twice, call = _doubled(value, key, map_index, destinations)
         if twice:
             raise AirflowFailException(
-                f"destination(s) given twice in this task's expand(to=...): {', '.join(twice)}; each "
-                "mapped instance sends on its own, so they would be faxed twice"
+                f"destination(s) given twice in {where} {call}: {', '.join(twice)}; each mapped "
+                "instance sends on its own, so they would be faxed twice"
             )
 
     def _ambiguous(self, mark: str, missing: list[str], known: Mapping[str, str]) -> None:
         message = (
             f"An earlier try of this task may have sent the fax to {', '.join(missing)} (its answer was "
             f"lost, or the record of earlier tries is gone), and the outbox holds no fax tagged {mark} "
-            "for it: the fax may already have been sent and left the outbox, or may never have been "
-            "created."
+            "with this task's comment and tags for it: the fax may already have been sent and left the "
+            "outbox, or may never have been created."
         )
         if known:
             message += (
@@ -270,34 +312,113 @@ class SendFaxOperator(BaseOperator):
         }
 
 
+def _numbers(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [n for n in value if isinstance(n, str)] if isinstance(value, list | tuple) else []
+
+
+def _doubled(value: object, key: str, index: int, destinations: list[str]) -> tuple[list[str], str]:
+    """The destinations of mapped instance ``index`` that another instance of the literal expand input
+    ``value`` sends the same way, and the call that named them. ``expand`` (a dict of lists, a cross
+    product): a number listed twice under ``key``. ``expand_kwargs`` (a list of dicts): a number another
+    entry also sends, all its other arguments equal (entries that differ, say in files, are two faxes)."""
+    if isinstance(value, Mapping):
+        listed = value.get(key)
+        if not isinstance(listed, list | tuple):
+            return [], ""
+        numbers = [n for item in listed for n in _numbers(item)]
+        return sorted({n for n in destinations if numbers.count(n) > 1}), f"expand({key}=...)"
+    if not isinstance(value, list | tuple) or not 0 <= index < len(value):
+        return [], ""
+    if not all(isinstance(entry, Mapping) for entry in value):
+        return [], ""
+    mine = value[index]
+    rest = {k: v for k, v in mine.items() if k != key}
+    twice: set[str] = set()
+    for i, entry in enumerate(value):
+        if i == index or {k: v for k, v in entry.items() if k != key} != rest:
+            continue
+        if key in entry and key in mine:
+            twice |= set(destinations) & set(_numbers(entry[key]))
+        elif key not in entry and key not in mine:  # both send to the same (partial's) destinations
+            twice |= set(destinations)
+    return sorted(twice), "expand_kwargs([...])"
+
+
 class SendRecord:
     """What the tries of one task instance know of its send, kept where the next try reads it: the ids
     learned (``ids``: certainly sent, never sent again), the destinations possibly sent (``uncertain``)
     and the uploaded ``files``. Airflow 3.3: the task state store; Airflow 2.11 (no store): an Airflow
     Variable ``faxplus_send.<mark>``, in the metadata database as well."""
 
-    def __init__(self, store: Any, key: str, mark: str, saved: object) -> None:
+    def __init__(
+        self, store: Any, key: str, mark: str, saved: object, run: Mapping[str, Any] | None = None
+    ) -> None:
         self._store = store
         self._key = key
         self.mark = mark
-        ok = isinstance(saved, dict) and saved.get("mark") == mark
-        data: dict[str, Any] = saved if ok else {}  # type: ignore[assignment]
+        self.run: dict[str, Any] | None = None if run is None else dict(run)
+        data = self._valid(saved, adopt=True) or {}
         self.lost = False
         self.ids: dict[str, str] = dict(data.get("ids") or {})
+        self.also_sent: list[list[str]] = list(data.get("also_sent") or [])
         self.uncertain: set[str] = set(data.get("uncertain") or [])
         self.files: list[str] = list(data.get("files") or [])
-        self.found = ok
+        self.found = bool(data)
+        self._not_sent: set[str] = set()
+        if self.run is not None and "token" not in self.run:
+            self.run["token"] = uuid.uuid4().hex  # a record begun anew: its own lineage
+
+    def _valid(self, saved: object, adopt: bool = False) -> dict[str, Any] | None:
+        """A record of this task instance in this very DAG run, not one of an earlier run with the same
+        run_id that was deleted (a Variable outlives it). ``adopt``: on opening, take its lineage."""
+        if not isinstance(saved, dict) or saved.get("mark") != self.mark:
+            return None
+        theirs = saved.get("run")
+        if self.run is None or not isinstance(theirs, dict):
+            return saved if theirs == self.run else None
+        if adopt and theirs.get("id") == self.run.get("id") and isinstance(theirs.get("token"), str):
+            self.run["token"] = theirs["token"]
+            return saved
+        return saved if theirs == self.run else None
 
     @classmethod
     def open(cls, context: Any, mark: str, log: Any) -> SendRecord:
         store = context.get("task_state_store")
         key = STATE_KEY
+        run = None
         if store is None:
             store, key = _VariableStore(), f"{STATE_KEY}.{mark}"
-        record = cls(store, key, mark, store.get(key))
+            run = run_identity(context)
+        saved = store.get(key)
+        if run is not None and context["ti"].try_number <= 1:
+            # A Variable outlives its DAG run, and a deleted run's database id can come back (SQLite
+            # reuses the highest row id): a first try takes no record as its own run's. Its later tries,
+            # clears included, take the lineage it began (same run id and token).
+            saved = None
+        record = cls(store, key, mark, saved, run)
         # A try after the first with no record of earlier tries: they may have sent.
         record.lost = not record.found and context["ti"].try_number > 1
         return record
+
+    def refresh(self) -> None:
+        """Merge in what another execution of this task instance wrote since this one read the record:
+        ids learned by anyone are kept (never overwritten), and so are destinations it marked possibly
+        sent (except those this execution learned were certainly not sent by it)."""
+        data = self._valid(self._store.get(self._key))
+        if data is None:
+            return
+        for destination, fax_id in (data.get("ids") or {}).items():
+            mine = self.ids.setdefault(destination, fax_id)
+            if mine != fax_id and [destination, fax_id] not in self.also_sent:
+                self.also_sent.append([destination, fax_id])  # two faxes: both ids are kept
+        for pair in data.get("also_sent") or []:
+            if pair not in self.also_sent:
+                self.also_sent.append(pair)
+        self.uncertain |= set(data.get("uncertain") or []) - self._not_sent
+        if not self.files:
+            self.files = list(data.get("files") or [])
 
     def learn(self, ids: Mapping[str, str]) -> None:
         """Ids are written at once, and never taken back."""
@@ -305,16 +426,34 @@ class SendRecord:
         self.uncertain -= set(ids)
         self.save()
 
+    def not_sent(self, destinations: set[str]) -> None:
+        """This execution's send certainly made no fax for ``destinations``."""
+        self._not_sent |= destinations
+        self.uncertain -= destinations
+        self.save()
+
     def save(self) -> None:
-        self._store.set(
-            self._key,
-            {
-                "mark": self.mark,
-                "ids": self.ids,
-                "uncertain": sorted(self.uncertain - set(self.ids)),
-                "files": self.files,
-            },
-        )
+        """Read, merge, write: what another execution wrote meanwhile is kept. The store has no
+        compare-and-set, so two writes in the same instant can still cross (see the README)."""
+        self.refresh()
+        value: dict[str, Any] = {
+            "mark": self.mark,
+            "run": self.run,
+            "ids": self.ids,
+            "uncertain": sorted(self.uncertain - set(self.ids)),
+            "files": self.files,
+        }
+        if self.also_sent:
+            value["also_sent"] = self.also_sent
+        self._store.set(self._key, value)
+
+
+def run_identity(context: Any) -> dict[str, Any] | None:
+    """The DAG run's database id where the context has it (Airflow 2.11's DagRun); ``None`` otherwise."""
+    run_id = getattr(context.get("dag_run"), "id", None)
+    if not isinstance(run_id, int) or isinstance(run_id, bool):
+        return None
+    return {"id": run_id}
 
 
 class _VariableStore:

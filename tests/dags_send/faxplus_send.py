@@ -12,10 +12,10 @@ from typing import Any
 import pendulum
 
 try:
-    from airflow.sdk import DAG, task
+    from airflow.sdk import DAG, task, task_group
 except ImportError:
     from airflow import DAG
-    from airflow.decorators import task
+    from airflow.decorators import task, task_group
 
 from airflow_provider_faxplus.operators.send import SendFaxOperator
 
@@ -69,3 +69,34 @@ with DAG(
     SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"], comment="mapped").expand(
         to=["+16699990001", "+16699990002", "+16699990001"]
     )
+
+with DAG(
+    dag_id="faxplus_send_kwargs_twice",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"file": ""},
+) as kwargs_twice_dag:
+    SendFaxOperator.partial(task_id="send", files=["{{ params.file }}"]).expand_kwargs(
+        [
+            {"to": "+16699990001", "comment": "same"},
+            {"to": "+16699990002", "comment": "same"},
+            {"to": "+16699990001", "comment": "same"},
+            {"to": "+16699990003", "comment": "one"},
+            {"to": "+16699990003", "comment": "another"},  # another fax: it differs in its comment
+        ]
+    )
+
+with DAG(
+    dag_id="faxplus_send_group_twice",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"file": ""},
+) as group_twice_dag:
+
+    @task_group
+    def fan(number: str) -> None:
+        SendFaxOperator(task_id="send", to=number, files=["{{ params.file }}"], comment="group")
+
+    fan.expand(number=["+16699990001", "+16699990002", "+16699990001"])
