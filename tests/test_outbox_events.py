@@ -107,8 +107,9 @@ def make(quick, store: FakeStore | None, **kwargs: Any) -> Any:
 
 
 def cursor(store: FakeStore, trigger: Any) -> dict[str, Any] | None:
-    raw = store.values.get(trigger.cursor_key)
-    return None if raw is None else json.loads(raw)["known"]
+    from airflow_provider_faxplus.triggers.outbox_events import decode_cursor
+
+    return decode_cursor(store.values, trigger.cursor_key)
 
 
 def list_calls(control) -> int:
@@ -592,17 +593,20 @@ def test_a_later_state_is_never_stored_before_the_events_it_holds_have_settled(q
     monkeypatch.setattr(quick, "SETTLE_SECONDS", 3.0)
     store = FakeStore()
     trigger = make(quick, store, report_existing=False)
-    a = {"a": {"status": "submitted", "reported": ["entered"]}}
+    a = {"a": ("submitted", ("entered",))}
     trigger._queue(a, settle=True)  # settles at 1003
     clock[0] = 1001.0
-    b = {**a, "b": {"status": "submitted", "reported": ["entered"]}}
+    b = {**a, "b": ("submitted", ("entered",))}
     trigger._queue(b, settle=True)  # settles at 1004
     clock[0] = 1001.5
-    b_sending = {**b, "b": {"status": "sending", "reported": ["entered"]}}
+    b_sending = {**b, "b": ("sending", ("entered",))}
     trigger._queue(b_sending, settle=False)  # holds b's event: not before 1004
     clock[0] = 1003.5
     asyncio.run(trigger._write_settled(store, clock[0]))
-    assert cursor(store, trigger) == a
+    assert cursor(store, trigger) == {"a": {"status": "submitted", "reported": ["entered"]}}
     clock[0] = 1004.0
     asyncio.run(trigger._write_settled(store, clock[0]))
-    assert cursor(store, trigger) == b_sending
+    assert cursor(store, trigger) == {
+        "a": {"status": "submitted", "reported": ["entered"]},
+        "b": {"status": "sending", "reported": ["entered"]},
+    }
