@@ -67,8 +67,8 @@ DEFAULT_VALUE_LIMIT = 65_535
 # Parts of one cursor at most (10,000 faxes need 16 at the default limit).
 MAX_CURSOR_PARTS = 4096
 # Faxes compared, events yielded or cursor entries encoded between two turns of the event loop: each
-# costs up to ~60 µs (a record parsed on first use), so a chunk stays near 30 ms on a slow machine.
-LOOP_CHUNK = 500
+# costs up to ~60 µs (a record parsed on first use), so a chunk stays under 10 ms on a slow machine.
+LOOP_CHUNK = 100
 # Airflow's triggerer hands yielded events to its supervisor about once a second; the cursor is written
 # only after that, so a triggerer stopped in between reports the event again rather than never.
 SETTLE_SECONDS = 3.0
@@ -676,7 +676,9 @@ def _decode(values: Mapping[str, Any], key: str) -> tuple[dict[str, Entry] | Non
         for index in range(parts):
             part = _decode_groups(_loaded(values.get(f"{key}.{parts}.{index}")))
             if part is None:  # deleted by hand, or never written: its faxes may be reported again
-                log.warning("Outbox cursor part %d of %d is missing or unreadable: read as empty", index, parts)
+                log.warning(
+                    "Outbox cursor part %d of %d is missing or unreadable: read as empty", index, parts
+                )
                 continue
             merged.update(part)
         return merged, parts
@@ -690,7 +692,9 @@ def decode_cursor(values: Mapping[str, Any], key: str) -> dict[str, dict[str, An
     known = _decode(values, key)[0]
     if known is None:
         return None
-    return {fax_id: {"status": status, "reported": list(reported)} for fax_id, (status, reported) in known.items()}
+    return {
+        fax_id: {"status": status, "reported": list(reported)} for fax_id, (status, reported) in known.items()
+    }
 
 
 class _Parked(Exception):
