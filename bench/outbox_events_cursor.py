@@ -4,23 +4,25 @@ N faxes (32-hex ids, as the sandbox and Fax.Plus give) sit in the outbox; one Ou
 ``report_existing=True`` and a JSON state store watches it. The first tick reports N ``entered`` events
 and writes the first cursor; the following ticks find nothing new. Printed: the longest loop stall (how
 late a 5 ms sleep woke up) on the first tick and on the steady ticks, the triggerer CPU of each, and the
-stored cursor (its largest value, as Airflow's ``max_value_storage_bytes`` limits each, and all its keys).
-The sandbox runs in its own process.
+stored cursor (its largest value, as Airflow's ``max_value_storage_bytes`` limits each, and all its keys),
+and the full garbage collections meanwhile (their pauses grow with all the process holds: ``--no-gc``
+measures the trigger's own stalls without them). The sandbox runs in its own process.
 
-python bench/outbox_events_cursor.py --count 1000 --count 10000
+python bench/outbox_events_cursor.py --count 1000 --count 10000 [--no-gc]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
 import time
 from typing import Any
 
-from _common import Sandbox
+from _common import FullCollections, Sandbox
 
 
 class JsonStore:
@@ -74,6 +76,7 @@ async def _measure(count: int, ticks: int) -> dict[str, Any]:
 
     prober = asyncio.ensure_future(probe())
     task = asyncio.ensure_future(consume())
+    collections = FullCollections().__enter__()
     try:
         while len(answered) < ticks + 2:  # the first tick, `ticks` steady ones, and one more answer
             if task.done():
@@ -83,6 +86,7 @@ async def _measure(count: int, ticks: int) -> dict[str, Any]:
         task.cancel()
         stop.set()
         await asyncio.gather(task, prober, return_exceptions=True)
+        collections.__exit__()
         outbox_poll.AccountPoll.snapshot = real_snapshot  # type: ignore[method-assign]
     sizes = [len(value.encode()) for value in store.values.values()]
     first = [stall for tick, stall in stalls if tick == 1]
@@ -97,10 +101,14 @@ async def _measure(count: int, ticks: int) -> dict[str, Any]:
         "keys": len(sizes),
         "largest_value_bytes": max(sizes, default=0),
         "total_bytes": sum(sizes),
+        "full_gcs": len(collections.durations),
+        "full_gc_max_ms": max(collections.durations, default=0.0) * 1000,
     }
 
 
-def run(count: int, ticks: int) -> dict[str, Any]:
+def run(count: int, ticks: int, no_gc: bool = False) -> dict[str, Any]:
+    if no_gc:
+        gc.disable()
     logging.getLogger("airflow_provider_faxplus").setLevel(logging.WARNING)
     with Sandbox() as sandbox:
         sandbox.control("POST", "/settings", {"log_response_bodies": False})
@@ -114,14 +122,15 @@ def run(count: int, ticks: int) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| faxes | entered events | longest stall, first tick / steady | CPU, first tick / steady tick "
-        "| cursor keys | largest value | all values |",
-        "|---|---|---|---|---|---|---|",
+        "| cursor keys | largest value | all values | full GCs (longest) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['count']:,} | {r['events']:,} | {r['first_stall_ms']:.0f} / {r['steady_stall_ms']:.0f} ms "
             f"| {r['first_cpu_s']:.2f} / {r['steady_cpu_s']:.2f} s | {r['keys']} "
-            f"| {r['largest_value_bytes']:,} B | {r['total_bytes']:,} B |"
+            f"| {r['largest_value_bytes']:,} B | {r['total_bytes']:,} B "
+            f"| {r['full_gcs']} ({r['full_gc_max_ms']:.0f} ms) |"
         )
     return lines
 
@@ -130,5 +139,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, action="append")
     parser.add_argument("--ticks", type=int, default=3)
+    parser.add_argument("--no-gc", action="store_true", help="the garbage collector off")
     args = parser.parse_args()
-    print("\n".join(table([run(count, args.ticks) for count in args.count or [10000]])))
+    print("\n".join(table([run(count, args.ticks, args.no_gc) for count in args.count or [10000]])))
