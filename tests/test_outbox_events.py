@@ -757,6 +757,16 @@ def test_the_cursor_is_split_as_it_grows_and_joined_as_it_shrinks(quick, monkeyp
     asyncio.run(trigger._store(store, bigger))
     assert json.loads(store.values[trigger.cursor_key]) == {"v": 2, "parts": 64}
     assert len(store.values) == 65  # the 32 parts no longer named are deleted
+    # A part deleted by hand: read as empty, and the whole cursor queued to be written again.
+    missing = trigger.part_key(64, 3)
+    lost = json.loads(store.values.pop(missing))
+    again = make(quick, store, report_existing=False)
+    asyncio.run(again._load(store))
+    assert again._layout is None
+    assert len(again._unstored) == 1
+    assert len(again._known) == len(bigger) - sum(len(group[2]) for group in lost["g"])
+    asyncio.run(again._store(store, bigger))
+    assert missing in store.values
     # Back to ten faxes: one value again.
     small = dict(list(big.items())[1:11])
     asyncio.run(trigger._store(store, small))

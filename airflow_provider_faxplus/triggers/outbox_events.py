@@ -409,7 +409,7 @@ class OutboxEventTrigger(BaseEventTrigger):
                 key = self.part_key(parts, index)
                 values[key] = await store.aget(key)
         self._known, self._layout = _decode(values, self.cursor_key)
-        if self._known is not None and self._layout is None:  # the old format: rewritten in this one
+        if self._known is not None and self._layout is None:  # the old format, or a part missing
             self._queue(dict(self._known), settle=False)
         elif self._known is not None and self._layout is not None:
             self._parts = _split(self._known, self._layout)
@@ -653,8 +653,9 @@ def _parts_of(first: Any) -> int | None:
 
 
 def _decode(values: Mapping[str, Any], key: str) -> tuple[dict[str, Entry] | None, int | None]:
-    """The stored cursor from its values by key, and its number of parts (None for the old format, or
-    no cursor). The known faxes are None when there is no cursor (or one this version cannot read)."""
+    """The stored cursor from its values by key, and its number of parts (None for the old format, a
+    part missing, or no cursor). The known faxes are None when there is no cursor (or one this version
+    cannot read)."""
     first = _loaded(values.get(key))
     if first is None:
         return None, None
@@ -673,15 +674,17 @@ def _decode(values: Mapping[str, Any], key: str) -> tuple[dict[str, Entry] | Non
             return known_one, 1
     elif parts is not None:
         merged: dict[str, Entry] = {}
+        whole = True
         for index in range(parts):
             part = _decode_groups(_loaded(values.get(f"{key}.{parts}.{index}")))
-            if part is None:  # deleted by hand, or never written: its faxes may be reported again
+            if part is None:  # deleted by hand: its faxes may be reported again
                 log.warning(
                     "Outbox cursor part %d of %d is missing or unreadable: read as empty", index, parts
                 )
+                whole = False
                 continue
             merged.update(part)
-        return merged, parts
+        return merged, parts if whole else None  # None: rewritten whole
     log.warning("Ignoring an outbox cursor this version cannot read: starting afresh")
     return None, None
 
