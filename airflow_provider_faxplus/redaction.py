@@ -73,11 +73,25 @@ class Redactor:
         for client_id, client_secret in pairs:
             if client_secret:
                 forms.add(basic_credentials(client_id, client_secret))
+        self._set(forms)
+
+    def _set(self, forms: set[str]) -> None:
+        self._all = frozenset(forms)
         self._whole = sorted((form for form in forms if len(form) < MIN_FRAGMENT), key=len, reverse=True)
         self._forms = sorted((form for form in forms if len(form) >= MIN_FRAGMENT), key=len, reverse=True)
         self._grams = {
             form[i : i + MIN_FRAGMENT] for form in self._forms for i in range(len(form) - MIN_FRAGMENT + 1)
         }
+
+    def adding(self, secrets: Iterable[str | None]) -> Redactor:
+        """This redactor, knowing ``secrets`` too (say, an access token that came with an answer)."""
+        forms = set(self._all)
+        for secret in secrets:
+            if secret:
+                forms |= encoded_forms(secret)
+        redactor = Redactor()
+        redactor._set(forms)
+        return redactor
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._forms) + len(self._whole)} forms)"

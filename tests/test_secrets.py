@@ -643,3 +643,93 @@ def test_send_operator_with_allowed_roots_fails_before_any_request(tmp_path, fax
     assert control.requests() == []
     with pytest.raises(ValueError, match="allowed_roots must be a list"):
         SendFaxOperator(task_id="s2", to="+1", files=[], allowed_roots="/data")
+
+
+# Review 21 -------------------------------------------------------------------------------------------------
+# r2. A 200 from the token endpoint whose token_type / expires_in echo what the call sent.
+
+
+@pytest.mark.parametrize("field", ["token_type", "expires_in"])
+def test_a_token_answer_200_echoing_the_call_s_secrets_is_redacted(caplog, field):
+    config = FaxPlusConfig(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=ODD_REFRESH,
+        token_url="https://accounts.example/token",
+    )
+    call = oauth.refresh_call(config, ODD_REFRESH)
+    basic = call.headers["Authorization"].split()[1]
+    code = "code-sentinel-55aa"
+    exchange = oauth.authorization_code_call(call.url, CLIENT_ID, CLIENT_SECRET, code, REDIRECT_URI)
+    for echo in (f"refresh_token={ODD_REFRESH}", f"client {CLIENT_ID}:{CLIENT_SECRET}", f"Basic {basic}"):
+        for each, secrets in ((call, (ODD_REFRESH, CLIENT_SECRET)), (exchange, (code, CLIENT_SECRET))):
+            answer: dict[str, object] = {"access_token": "oauth_access_0123", "token_type": "Bearer"}
+            answer[field] = f"{echo} {code}"
+            caplog.clear()
+            if field == "token_type":
+                with pytest.raises(FaxPlusResponseError, match="is not Bearer") as info:
+                    oauth.parse_token_response(each, 200, {}, json.dumps(answer).encode())
+                text = str(info.value)
+            else:
+                oauth.parse_token_response(each, 200, {}, json.dumps(answer).encode())
+                text = caplog.text
+                assert "expires_in" in text
+            assert_none_of(text, *secrets)
+            assert basic not in text
+
+
+# r4. A transport error that quotes a token right where the message is cut.
+
+
+class EchoingServer:
+    """Answers every request with ``pad`` filler bytes and the Bearer token it was sent: a broken status
+    line that the client library quotes in its error."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.pad = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    request = conn.recv(65536)
+                    token = request.split(b"Authorization: Bearer ", 1)[1].split(b"\r\n", 1)[0]
+                    conn.sendall(b"X" * self.pad + token + b"\r\n\r\n")
+                except (OSError, IndexError):
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_transport_error_cut_never_leaves_the_start_of_a_token(monkeypatch):
+    token = "alohi_pat_Q7wErTy9UiOp3AsDfGhJkL2zXcVbNm"
+    server = EchoingServer()
+    extra = {"max_attempts": 1, "timeout": 5}
+    value = {"conn_type": "faxplus", "host": f"http://127.0.0.1:{server.port}/v3", "password": token}
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", json.dumps({**value, "extra": extra}))
+    cut = 0
+    try:
+        for pad in range(200, 300):
+            server.pad = pad
+            hook = FaxPlusHook()
+            with pytest.raises(Exception) as info:  # noqa: PT011 - whichever transport error
+                hook.get_outbox_fax("f1")
+            hook.close()
+            text = str(info.value)
+            cut += "..." in text
+            for length in range(3, len(token) + 1):
+                assert token[:length] not in text, (pad, text)
+    finally:
+        server.close()
+    assert cut  # some of the offsets did meet the cut

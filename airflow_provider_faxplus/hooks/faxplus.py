@@ -647,8 +647,9 @@ class FaxPlusHook(BaseHook):
             if deadline.expired:
                 raise transport_error(f"no answer within {timeout:g} s", False) from None
             if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
-                raise tls_error(self._redact(_short(exc))) from None
-            raise transport_error(self._redact(_short(exc)), _never_connected(exc)) from None
+                raise tls_error(_short(exc, redaction.for_config(self.config))) from None
+            shown = _short(exc, redaction.for_config(self.config))
+            raise transport_error(shown, _never_connected(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
             method,
@@ -658,10 +659,6 @@ class FaxPlusHook(BaseHook):
             (time.monotonic() - started) * 1000,
         )
         return response.status_code, dict(response.headers), body
-
-    def _redact(self, text: str) -> str:
-        """A client library's message can quote what was sent (a header, a URL): redacted all the same."""
-        return redaction.for_config(self.config)(text)
 
     # Connection form ----------------------------------------------------------------------------
 
@@ -909,6 +906,8 @@ def _stream(response: requests.Response, sink: Callable[[], IO[bytes]]) -> bytes
     return b""
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, redact: redaction.Redactor) -> str:
+    """The exception's text, redacted and then cut (a cut first could leave a secret's first characters)."""
     text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 300 else text[:297] + "..."
+    shown = redact(text)
+    return shown if len(shown) <= 300 else redact(text, 297) + "..."
