@@ -733,3 +733,52 @@ def test_a_transport_error_cut_never_leaves_the_start_of_a_token(monkeypatch):
     finally:
         server.close()
     assert cut  # some of the offsets did meet the cut
+
+
+# r5. The sandbox's request log while a late fault waits, and Authorization values of any shape.
+
+
+def test_the_sandbox_log_redacts_a_token_request_before_a_late_fault_answers(
+    oauth_sandbox, control, refresh_token
+):
+    control.add_fault(path_endswith="/token", late=True, delay=5)
+    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    session = requests.Session()
+    session.trust_env = False
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    post = threading.Thread(
+        target=session.post,
+        args=(oauth_sandbox.token_url,),
+        kwargs={"data": form, "headers": {"Authorization": f"Basic {basic}"}, "timeout": 30},
+    )
+    post.start()
+    try:
+        # Wait for the body to be logged: the fault then holds the request for its delay.
+        for _ in range(500):
+            entries = control.requests()
+            if entries and entries[0]["body"]:
+                break
+            threading.Event().wait(0.01)
+        [entry] = entries
+        assert entry["status"] is None  # still waiting: what a reader sees meanwhile
+        assert "grant_type=refresh_token" in entry["body"]
+        assert_none_of(json.dumps(entries), refresh_token, CLIENT_SECRET)
+        assert basic not in json.dumps(entries)
+    finally:
+        post.join()
+    assert_none_of(json.dumps(control.requests()), refresh_token, CLIENT_SECRET)
+
+
+def test_the_sandbox_log_redacts_an_authorization_value_of_any_shape(oauth_sandbox, control):
+    token = oauth_sandbox.token
+    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    session = requests.Session()
+    session.trust_env = False
+    url = oauth_sandbox.base_url + "/accounts/self/outbox/x"
+    for value in (token, f"Bearer\t{token}", f"{token} x", f"Basic\t{basic}", f"Token {token}"):
+        session.get(url, headers={"Authorization": value}, timeout=10)
+    session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    logged = [entry["headers"]["authorization"] for entry in control.requests()]
+    assert logged == ["<redacted>"] * 5 + ["Bearer <redacted>"]
+    assert_none_of(json.dumps(control.requests()), token)
+    assert basic not in json.dumps(control.requests())
