@@ -782,3 +782,52 @@ def test_the_sandbox_log_redacts_an_authorization_value_of_any_shape(oauth_sandb
     assert logged == ["<redacted>"] * 5 + ["Bearer <redacted>"]
     assert_none_of(json.dumps(control.requests()), token)
     assert basic not in json.dumps(control.requests())
+
+
+# r8, r12. URLs of another scheme, unknown extras that are values, control characters in a URL.
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "named"),
+    [
+        (f"ftp://restapi.fax.plus/{SECRET}", {}, "base URL (scheme 'ftp', the rest not shown)"),
+        (f"file://localhost/{SECRET}", {}, "base URL (scheme 'file', the rest not shown)"),
+        (f"http:///{SECRET}", {}, "base URL (http:// without a host)"),
+        (None, {"token_url": f"ftp://x/{SECRET}"}, "token URL (scheme 'ftp', the rest not shown)"),
+        (None, {SECRET: "1"}, "unknown extra field(s) 1 not shown"),
+        (None, {f"password={SECRET}": "1"}, "unknown extra field(s) 1 not shown"),
+        (None, {"X-Debug": "1", SECRET: "1"}, "unknown extra field(s) 'X-Debug' and 1 more not shown"),
+    ],
+)
+def test_a_secret_in_a_url_path_or_an_extra_s_name_is_never_echoed(host, extra, named):
+    with pytest.raises(FaxPlusConfigError) as info:
+        _config(host, **extra)
+    message = str(info.value)
+    assert named in message
+    assert_none_of(message, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("host", "token_url"),
+    [
+        ("http://127.0.0.\t1/v3", None),  # urlsplit would drop the tab: 127.0.0.1, loopback
+        ("http://1\t27.0.0.1:8080/v3", None),
+        ("http://127.0.0.1:8080/v\n3", None),
+        ("https://restapi.fax.plus/v3", "http://127.0.0.\t1/token"),
+    ],
+)
+def test_a_control_character_in_a_url_is_a_clear_config_error(host, token_url):
+    extra = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "refresh_token": "rt-1234567"}
+    with pytest.raises(FaxPlusConfigError, match="contains a tab, a line break or another control") as info:
+        _config(host, **(extra | {"token_url": token_url} if token_url else {}))
+    assert ("token URL" if token_url else "base URL") in str(info.value)
+
+
+def test_a_trigger_reports_a_tab_in_the_host_as_a_config_event(monkeypatch):
+    value = {"conn_type": "faxplus", "host": "http://127.0.0.\t1:9/v3", "password": SECRET}
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", json.dumps(value))
+    trigger = OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1)
+    trigger.shared_poll = False
+    [event] = asyncio.run(asyncio.wait_for(collect(trigger), 60))
+    assert (event["status"], event["kind"]) == ("error", "config")
+    assert "control character" in event["message"]
