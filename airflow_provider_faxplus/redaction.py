@@ -12,8 +12,8 @@ import base64
 import functools
 import json
 import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
 if TYPE_CHECKING:
@@ -137,6 +137,17 @@ class Redactor:
                 out.append(text[index])
                 index += 1
         return "".join(out)
+
+
+def redact_data(redact: Callable[[str], str], value: Any) -> Any:
+    """``value`` (decoded JSON: dicts, lists, strings, numbers) with every string redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(key)): redact_data(redact, item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(redact, item) for item in value]
+    return value
 
 
 def mask_forms(secrets: Iterable[str | None], pairs: Iterable[tuple[str, str | None]] = ()) -> list[str]:

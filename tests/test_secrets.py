@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -831,3 +832,53 @@ def test_a_trigger_reports_a_tab_in_the_host_as_a_config_event(monkeypatch):
     [event] = asyncio.run(asyncio.wait_for(collect(trigger), 60))
     assert (event["status"], event["kind"]) == ("error", "config")
     assert "control character" in event["message"]
+
+
+# r3. Texts made from a successful answer: parse warnings, a list record's id, an unknown status, an upload.
+
+
+def _record(**fields: object) -> str:
+    return json.dumps({"id": "f1", "uid": "u1", "status": "submitted", **fields})
+
+
+def test_texts_made_from_a_successful_answer_are_redacted_in_hook_logs_and_errors(
+    sandbox, hook, control, caplog
+):
+    token = sandbox.token
+    echo = f"Bearer {token}"
+    ok = {"status": 200, "content_type": "application/json", "times": 1}
+    control.add_fault(path_contains="/outbox/f1", body=_record(send_time=echo), **ok)
+    caplog.set_level("INFO", logger="airflow_provider_faxplus")
+    hook.get_outbox_fax("f1")
+    control.add_fault(
+        path_endswith="/outbox", method="GET", body=json.dumps({"records": [{"id": token}]}), **ok
+    )
+    with pytest.raises(FaxPlusResponseError, match=r"record #0 \(id '\*\*\*'\) is not an Outbox") as info:
+        hook.list_outbox_faxes()
+    control.add_fault(path_endswith="/files", method="POST", body=json.dumps({"path": f"/t-{token}"}), **ok)
+    hook.upload_file(b"%PDF-1.4 test", file_name="a.pdf")
+    assert "did not parse" in caplog.text
+    assert "Uploaded a.pdf" in caplog.text
+    assert_none_of(caplog.text + str(info.value), token)
+
+
+def test_an_unknown_status_echoing_the_token_is_redacted_in_the_checkpoint_and_next_kwargs(
+    sandbox, control, faxplus_conn, caplog
+):
+    token = sandbox.token
+    record = _record(status=f"unauthorized {token}", comment=f"token {token}")
+    control.add_fault(
+        status=200, content_type="application/json", times=1, body=record, path_contains="/outbox/f1"
+    )
+    progress = {"started_at": time.time(), "ever_seen": False}
+    trigger = OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1, shared_poll=False, progress=progress)
+    caplog.set_level("INFO", logger="airflow_provider_faxplus")
+    [event] = asyncio.run(asyncio.wait_for(collect(trigger), 60))
+    assert event["status"] == "checkpoint", event
+    assert "which the API spec does not know" in event["message"]
+    assert event["progress"]["last_status"] == "unauthorized ***"
+    following = OutboxFaxTrigger(
+        outbox_fax_id="f1", progress=event["progress"], deferred_at=event["deferred_at"]
+    )
+    for text in (json.dumps(event), json.dumps(following.serialize()[1]), caplog.text):
+        assert_none_of(text, token)
