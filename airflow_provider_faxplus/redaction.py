@@ -54,7 +54,28 @@ def encoded_forms(secret: str) -> set[str]:
         raw = secret.encode("utf-8", errors="surrogatepass")
     if len(raw) >= MIN_FRAGMENT:
         forms |= _base64_cores(raw)
+        forms.add(raw.hex())  # upper-case hex too: the scan ignores case
     return {form for form in forms if form}
+
+
+# What the scan decodes before comparing: a percent-encoded byte and a JSON \u escape (any case).
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|.", re.DOTALL)
+
+
+def _normalized(text: str) -> tuple[str, list[int], list[int]]:
+    """``text`` with every ``%XX`` and ``\\uXXXX`` decoded and lower-cased, and for each character the
+    span of ``text`` it came from (so a match in the normalized text redacts what was written)."""
+    chars: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for match in _ESCAPE.finditer(text):
+        token = match.group()
+        char = token if len(token) == 1 else chr(int(token[-4:] if token[0] == "\\" else token[1:], 16))
+        for lowered in char.lower():
+            chars.append(lowered)
+            starts.append(match.start())
+            ends.append(match.end())
+    return "".join(chars), starts, ends
 
 
 def basic_credentials(client_id: str, client_secret: str) -> str:
@@ -81,6 +102,12 @@ class Redactor:
         self._forms = sorted((form for form in forms if len(form) >= MIN_FRAGMENT), key=len, reverse=True)
         self._grams = {
             form[i : i + MIN_FRAGMENT] for form in self._forms for i in range(len(form) - MIN_FRAGMENT + 1)
+        }
+        # The same, decoded and lower-cased as :func:`_normalized` does to a text: an answer that
+        # percent-encodes every byte, \u-escapes every character or changes the case is caught too.
+        normal = {_normalized(form)[0] for form in self._forms}
+        self._normal_grams = {
+            form[i : i + MIN_FRAGMENT] for form in normal for i in range(len(form) - MIN_FRAGMENT + 1)
         }
 
     def adding(self, secrets: Iterable[str | None]) -> Redactor:
@@ -124,6 +151,12 @@ class Redactor:
         for start in range(len(text) - MIN_FRAGMENT + 1):
             if text[start : start + MIN_FRAGMENT] in grams:
                 covered[start : start + MIN_FRAGMENT] = b"\1" * MIN_FRAGMENT
+        normal, starts, ends = _normalized(text)
+        grams = self._normal_grams
+        for start in range(len(normal) - MIN_FRAGMENT + 1):
+            if normal[start : start + MIN_FRAGMENT] in grams:
+                first, last = starts[start], ends[start + MIN_FRAGMENT - 1]
+                covered[first:last] = b"\1" * (last - first)
         if not any(covered):
             return text
         out: list[str] = []

@@ -26,6 +26,7 @@ from airflow_provider_faxplus.config import (
     normalize_base_url,
 )
 from airflow_provider_faxplus.exceptions import (
+    FaxPlusAPIError,
     FaxPlusAuthError,
     FaxPlusConfigError,
     FaxPlusInputError,
@@ -882,3 +883,48 @@ def test_an_unknown_status_echoing_the_token_is_redacted_in_the_checkpoint_and_n
     )
     for text in (json.dumps(event), json.dumps(following.serialize()[1]), caplog.text):
         assert_none_of(text, token)
+
+
+# r1. Encodings of a whole token in an API error: every byte percent-encoded, \u-escaped, upper-cased, hex.
+
+
+def _echo_forms(token: str) -> dict[str, str]:
+    raw = token.encode()
+    return {
+        "percent, upper": "".join(f"%{byte:02X}" for byte in raw),
+        "percent, lower": "".join(f"%{byte:02x}" for byte in raw),
+        "json \\u": "".join(f"\\u{ord(char):04x}" for char in token),
+        "upper-cased": token.upper(),
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+    }
+
+
+@pytest.mark.parametrize("form", list(_echo_forms("x")))
+def test_an_api_error_echoing_a_token_in_another_encoding_is_redacted(sandbox, hook, control, form):
+    token = sandbox.token
+    echo = _echo_forms(token)[form]
+    # Raw JSON text, so the \u escapes reach the client as written.
+    body = '{"error": "invalid_token", "description": "token ' + echo.replace("\\", "\\\\") + ' refused"}'
+    control.add_fault(
+        status=400, times=1, path_contains="/outbox/", body=body, content_type="application/json"
+    )
+    with pytest.raises(FaxPlusAPIError) as info:
+        hook.get_outbox_fax("f1")
+    text = str(info.value)
+    assert "refused" in text
+    assert echo not in text
+    for other in _echo_forms(token).values():
+        assert other[:16] not in text, (form, text)
+
+
+def test_normalizing_leaves_other_text_and_short_fragments_alone():
+    from airflow_provider_faxplus.redaction import Redactor
+
+    redact = Redactor([ODD_REFRESH], [(CLIENT_ID, CLIENT_SECRET)])
+    text = "HTTP 400 invalid_grant: %41%42 \\u0041 REFRESH TOKEN unknown"
+    assert redact(text) == text
+    assert (
+        redact(f"x {ODD_REFRESH[:7].upper()} y") == f"x {ODD_REFRESH[:7].upper()} y"
+    )  # below 8: out of scope
+    assert redact(f"x {ODD_REFRESH[8:16].upper()} y") == "x *** y"
