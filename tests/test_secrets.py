@@ -928,3 +928,16 @@ def test_normalizing_leaves_other_text_and_short_fragments_alone():
         redact(f"x {ODD_REFRESH[:7].upper()} y") == f"x {ODD_REFRESH[:7].upper()} y"
     )  # below 8: out of scope
     assert redact(f"x {ODD_REFRESH[8:16].upper()} y") == "x *** y"
+
+
+# r11. A redirect whose Location host echoes the token (urlsplit lower-cases a host).
+
+
+def test_a_redirect_host_echoing_the_token_is_redacted(sandbox, hook, control):
+    token = sandbox.token
+    location = f"https://{token}.redirect.example/v3"
+    control.add_fault(status=302, times=1, path_contains="/outbox/", headers={"Location": location})
+    with pytest.raises(FaxPlusAPIError, match="Redirects are not followed") as info:
+        hook.get_outbox_fax("f1")
+    assert "redirect.example" in str(info.value)
+    assert_none_of(str(info.value), token, token.lower())
