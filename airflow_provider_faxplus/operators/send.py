@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import pendulum
 from airflow.exceptions import AirflowException
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
@@ -24,7 +25,11 @@ class SendFaxOperator(BaseOperator):
     """Send a fax with Fax.Plus: upload the files that are not uploaded yet, then *Send a fax*.
 
     Returns (XCom) ``{"outbox_fax_ids": {destination: outbox id}, "mark", "user_id", "files",
-    "adopted"}``: ``adopted`` lists the destinations whose fax an earlier try had already sent.
+    "adopted", "faxes"}``: ``adopted`` lists the destinations whose fax an earlier try had already sent;
+    ``faxes`` maps each outbox id to ``{"to", "from_number", "comment", "submitted_at"}`` (the submit
+    time as ISO-8601 UTC: this try's clock just before the send, the outbox's for a fax adopted from it,
+    ``None`` for one adopted from the record of an earlier try), what ``FaxDeliverySensor`` matches a
+    sent record by.
 
     Never sends twice: each send carries a comment tag (``mark``) derived from the task instance, and a
     :class:`SendRecord` keeps what the tries learned (ids, destinations possibly sent) where the next try
@@ -127,6 +132,7 @@ class SendFaxOperator(BaseOperator):
             "enhancement": self.enhancement,
             "cover_page": self.cover_page,
         }
+        self._submitted: dict[str, Any] = {}  # outbox id -> when it was submitted, where known
         ti = context["ti"]
         mark = send.send_mark(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
         # Everything is checked before any request: the payload (with stand-in paths), each file.
@@ -170,6 +176,10 @@ class SendFaxOperator(BaseOperator):
                 # from another deployment of this DAG sharing the account).
                 marked = send.find_marked(outbox, mark, tags=tags, text=self.comment or "")
                 found = {d: marked[d] for d in look if d in marked}
+                by_id = {fax.id: fax for fax in outbox}
+                self._submitted.update(
+                    {i: by_id[i].submit_time for i in found.values() if by_id[i].submit_time is not None}
+                )
                 others = send.marked_elsewhere(outbox, mark, marked)
                 if others:
                     self.log.warning(
@@ -218,6 +228,7 @@ class SendFaxOperator(BaseOperator):
             before = set(record.uncertain)
             record.uncertain |= set(missing)
             record.save()  # possibly sent from here on, until the answer says otherwise
+            submitted_at = pendulum.now("UTC")
             try:
                 sent = self.hook.send_fax(
                     missing, paths, comment_tags=tags, user_id=self.user_id, **options
@@ -236,6 +247,7 @@ class SendFaxOperator(BaseOperator):
                 record.not_sent(set(missing) - before)  # certainly not sent by this try
                 raise
             record.learn(sent)
+            self._submitted.update(dict.fromkeys(sent.values(), submitted_at))
         except FaxPlusError as exc:
             if protocol.is_permanent(exc):
                 raise AirflowFailException(str(exc)) from exc
@@ -303,8 +315,20 @@ class SendFaxOperator(BaseOperator):
         destinations: list[str],
         files: Sequence[str] | None = None,
     ) -> dict[str, Any]:
+        from airflow_provider_faxplus.models import format_utc
+
         return {
             "outbox_fax_ids": {d: ids[d] for d in destinations},
+            # What FaxDeliverySensor matches a sent record by when it has an id of its own.
+            "faxes": {
+                ids[d]: {
+                    "to": d,
+                    "from_number": self.from_number,
+                    "comment": self.comment or "",
+                    "submitted_at": format_utc(self._submitted.get(ids[d])),
+                }
+                for d in destinations
+            },
             "mark": mark,
             "user_id": self.user_id,
             "files": list(files or []),
