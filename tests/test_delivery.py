@@ -52,14 +52,16 @@ def test_one_record_fitting_every_field_is_the_match():
         record("e", direction="incoming"),
     ]
     match = match_by_fields([*others, record("f", submit_time=T0 + timedelta(seconds=40))], SENT)
-    assert match is not None and (match.record.id, match.matched_by) == ("f", "fields")
+    assert match is not None
+    assert (match.record.id, match.matched_by) == ("f", "fields")
     assert match_by_fields(others, SENT) is None  # not there yet: the sensor waits
 
 
 def test_two_fitting_records_fail_naming_both_never_a_guess():
     with pytest.raises(AmbiguousRecordError, match="2 sent records fit") as caught:
         match_by_fields([record("r1"), record("r2", status="failed_no_answer")], SENT)
-    assert "r1 (to +16699990001" in str(caught.value) and "r2 (to" in str(caught.value)
+    assert "r1 (to +16699990001" in str(caught.value)
+    assert "r2 (to" in str(caught.value)
     assert "status failed_no_answer" in str(caught.value)
 
 
@@ -146,8 +148,7 @@ def test_a_fax_gone_before_the_first_look_without_its_fields_fails_after_the_gra
     sensor(outbox_fax_id="o1").poke({})
     sensor(outbox_fax_id="o1").poke({})  # it left; this new sensor never saw it
     late = sensor(record_grace_period=0)
-    with pytest.raises(AirflowFailException, match="destination and submit time are unknown.*pass sent="):
-        late.poke({})
+    with pytest.raises(AirflowFailException, match=r"destination and submit time are unknown.*pass sent="):
         late.poke({})
 
 

@@ -184,7 +184,7 @@ class FaxDeliverySensor(BaseSensorOperator):
             raise AirflowFailException(str(exc)) from exc
         if match is not None:
             return delivery_xcom(match, sent)
-        if not sent.fields_known() and time.time() - self._left_at > self.record_grace_period:
+        if not sent.fields_known() and time.time() - self._left_at >= self.record_grace_period:
             missing = [
                 n for n, v in (("destination", sent.to), ("submit time", sent.submitted_at)) if v is None
             ]
