@@ -5,12 +5,13 @@ Real DAG runs (both Airflow lines, both sandbox id policies) are in test_deliver
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
 import pendulum
 import pytest
-from airflow.providers.common.compat.sdk import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 
 from airflow_provider_faxplus.delivery import (
     AmbiguousRecordError,
@@ -21,6 +22,7 @@ from airflow_provider_faxplus.delivery import (
 )
 from airflow_provider_faxplus.records import FaxRecord
 from airflow_provider_faxplus.sensors.delivery import FaxDeliverySensor
+from tests.conftest import TOKEN
 
 T0 = pendulum.datetime(2026, 12, 7, 12, 0, 0, tz="UTC")
 # The fax leaves the outbox at its second look (counted in looks, not seconds).
@@ -157,3 +159,64 @@ def test_partial_as_is_required_and_checked():
         FaxDeliverySensor(task_id="w", outbox_fax_id="o1")  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="partial_as must be one of delivered, failed"):
         sensor(partial_as="ok")
+
+
+# Deferrable: the trigger over real async HTTP, as a triggerer rebuilds it from its stored kwargs.
+
+
+def run_trigger(trigger, timeout: float = 30) -> list[dict]:
+    _, kwargs = trigger.serialize()
+    rebuilt = type(trigger)(**json.loads(json.dumps(kwargs)))
+    return asyncio.run(asyncio.wait_for(collect_from(rebuilt), timeout))
+
+
+async def collect_from(trigger) -> list[dict]:
+    return [event.payload async for event in trigger.run()]
+
+
+def deferred(task: FaxDeliverySensor):
+    with pytest.raises(TaskDeferred) as caught:
+        task.execute({})
+    return caught.value.trigger
+
+
+@pytest.mark.parametrize(("id_policy", "matched_by"), [("same", "id"), ("new", "fields")])
+def test_deferred_it_rides_the_shared_outbox_list_then_matches(faxplus_conn, control, id_policy, matched_by):
+    control.record_settings(id_policy=id_policy)
+    control.create_fax(id="o1", comment="letter", lifecycle=[{"status": "sending", "polls": 3}])
+    control.requests(clear=True)
+    trigger = deferred(sensor(deferrable=True, poke_interval=0.2))
+    assert TOKEN not in json.dumps(trigger.serialize())
+    [event] = run_trigger(trigger)
+    assert event["status"] == "found"
+    result = sensor(deferrable=True).execute_complete({}, event)
+    assert (result["outbox_fax_id"], result["matched_by"], result["outcome"]) == (
+        "o1",
+        matched_by,
+        "delivered",
+    )
+    paths = [e["path"].split("?")[0] for e in control.requests()]
+    # The first look was the worker's GET; in the triggerer the outbox was read by the account's list.
+    assert paths.count("/v3/accounts/self/outbox/o1") == 1
+    assert paths.count("/v3/accounts/self/outbox") >= 1
+
+
+def test_deferred_a_failure_fails_naming_the_status(faxplus_conn, control):
+    control.create_fax(id="o1", lifecycle=[{"status": "sending", "polls": 2}])
+    control.set_record_outcome("o1", "failed_user_busy", description="Busy")
+    [event] = run_trigger(deferred(sensor(deferrable=True, poke_interval=0.2)))
+    with pytest.raises(AirflowFailException, match="status failed_user_busy, description 'Busy'"):
+        sensor(deferrable=True).execute_complete({}, event)
+
+
+def test_deferred_an_ambiguity_is_an_error_event_naming_the_candidates(faxplus_conn, control):
+    control.record_settings(id_policy="new")
+    control.create_faxes([{"id": i, "comment": "same", "lifecycle": TWO_LOOKS} for i in ("o1", "o2")])
+    trigger = deferred(sensor(deferrable=True, poke_interval=0.2))
+    sensor(outbox_fax_id="o2").poke({})  # o2 leaves the outbox too
+    [event] = run_trigger(trigger)
+    assert (event["status"], event["kind"]) == ("error", "ambiguous")
+    for rec in control.records():
+        assert rec["id"] in event["message"]
+    with pytest.raises(AirflowFailException, match="2 sent records fit"):
+        sensor(deferrable=True).execute_complete({}, event)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from airflow.providers.common.compat.sdk import (
     AirflowFailException,
     BaseSensorOperator,
     PokeReturnValue,
+    conf,
 )
 
 from airflow_provider_faxplus.constants import DEFAULT_CONN_ID
@@ -48,6 +50,9 @@ class FaxDeliverySensor(BaseSensorOperator):
     :param partial_as: What ``partially_sent`` means: ``"delivered"`` (succeed, ``outcome`` ``partial``)
         or ``"failed"`` (fail at once). Required: no default decides it for you.
     :param user_id: ``self`` or a member's user id (templated).
+    :param deferrable: Look once, then wait in the triggerer, sharing the account's outbox poll with the
+        other faxes waited on there (the README's "Shared polling"). Not with ``record_grace_period``:
+        deferred, a fax whose record cannot be looked up waits until ``timeout``.
     :param record_grace_period: Seconds after the fax left the outbox during which a record that cannot
         be looked up (no record with the outbox id, and no fields to match by) counts as "not there yet".
     """
@@ -64,14 +69,11 @@ class FaxDeliverySensor(BaseSensorOperator):
         user_id: str = "self",
         faxplus_conn_id: str = DEFAULT_CONN_ID,
         record_grace_period: float = DEFAULT_RECORD_GRACE_PERIOD,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("deferrable"):
-            raise ValueError(
-                "FaxDeliverySensor waits in poke or reschedule mode; deferrable=True is not supported yet"
-            )
-        kwargs.pop("deferrable", None)
         super().__init__(**kwargs)
+        self.deferrable = bool(deferrable)
         if partial_as not in PARTIAL_AS:
             raise ValueError(f"partial_as must be one of {', '.join(PARTIAL_AS)}, got {partial_as!r:.30}")
         if isinstance(record_grace_period, bool) or not isinstance(record_grace_period, int | float):
@@ -216,3 +218,38 @@ class FaxDeliverySensor(BaseSensorOperator):
                 "which this provider does not know as delivered or failed"
             )
         raise AirflowFailException(failure_message(xcom))
+
+    # Deferrable ----------------------------------------------------------------------------------
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        done = self.poke(context)
+        if isinstance(done, PokeReturnValue):
+            return done.xcom_value
+        from airflow_provider_faxplus.triggers.delivery import FaxDeliveryTrigger
+
+        self.defer(
+            trigger=FaxDeliveryTrigger(
+                outbox_fax_id=self.outbox_fax_id,
+                user_id=self.user_id,
+                faxplus_conn_id=self.faxplus_conn_id,
+                poke_interval=float(self.poke_interval),
+                sent=self._sent_fax().to_dict(),
+                left=self._left_at is not None,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=float(self.timeout)),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        from airflow_provider_faxplus.exceptions import FaxPlusError
+
+        if not event:
+            raise FaxPlusError(f"outbox fax {self.outbox_fax_id!r}: the trigger ended without an event")
+        if event.get("status") == "found":
+            return self._conclude(event["result"])
+        message = str(event.get("message") or event)
+        if event.get("kind") in ("ambiguous", "fatal", "config"):
+            raise AirflowFailException(message)
+        raise FaxPlusError(message)
