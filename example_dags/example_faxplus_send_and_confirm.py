@@ -21,8 +21,7 @@ except ImportError:  # Airflow 2.11
     from airflow.decorators import task
     from airflow.models.param import Param
 
-from example_faxplus_send_and_wait import one_page_pdf  # the DAGs folder is on sys.path
-
+from airflow_provider_faxplus.files import one_page_pdf
 from airflow_provider_faxplus.operators.records import DownloadFaxOperator
 from airflow_provider_faxplus.operators.send import SendFaxOperator
 from airflow_provider_faxplus.sensors.delivery import FaxDeliverySensor
