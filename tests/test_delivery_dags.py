@@ -3,6 +3,7 @@ of the sandbox's id policies (a sent record with the outbox id, or with an id of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,33 @@ def test_a_failed_fax_fails_the_wait_naming_the_status(confirm_home, control, tm
     assert (
         len([e for e in control.requests() if e["method"] == "POST" and e["path"].endswith("/outbox")]) == 1
     )
+
+
+@pytest.fixture(scope="module")
+def test_dags_home(sandbox_server, tmp_path_factory):
+    return AirflowHome.create(
+        dags_folder=ROOT / "tests" / "dags",
+        connections={"faxplus_default": sandbox_server},
+        path=tmp_path_factory.mktemp("airflow-delivery-deferred"),
+    )
+
+
+def test_deferred_the_record_with_its_own_id_is_matched_in_the_triggerer(test_dags_home, control):
+    control.record_settings(id_policy="new")
+    # Three looks: the worker's GET, then the triggerer's account list twice.
+    fax_id = control.create_fax(comment="deferred", lifecycle=[{"status": "sending", "polls": 3}])["id"]
+    control.requests(clear=True)
+    run = test_dags_home.dags_test("faxplus_delivery_deferrable", conf={"outbox_fax_id": fax_id})
+    assert run.succeeded, run.output[-5000:]
+    [line] = run.lines_with("FAXPLUS-DELIVERY:")
+    result = json.loads(line)
+    [record] = [r for r in control.records() if r.get("outbox_fax_id") == fax_id]
+    assert (result["fax_id"], result["matched_by"], result["outcome"]) == (
+        record["id"],
+        "fields",
+        "delivered",
+    )
+    assert record["id"] != fax_id
+    paths = [e["path"].split("?")[0] for e in control.requests()]
+    assert paths.count(f"/v3/accounts/self/outbox/{fax_id}") == 1  # the worker's one look
+    assert "/v3/accounts/self/outbox" in paths  # the triggerer rode the account's list
