@@ -222,3 +222,20 @@ def test_deferred_an_ambiguity_is_an_error_event_naming_the_candidates(faxplus_c
         assert rec["id"] in event["message"]
     with pytest.raises(AirflowFailException, match="2 sent records fit"):
         sensor(deferrable=True).execute_complete({}, event)
+
+
+def test_the_trigger_builds_on_the_session_and_the_shared_poll_alone():
+    """Issue 23: triggers/delivery.py imports, of the trigger modules, only session.py and outbox_poll.py."""
+    import ast
+    from pathlib import Path
+
+    import airflow_provider_faxplus.triggers.delivery as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    triggers = {m for m in imported if m.startswith("airflow_provider_faxplus.triggers")}
+    assert triggers == {
+        "airflow_provider_faxplus.triggers.session",
+        "airflow_provider_faxplus.triggers.outbox_poll",
+    }
