@@ -97,7 +97,13 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.hooks.faxplus"]}
         ],
         "sensors": [
-            {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.sensors.outbox"]}
+            {
+                "integration-name": "Fax.Plus",
+                "python-modules": [
+                    "airflow_provider_faxplus.sensors.delivery",
+                    "airflow_provider_faxplus.sensors.outbox",
+                ],
+            }
         ],
         "operators": [
             {
@@ -110,7 +116,13 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "triggers": [
-            {"integration-name": "Fax.Plus", "python-modules": ["airflow_provider_faxplus.triggers.outbox"]}
+            {
+                "integration-name": "Fax.Plus",
+                "python-modules": [
+                    "airflow_provider_faxplus.triggers.delivery",
+                    "airflow_provider_faxplus.triggers.outbox",
+                ],
+            }
         ],
         "connection-types": [
             {

@@ -22,6 +22,7 @@ except ImportError:  # Airflow 2.11
     from airflow.decorators import task
     from airflow.models.param import Param
 
+from airflow_provider_faxplus.files import one_page_pdf
 from airflow_provider_faxplus.operators.outbox import UpdateOutboxCommentOperator
 from airflow_provider_faxplus.operators.send import SendFaxOperator
 from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor
@@ -32,30 +33,6 @@ FAX_ID = "{{ ti.xcom_pull(task_ids='send_fax')['outbox_fax_ids'][params.to] }}"
 # On Airflow 3 a run triggered without a logical date (`airflow dags trigger`) has no `ds`: fall back to
 # the date the run was due.
 DAY = "{{ ds if ds is defined else dag_run.run_after | ds }}"
-
-
-def one_page_pdf(text: str) -> bytes:
-    """A valid one-page PDF showing ``text`` (ASCII), built by hand: no PDF library needed."""
-    safe = text.encode("ascii", "replace").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
-    stream = b"BT /F1 18 Tf 72 720 Td (" + safe + b") Tj ET"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
 
 
 with DAG(

@@ -152,7 +152,7 @@ def test_bad_input_fails_before_any_request_and_without_retries(send_home, contr
 
 
 def test_one_page_pdf_is_a_well_formed_pdf():
-    from example_dags.example_faxplus_send_and_wait import one_page_pdf
+    from airflow_provider_faxplus.files import one_page_pdf
 
     pdf = one_page_pdf("Daily report (x)")
     assert pdf.startswith(b"%PDF-1.4\n")

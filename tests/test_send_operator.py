@@ -10,6 +10,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pendulum
 import pytest
 from airflow.exceptions import AirflowException
 from airflow.providers.common.compat.sdk import AirflowFailException
@@ -388,3 +389,33 @@ def test_the_outcome_rule_covers_every_request():
     assert send.send_outcome("send", api(503)) == send.UNKNOWN
     assert send.send_outcome("send", api(418)) == send.UNKNOWN
     assert set(send.NEXT_TRY) == {send.NOT_SENT, send.SENT, send.UNKNOWN}
+
+
+def test_the_xcom_gives_each_fax_the_fields_a_delivery_sensor_matches_by(faxplus_conn, hook, control, pdf):
+    """Issue 23: ``faxes`` maps each outbox id to destination, sender, comment and submit time; a fax
+    adopted from the outbox has the outbox's submit time, a fresh one the time of its send."""
+    control.settings(send_lifecycle=STAYS)
+    operator = SendFaxOperator(
+        task_id="send", to=[A, B], files=[pdf], comment="letter", on_ambiguous="resend"
+    )
+    task = Task(operator, Store())
+    _lose_next_send_answer(control)
+    before = pendulum.now("UTC")
+    with pytest.raises(AirflowException, match="may have been sent"):
+        task.run()
+    _leave(control, hook, B)
+    result = task.run()  # A adopted from the outbox, B sent again
+    after = pendulum.now("UTC")
+    faxes = result["faxes"]
+    assert set(faxes) == set(result["outbox_fax_ids"].values())
+    a, b = result["outbox_fax_ids"][A], result["outbox_fax_ids"][B]
+    outbox_a = next(f for f in hook.list_outbox_faxes() if f.id == a)
+    assert faxes[a] == {
+        "to": A,
+        "from_number": "no_number",
+        "comment": "letter",
+        "submitted_at": outbox_a.submit_time.isoformat(),
+    }
+    assert faxes[b]["to"] == B
+    assert before <= pendulum.parse(faxes[b]["submitted_at"]) <= after
+    assert json.loads(json.dumps(result)) == result

@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import pendulum
 from airflow.exceptions import AirflowException
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
@@ -24,7 +25,11 @@ class SendFaxOperator(BaseOperator):
     """Send a fax with Fax.Plus: upload the files that are not uploaded yet, then *Send a fax*.
 
     Returns (XCom) ``{"outbox_fax_ids": {destination: outbox id}, "mark", "user_id", "files",
-    "adopted"}``: ``adopted`` lists the destinations whose fax an earlier try had already sent.
+    "adopted", "faxes"}``: ``adopted`` lists the destinations whose fax an earlier try had already sent;
+    ``faxes`` maps each outbox id to ``{"to", "from_number", "comment", "submitted_at"}`` (the submit
+    time as ISO-8601 UTC: this try's clock just before the send, the outbox's for a fax adopted from it,
+    ``None`` for one adopted from the record of an earlier try), what ``FaxDeliverySensor`` matches a
+    sent record by.
 
     Never sends twice: each send carries a comment tag (``mark``) derived from the task instance, and a
     :class:`SendRecord` keeps what the tries learned (ids, destinations possibly sent) where the next try
@@ -116,6 +121,7 @@ class SendFaxOperator(BaseOperator):
         from airflow_provider_faxplus import protocol, send
         from airflow_provider_faxplus.exceptions import FaxPlusError, FaxPlusInputError
         from airflow_provider_faxplus.files import file_source
+        from airflow_provider_faxplus.models import format_utc
 
         files = [self.files] if isinstance(self.files, str) else self.files
         options: dict[str, Any] = {
@@ -170,6 +176,14 @@ class SendFaxOperator(BaseOperator):
                 # from another deployment of this DAG sharing the account).
                 marked = send.find_marked(outbox, mark, tags=tags, text=self.comment or "")
                 found = {d: marked[d] for d in look if d in marked}
+                by_id = {fax.id: fax for fax in outbox}
+                record.submitted.update(
+                    {
+                        i: format_utc(by_id[i].submit_time) or ""
+                        for i in found.values()
+                        if by_id[i].submit_time
+                    }
+                )
                 others = send.marked_elsewhere(outbox, mark, marked)
                 if others:
                     self.log.warning(
@@ -188,7 +202,7 @@ class SendFaxOperator(BaseOperator):
             if unresolved:
                 self._ambiguous(mark, unresolved, known)
             if not missing:
-                return self._result(known, mark, adopted, destinations, record.files)
+                return self._result(record.submitted, known, mark, adopted, destinations, record.files)
             paths = [
                 self.hook.upload_file(sources[i], user_id=self.user_id).path if i in sources else f
                 for i, f in enumerate(files)
@@ -213,17 +227,19 @@ class SendFaxOperator(BaseOperator):
                 )
             if not missing:
                 record.save()
-                return self._result(known, mark, adopted, destinations, record.files)
+                return self._result(record.submitted, known, mark, adopted, destinations, record.files)
             record.files = paths
             before = set(record.uncertain)
             record.uncertain |= set(missing)
             record.save()  # possibly sent from here on, until the answer says otherwise
+            submitted_at = format_utc(pendulum.now("UTC")) or ""
             try:
                 sent = self.hook.send_fax(
                     missing, paths, comment_tags=tags, user_id=self.user_id, **options
                 ).outbox_fax_ids
             except send.FaxPlusSendUncertainError as exc:
                 if exc.known_ids:
+                    record.submitted.update(dict.fromkeys(exc.known_ids.values(), submitted_at))
                     record.learn(exc.known_ids)
                 raise AirflowException(
                     f"{exc}. The fax may have been sent. The next try of this task looks in the outbox for "
@@ -235,12 +251,13 @@ class SendFaxOperator(BaseOperator):
                     raise
                 record.not_sent(set(missing) - before)  # certainly not sent by this try
                 raise
+            record.submitted.update(dict.fromkeys(sent.values(), submitted_at))
             record.learn(sent)
         except FaxPlusError as exc:
             if protocol.is_permanent(exc):
                 raise AirflowFailException(str(exc)) from exc
             raise
-        return self._result({**known, **sent}, mark, adopted, destinations, paths)
+        return self._result(record.submitted, {**known, **sent}, mark, adopted, destinations, paths)
 
     def _refuse_mapped_duplicates(self, destinations: list[str], map_index: int | None) -> None:
         """Mapped instances have a mark each, so a number that two instances would send the same way is
@@ -297,6 +314,7 @@ class SendFaxOperator(BaseOperator):
 
     def _result(
         self,
+        submitted: Mapping[str, str],
         ids: Mapping[str, str],
         mark: str,
         adopted: list[str],
@@ -305,6 +323,16 @@ class SendFaxOperator(BaseOperator):
     ) -> dict[str, Any]:
         return {
             "outbox_fax_ids": {d: ids[d] for d in destinations},
+            # What FaxDeliverySensor matches a sent record by when it has an id of its own.
+            "faxes": {
+                ids[d]: {
+                    "to": d,
+                    "from_number": self.from_number,
+                    "comment": self.comment or "",
+                    "submitted_at": submitted.get(ids[d]) or None,
+                }
+                for d in destinations
+            },
             "mark": mark,
             "user_id": self.user_id,
             "files": list(files or []),
@@ -365,6 +393,8 @@ class SendRecord:
         self.also_sent: list[list[str]] = list(data.get("also_sent") or [])
         self.uncertain: set[str] = set(data.get("uncertain") or [])
         self.files: list[str] = list(data.get("files") or [])
+        # Outbox id -> when it was submitted (ISO-8601 UTC), for FaxDeliverySensor's match by fields.
+        self.submitted: dict[str, str] = dict(data.get("submitted") or {})
         self.found = bool(data)
         self._not_sent: set[str] = set()
         if self.run is not None and "token" not in self.run:
@@ -419,6 +449,8 @@ class SendRecord:
         self.uncertain |= set(data.get("uncertain") or []) - self._not_sent
         if not self.files:
             self.files = list(data.get("files") or [])
+        for fax_id, at in (data.get("submitted") or {}).items():
+            self.submitted.setdefault(fax_id, at)
 
     def learn(self, ids: Mapping[str, str]) -> None:
         """Ids are written at once, and never taken back."""
@@ -445,6 +477,8 @@ class SendRecord:
         }
         if self.also_sent:
             value["also_sent"] = self.also_sent
+        if self.submitted:
+            value["submitted"] = self.submitted
         self._store.set(self._key, value)
 
 
