@@ -40,7 +40,10 @@ LEFT_DAG = "example_faxplus_faxes_left"
 ENTERED = "faxplus_outbox_entered"
 LEFT = "faxplus_outbox_left"
 LIST = "/v3/accounts/self/outbox"
-HEALTH_CHECK_THRESHOLD = 10  # s without a heartbeat (every second here) before a triggerer counts as dead
+# s without a heartbeat (every second here) before a triggerer counts as dead and its triggers move.
+# Airflow's default: at 10 s a live triggerer on a busy machine lost its watchers to another now and
+# then, which then reported again what the first had not stored yet (README, the repeat window).
+HEALTH_CHECK_THRESHOLD = 30
 _DIALECT = """
 from airflow import settings
 settings.configure_orm()
@@ -292,6 +295,11 @@ def test_event_watchers_lose_nothing_when_their_triggerer_is_killed(failover):
 
     # None lost, none invented; a duplicate only for an event the stored cursor did not hold at a kill.
     counts = {asset: Counter(f.fax_ids(asset)) for asset in (ENTERED, LEFT)}
+    # Triggers a live triggerer lost to another (its heartbeat late): not a kill, and outside the window.
+    moved = sum(
+        out.read_text(errors="replace").count("Trigger cancelled by user action")
+        for out in home.path.glob("triggerer*.out")
+    )
     print(f"FAXPLUS-FAILOVER: events {counts}")
     for out in sorted(home.path.glob("triggerer*.out")):
         for line in out.read_text(errors="replace").splitlines():
@@ -300,7 +308,7 @@ def test_event_watchers_lose_nothing_when_their_triggerer_is_killed(failover):
     for asset in (ENTERED, LEFT):
         assert set(counts[asset]) == set(faxes), counts
         for fax, count in counts[asset].items():
-            assert count == 1 or (count == 2 and (asset, fax) in window), (asset, fax, count, window)
+            assert count == 1 or (count == 2 and (asset, fax) in window), (asset, fax, count, window, moved)
     for payload, _ in f.events(ENTERED) + f.events(LEFT):
         assert payload["status"] == "submitted", payload
     # Measured, not asserted (the cursor check above is the rule): how long before a kill the first copy
@@ -326,4 +334,5 @@ def test_event_watchers_lose_nothing_when_their_triggerer_is_killed(failover):
     assert not found, "spec conformance:\n" + "\n".join(found[:20])
     files = [path for path in home.path.rglob("*") if path.is_file()]
     assert [str(path) for path in files if TOKEN.encode() in path.read_bytes()] == []
-    print(f"FAXPLUS-FAILOVER: repeated entered {repeated}; test took {time.monotonic() - started:.0f} s")
+    took = time.monotonic() - started
+    print(f"FAXPLUS-FAILOVER: {moved} trigger moves off a live triggerer; repeated {repeated}; {took:.0f} s")
