@@ -90,15 +90,25 @@ class Failover:
         return [str(payload.get("outbox_fax_id")) for payload, _ in self.events(asset)]
 
     def cursor(self, asset: str) -> dict[str, dict[str, Any]] | None:
+        """The watcher's stored cursor, ``{fax id: {"status", "reported"}}``; None before its first write."""
+        from airflow_provider_faxplus.triggers import outbox_events
+
         rows = self.query(
-            "SELECT s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id WHERE a.name = :name",
+            "SELECT s.key, s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id"
+            " WHERE a.name = :name",
             name=asset,
         )
         if not rows:
             return None
-        [(value,)] = rows
-        known: dict[str, dict[str, Any]] = (json.loads(value) if isinstance(value, str) else value)["known"]
-        return known
+        values = {str(key): value for key, value in rows}
+        key = min(values, key=len)  # the cursor's own key; its parts, if any, are "<key>.<parts>.<n>"
+        decode = getattr(outbox_events, "decode_cursor", None)
+        if decode is not None:
+            known: dict[str, dict[str, Any]] | None = decode(values, key)
+            return known
+        value = values[key]
+        stored: dict[str, dict[str, Any]] = (json.loads(value) if isinstance(value, str) else value)["known"]
+        return stored
 
     def requests(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.sandbox.client.requests()
