@@ -19,6 +19,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -228,14 +229,25 @@ def normalize_base_url(value: str, what: str = "base URL") -> str:
     if not isinstance(value, str) or not value.strip():
         raise FaxPlusConfigError(f"the {what} is empty")
     url = value.strip().rstrip("/")
+    if has_control_chars(url):
+        # urlsplit drops tabs and newlines silently: the host checked would not be the host written.
+        raise FaxPlusConfigError(
+            f"the {what} contains a tab, a line break or another control character (not shown: it may "
+            "hold a secret); write it on one line without them"
+        )
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
     except ValueError:
         raise FaxPlusConfigError(f"the {what} is not a valid URL (not shown: it may hold a secret)") from None
     if parts.scheme not in ("http", "https") or not hostname:
-        # Shown only if it is a URL at all: a secret pasted into the wrong field would be echoed.
-        shown = f" {safe_url(url)!r}" if parts.scheme and parts.netloc else " (not shown: no scheme://host)"
+        # Only the scheme is named, and only a short word: the rest may be a secret in the wrong field.
+        if parts.scheme in ("http", "https"):
+            shown = f" ({parts.scheme}:// without a host)"
+        elif parts.netloc and re.fullmatch(r"[a-z]{1,6}", parts.scheme):
+            shown = f" (scheme {parts.scheme!r}, the rest not shown)"
+        else:
+            shown = " (not shown: no scheme://host)"
         example = DEFAULT_TOKEN_URL if what == "token URL" else DEFAULT_BASE_URL
         raise FaxPlusConfigError(
             f"the {what}{shown} must start with https:// (or http:// for a loopback sandbox) and name a "
@@ -277,6 +289,21 @@ def safe_url(url: str) -> str:
         return "(an unparseable URL)"
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+# What an extra's name looks like: words, no digits (a pasted token or ``key=value`` has some).
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}")
+
+
+def _unknown_fields(names: list[str]) -> str:
+    """Names the unknown extras that look like field names; counts the others, never showing them."""
+    shown = [name for name in names if _FIELD_NAME.fullmatch(name)]
+    hidden = len(names) - len(shown)
+    parts = [", ".join(map(repr, shown))] if shown else []
+    if hidden:
+        more = " more" if shown else ""
+        parts.append(f"{hidden}{more} not shown (a name that is no plain word may be a secret)")
+    return f"unknown extra field(s) {' and '.join(parts)}"
 
 
 def has_control_chars(value: str) -> bool:
@@ -490,9 +517,7 @@ def config_from_connection(
         values = _normalize_extra(extra)
         unknown = sorted(set(values) - set(EXTRA_FIELDS))
         if unknown:
-            raise FaxPlusConfigError(
-                f"unknown extra field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(EXTRA_FIELDS)}"
-            )
+            raise FaxPlusConfigError(f"{_unknown_fields(unknown)}; allowed: {', '.join(EXTRA_FIELDS)}")
         parsed: dict[str, Any] = {name: _EXTRA_PARSERS[name](name, value) for name, value in values.items()}
         if isinstance(parsed.get("verify"), str):
             # An older connection: verify holds the CA bundle's path.

@@ -158,9 +158,12 @@ def _grant(call: TokenCall, decoded: object, size: int) -> TokenGrant:
     if not isinstance(decoded, dict) or not isinstance(access, str) or not _usable(access):
         message = f"{call.describe()}: HTTP 200 without a usable access_token ({size} bytes)"
         raise _failure(FaxPlusResponseError, call, message, 200)
+    # The answer may echo what the call sent (refresh token, code, client secret) as well as the new token.
+    rotated = decoded.get("refresh_token")
+    redact = call.redact.adding((access, rotated if isinstance(rotated, str) else None))
     token_type = decoded.get("token_type", "bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        shown = Redactor((access,))(str(token_type), _MAX_ERROR_CHARS)
+        shown = redact(str(token_type), _MAX_ERROR_CHARS)
         raise _failure(
             FaxPlusResponseError, call, f"{call.describe()}: token_type {shown!r} is not Bearer", 200
         )
@@ -173,11 +176,10 @@ def _grant(call: TokenCall, decoded: object, size: int) -> TokenGrant:
         log.warning(
             "%s: expires_in %s is not a positive number; assuming %g s",
             call.describe(),
-            Redactor((access,))(repr(expires), _MAX_ERROR_CHARS),
+            redact(repr(expires), _MAX_ERROR_CHARS),
             DEFAULT_EXPIRES_IN,
         )
         expires_in = DEFAULT_EXPIRES_IN
-    rotated = decoded.get("refresh_token")
     return TokenGrant(access, expires_in, rotated if isinstance(rotated, str) and _usable(rotated) else None)
 
 

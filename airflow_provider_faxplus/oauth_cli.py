@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 body = response.raw.read(oauth.MAX_TOKEN_ANSWER_BYTES + 1, decode_content=True)
         except requests.RequestException as exc:
-            raise oauth.transport_error(call, f"{type(exc).__name__}: {exc}"[:300]) from None
+            raise oauth.transport_error(call, f"{type(exc).__name__}: {exc}") from None
         if len(body) > oauth.MAX_TOKEN_ANSWER_BYTES:
             raise oauth.too_large(call, response.status_code)
         grant = oauth.parse_token_response(call, response.status_code, dict(response.headers), body)

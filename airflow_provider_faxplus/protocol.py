@@ -262,10 +262,11 @@ def error_from_response(
     if status == 409:
         return FaxPlusConflictError(message + ". The fax cannot be modified in its current state", **kwargs)
     if 300 <= status < 400:
-        location = _header(headers, "location") or ""
+        # The host is the answer's text too: a server can echo the token as a host name.
+        host = redaction.for_config(config)(_location_host(_header(headers, "location") or ""))
         return FaxPlusAPIError(
             message + f". Redirects are not followed (the token must not leave the configured host); "
-            f"check the base URL (redirect target host: {_location_host(location)!r})",
+            f"check the base URL (redirect target host: {host!r})",
             **kwargs,
         )
     retry_after = parse_retry_after(_header(headers, "retry-after"))

@@ -12,8 +12,8 @@ import base64
 import functools
 import json
 import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
 if TYPE_CHECKING:
@@ -54,7 +54,28 @@ def encoded_forms(secret: str) -> set[str]:
         raw = secret.encode("utf-8", errors="surrogatepass")
     if len(raw) >= MIN_FRAGMENT:
         forms |= _base64_cores(raw)
+        forms.add(raw.hex())  # upper-case hex too: the scan ignores case
     return {form for form in forms if form}
+
+
+# What the scan decodes before comparing: a percent-encoded byte and a JSON \u escape (any case).
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|.", re.DOTALL)
+
+
+def _normalized(text: str) -> tuple[str, list[int], list[int]]:
+    """``text`` with every ``%XX`` and ``\\uXXXX`` decoded and lower-cased, and for each character the
+    span of ``text`` it came from (so a match in the normalized text redacts what was written)."""
+    chars: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for match in _ESCAPE.finditer(text):
+        token = match.group()
+        char = token if len(token) == 1 else chr(int(token[-4:] if token[0] == "\\" else token[1:], 16))
+        for lowered in char.lower():
+            chars.append(lowered)
+            starts.append(match.start())
+            ends.append(match.end())
+    return "".join(chars), starts, ends
 
 
 def basic_credentials(client_id: str, client_secret: str) -> str:
@@ -73,11 +94,31 @@ class Redactor:
         for client_id, client_secret in pairs:
             if client_secret:
                 forms.add(basic_credentials(client_id, client_secret))
+        self._set(forms)
+
+    def _set(self, forms: set[str]) -> None:
+        self._all = frozenset(forms)
         self._whole = sorted((form for form in forms if len(form) < MIN_FRAGMENT), key=len, reverse=True)
         self._forms = sorted((form for form in forms if len(form) >= MIN_FRAGMENT), key=len, reverse=True)
         self._grams = {
             form[i : i + MIN_FRAGMENT] for form in self._forms for i in range(len(form) - MIN_FRAGMENT + 1)
         }
+        # The same, decoded and lower-cased as :func:`_normalized` does to a text: an answer that
+        # percent-encodes every byte, \u-escapes every character or changes the case is caught too.
+        normal = {_normalized(form)[0] for form in self._forms}
+        self._normal_grams = {
+            form[i : i + MIN_FRAGMENT] for form in normal for i in range(len(form) - MIN_FRAGMENT + 1)
+        }
+
+    def adding(self, secrets: Iterable[str | None]) -> Redactor:
+        """This redactor, knowing ``secrets`` too (say, an access token that came with an answer)."""
+        forms = set(self._all)
+        for secret in secrets:
+            if secret:
+                forms |= encoded_forms(secret)
+        redactor = Redactor()
+        redactor._set(forms)
+        return redactor
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._forms) + len(self._whole)} forms)"
@@ -110,6 +151,12 @@ class Redactor:
         for start in range(len(text) - MIN_FRAGMENT + 1):
             if text[start : start + MIN_FRAGMENT] in grams:
                 covered[start : start + MIN_FRAGMENT] = b"\1" * MIN_FRAGMENT
+        normal, starts, ends = _normalized(text)
+        grams = self._normal_grams
+        for start in range(len(normal) - MIN_FRAGMENT + 1):
+            if normal[start : start + MIN_FRAGMENT] in grams:
+                first, last = starts[start], ends[start + MIN_FRAGMENT - 1]
+                covered[first:last] = b"\1" * (last - first)
         if not any(covered):
             return text
         out: list[str] = []
@@ -123,6 +170,17 @@ class Redactor:
                 out.append(text[index])
                 index += 1
         return "".join(out)
+
+
+def redact_data(redact: Callable[[str], str], value: Any) -> Any:
+    """``value`` (decoded JSON: dicts, lists, strings, numbers) with every string redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(key)): redact_data(redact, item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(redact, item) for item in value]
+    return value
 
 
 def mask_forms(secrets: Iterable[str | None], pairs: Iterable[tuple[str, str | None]] = ()) -> list[str]:

@@ -13,13 +13,13 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from airflow_provider_faxplus import oauth
+from airflow_provider_faxplus import oauth, redaction
 from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAPIError,
@@ -499,15 +499,18 @@ def iter_list_records(
         raise _malformed(call, status, "no 'records' list in the answer")
 
 
-def parse_list_record(call: ApiCall, status: int, index: int, record: object) -> OutboxFax:
+def parse_list_record(
+    call: ApiCall, status: int, index: int, record: object, redact: Callable[[str], str]
+) -> OutboxFax:
     """One record of a list answer as an :class:`OutboxFax`; a record that is no ``Outbox`` raises a
-    malformed-response error naming it (its position, and its id where it has one)."""
+    malformed-response error naming it (its position, and its id where it has one), through ``redact``:
+    the id and the reason are the answer's text."""
     try:
         return parse_outbox(record)
     except OutboxParseError as exc:
         fax_id = record.get("id") if isinstance(record, dict) else None
         named = f"record #{index}" + (f" (id {fax_id!r:.80})" if isinstance(fax_id, str) else "")
-        raise _malformed(call, status, f"{named} is not an Outbox: {exc}") from None
+        raise _malformed(call, status, redact(f"{named} is not an Outbox: {exc}")) from None
 
 
 def parse_list_response(
@@ -516,7 +519,8 @@ def parse_list_response(
     """Every record of a *List outgoing faxes* answer; one that does not parse fails the whole answer
     (a list with a hole could hide the very fax a caller looks for)."""
     records = list_records(config, call, status, headers, body)
-    return [parse_list_record(call, status, index, record) for index, record in enumerate(records)]
+    redact = redaction.for_config(config)
+    return [parse_list_record(call, status, index, record, redact) for index, record in enumerate(records)]
 
 
 def check_cancel_response(

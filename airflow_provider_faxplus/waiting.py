@@ -13,12 +13,13 @@ outgoing fax* answers is, by definition, still in the outbox. A status in anothe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pendulum
 
+from airflow_provider_faxplus import redaction
 from airflow_provider_faxplus.constants import DEFAULT_NOT_FOUND_GRACE_PERIOD, validate_waiting_statuses
 from airflow_provider_faxplus.models import OUTBOX_STATUSES, OutboxFax, OutboxStatus
 
@@ -112,28 +113,35 @@ def known_status(status: OutboxStatus | str) -> OutboxStatus | None:
 
 
 def observe_record(
-    record: OutboxFax, progress: WaitProgress, policy: WaitPolicy, now: float, user_id: str
+    record: OutboxFax,
+    progress: WaitProgress,
+    policy: WaitPolicy,
+    now: float,
+    user_id: str,
+    redact: Callable[[str], str],
 ) -> Decision:
+    """What one look at ``record`` decides. ``redact`` is the connection's redactor: the record's texts
+    go into messages, trigger events and the next trigger's kwargs."""
     previous = progress.last_status
     progress.ever_seen = True
     progress.unknown_because = None
     status = known_status(record.status)
-    progress.last_status = str(record.status if status is None else status)
-    progress.last_record = record.to_dict()
+    progress.last_status = redact(str(record.status)) if status is None else str(status)
+    progress.last_record = redaction.redact_data(redact, record.to_dict())
     if status is None:
         return Decision(
             "wait",
-            f"outbox fax {record.id!r} has the status {str(record.status)!r}, which the API spec does not "
-            "know; it is still in the outbox, so waiting until it leaves (its id stops resolving) or takes "
-            "a known status outside the waiting statuses",
+            f"outbox fax {redact(record.id)!r} has the status {progress.last_status!r}, which the API spec "
+            "does not know; it is still in the outbox, so waiting until it leaves (its id stops resolving) "
+            "or takes a known status outside the waiting statuses",
             unknown_status=previous != progress.last_status,
         )
     if status in policy.waiting_statuses:
-        return Decision("wait", f"outbox fax {record.id!r} is {status}; waiting")
+        return Decision("wait", f"outbox fax {redact(record.id)!r} is {status}; waiting")
     return Decision(
         "left",
-        f"outbox fax {record.id!r} is {record.status}, outside the waiting statuses",
-        _result(record.id, user_id, "status", progress, now),
+        f"outbox fax {redact(record.id)!r} is {record.status}, outside the waiting statuses",
+        _result(redact(record.id), user_id, "status", progress, now),
     )
 
 

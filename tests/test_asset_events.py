@@ -102,13 +102,14 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
 
 
 def cursor(deployment: Deployment, asset: str) -> dict[str, dict[str, object]] | None:
-    """The one cursor kept in the asset's state store, or None before the watcher wrote it."""
+    """The cursor kept in the asset's state store (its known faxes), or None before the watcher wrote it."""
+    from airflow_provider_faxplus.triggers.outbox_events import decode_cursor
+
     stored = json.loads(deployment.home.python(_CURSOR, asset))
     if not stored:
         return None
-    [value] = stored.values()
-    known: dict[str, dict[str, object]] = json.loads(value)["known"]
-    return known
+    first = min(stored, key=len)  # the cursor's key; its other parts (if any) are that key and a suffix
+    return decode_cursor(stored, first)
 
 
 def runs(deployment: Deployment, dag_id: str) -> list[dict[str, object]]:

@@ -103,7 +103,7 @@ def test_with_a_refresh_token_the_access_token_is_optional_and_secrets_stay_out_
         ),
         (
             {"client_id": CLIENT_ID, "client_secret": "s", "refresh_token": "rt", "token_url": "ftp://x/t"},
-            "the token URL 'ftp://x/t' must start with https://",
+            r"the token URL \(scheme 'ftp', the rest not shown\) must start with https://",
         ),
         (
             {"client_id": CLIENT_ID, "client_secret": "s", "refresh_token": "r t"},

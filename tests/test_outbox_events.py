@@ -107,8 +107,9 @@ def make(quick, store: FakeStore | None, **kwargs: Any) -> Any:
 
 
 def cursor(store: FakeStore, trigger: Any) -> dict[str, Any] | None:
-    raw = store.values.get(trigger.cursor_key)
-    return None if raw is None else json.loads(raw)["known"]
+    from airflow_provider_faxplus.triggers.outbox_events import decode_cursor
+
+    return decode_cursor(store.values, trigger.cursor_key)
 
 
 def list_calls(control) -> int:
@@ -592,17 +593,199 @@ def test_a_later_state_is_never_stored_before_the_events_it_holds_have_settled(q
     monkeypatch.setattr(quick, "SETTLE_SECONDS", 3.0)
     store = FakeStore()
     trigger = make(quick, store, report_existing=False)
-    a = {"a": {"status": "submitted", "reported": ["entered"]}}
+    a = {"a": ("submitted", ("entered",))}
     trigger._queue(a, settle=True)  # settles at 1003
     clock[0] = 1001.0
-    b = {**a, "b": {"status": "submitted", "reported": ["entered"]}}
+    b = {**a, "b": ("submitted", ("entered",))}
     trigger._queue(b, settle=True)  # settles at 1004
     clock[0] = 1001.5
-    b_sending = {**b, "b": {"status": "sending", "reported": ["entered"]}}
+    b_sending = {**b, "b": ("sending", ("entered",))}
     trigger._queue(b_sending, settle=False)  # holds b's event: not before 1004
     clock[0] = 1003.5
     asyncio.run(trigger._write_settled(store, clock[0]))
-    assert cursor(store, trigger) == a
+    assert cursor(store, trigger) == {"a": {"status": "submitted", "reported": ["entered"]}}
     clock[0] = 1004.0
     asyncio.run(trigger._write_settled(store, clock[0]))
-    assert cursor(store, trigger) == b_sending
+    assert cursor(store, trigger) == {
+        "a": {"status": "submitted", "reported": ["entered"]},
+        "b": {"status": "sending", "reported": ["entered"]},
+    }
+
+
+BIG_OUTBOX = 10_000
+
+
+def _values_bytes(store: FakeStore) -> list[int]:
+    """Each stored value's size as Airflow measures it against max_value_storage_bytes (its JSON)."""
+    return [len(value) for value in store.values.values()]
+
+
+async def _first_cursor_of(quick, control, store: FakeStore, count: int) -> Running:
+    """Run a trigger over the ``count`` faxes of the outbox until their cursor is stored, one tick more."""
+    trigger = make(quick, store, report_existing=True, poll_interval=0.5)
+    ticks = [0]
+    compare = trigger.compare
+
+    async def counted(*args: Any) -> Any:
+        ticks[0] += 1
+        return await compare(*args)
+
+    def counted_sync(*args: Any) -> Any:  # the version before the fix compared in one go
+        ticks[0] += 1
+        return compare(*args)
+
+    trigger.compare = counted if asyncio.iscoroutinefunction(compare) else counted_sync
+    running = Running(trigger)
+    try:
+        # Checked without the sandbox's request log or decoding the cursor: the loop probe counts them.
+        await running.until(
+            lambda: (
+                len(running.events) == count and not trigger._unstored and trigger.cursor_key in store.values
+            ),
+            f"the cursor of {count} faxes stored",
+            timeout=120,
+        )
+        done = ticks[0]
+        await running.until(lambda: ticks[0] > done, "one steady tick", timeout=60)
+    finally:
+        await running.stop()
+    assert len(running.events) == count
+    return running
+
+
+@run_async
+async def test_the_cursor_of_10000_faxes_stays_under_the_state_store_limit(faxplus_conn, control, quick):
+    """Finding 5: at Airflow's default max_value_storage_bytes (65,535) each stored value of the cursor
+    of a 10,000-fax outbox fits (it was one 840 KB value), and it reads back whole."""
+    store = FakeStore()
+    control.create_faxes([{"lifecycle": ONE_HOUR}] * BIG_OUTBOX)
+    running = await _first_cursor_of(quick, control, store, BIG_OUTBOX)
+    sizes = _values_bytes(store)
+    print(f"cursor of {BIG_OUTBOX} faxes: {len(sizes)} values, largest {max(sizes)} B, all {sum(sizes)} B")
+    assert max(sizes) <= 65_535, sizes
+    known = cursor(store, running.trigger)
+    assert known is not None
+    assert set(known) == {fax_id for _, fax_id in running.kinds()}
+    assert all(entry == {"status": "submitted", "reported": ["entered"]} for entry in known.values())
+
+
+@run_async
+async def test_a_10000_fax_outbox_never_holds_the_loop_100_ms(faxplus_conn, control, quick):
+    """Finding 5: the first tick over 10,000 faxes (10,000 records parsed and compared, 10,000 events,
+    the cursor encoded) hands the loop back every few ms; it held it 0.5-1.4 s. The probe counts the loop
+    thread's CPU time between two of its turns: what ran without a turn for anyone else, whatever else
+    the machine does. The garbage collector is off meanwhile: its full passes grow with everything the
+    process holds, not with one trigger's work (docs/benchmarks.md measures them)."""
+    import gc
+    import time
+
+    longest = [0.0, 0.0]  # loop-thread CPU, wall time between two turns of the probe
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0)
+            now_cpu, now_wall = time.thread_time(), time.perf_counter()
+            longest[0] = max(longest[0], now_cpu - cpu)
+            longest[1] = max(longest[1], now_wall - wall)
+            cpu, wall = now_cpu, now_wall
+
+    control.create_faxes([{"lifecycle": ONE_HOUR}] * BIG_OUTBOX)  # before the probe: a blocking call
+    gc.collect()
+    gc.disable()
+    prober = asyncio.ensure_future(probe())
+    try:
+        await _first_cursor_of(quick, control, FakeStore(), BIG_OUTBOX)
+    finally:
+        stop.set()
+        await prober
+        gc.enable()
+    print(f"longest hold of the loop: {longest[0] * 1000:.0f} ms CPU ({longest[1] * 1000:.0f} ms wall)")
+    assert longest[0] < 0.1, f"the loop was held {longest[0] * 1000:.0f} ms (CPU)"
+
+
+@run_async
+async def test_a_cursor_of_the_old_format_is_read_and_rewritten(faxplus_conn, control, quick):
+    """Finding 5: a cursor stored by the previous version ({"v": 1, "known": ...}) still counts after an
+    upgrade: what it knows is not reported again, what left meanwhile is; then it is stored anew."""
+    stays = control.create_fax(lifecycle=ONE_HOUR)["id"]
+    store = FakeStore()
+    trigger = make(quick, store, report_existing=True)
+    old = {
+        stays: {"status": "submitted", "reported": ["entered"]},
+        "gone-while-upgrading": {"status": "sending", "reported": ["entered"]},
+    }
+    store.values[trigger.cursor_key] = json.dumps({"v": 1, "known": old})
+    running = Running(trigger)
+    try:
+        await running.until(lambda: "parts" in store.values[trigger.cursor_key], "the cursor rewritten")
+    finally:
+        await running.stop()
+    assert running.kinds() == [("left", "gone-while-upgrading")]
+    assert running.events[0]["status"] == "sending"
+    assert cursor(store, trigger) == {stays: {"status": "submitted", "reported": ["entered"]}}
+
+
+def test_the_cursor_is_split_as_it_grows_and_joined_as_it_shrinks(quick, monkeypatch):
+    """The parts follow the configured limit; the first value names them and is written last, so a stop
+    half way leaves the previous cursor whole; parts no longer named are deleted."""
+    monkeypatch.setenv("AIRFLOW__STATE_STORE__MAX_VALUE_STORAGE_BYTES", "4000")
+    store = FakeStore()
+    store.adelete = lambda key: _delete(store, key)  # type: ignore[attr-defined]
+    trigger = make(quick, store, report_existing=False)
+    big = {f"{index:032x}": ("sending", ("entered",)) for index in range(1000)}
+    asyncio.run(trigger._store(store, big))
+    first = json.loads(store.values[trigger.cursor_key])
+    assert first == {"v": 2, "parts": 32}
+    assert max(_values_bytes(store)) <= 4000
+    assert len(store.values) == 33
+    assert cursor(store, trigger) == {k: {"status": "sending", "reported": ["entered"]} for k in big}
+    # One fax changes: one part is written again, not all of them.
+    writes = store.writes
+    changed = {**big, f"{0:032x}": ("sent", ("entered",))}
+    asyncio.run(trigger._store(store, changed))
+    assert store.writes == writes + 1
+    # Twice as many faxes: new parts under new keys; a stop half way leaves the stored cursor whole.
+    bigger = {**changed, **{f"{index:032x}": ("sending", ()) for index in range(1000, 2000)}}
+    store.aset = _failing_after(store, 10)  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        asyncio.run(trigger._store(store, bigger))
+    assert json.loads(store.values[trigger.cursor_key]) == {"v": 2, "parts": 32}
+    assert cursor(store, trigger) == {k: {"status": v[0], "reported": list(v[1])} for k, v in changed.items()}
+    del store.aset
+    asyncio.run(trigger._store(store, bigger))
+    assert json.loads(store.values[trigger.cursor_key]) == {"v": 2, "parts": 64}
+    assert len(store.values) == 65  # the 32 parts no longer named are deleted
+    # A part deleted by hand: read as empty, and the whole cursor queued to be written again.
+    missing = trigger.part_key(64, 3)
+    lost = json.loads(store.values.pop(missing))
+    again = make(quick, store, report_existing=False)
+    asyncio.run(again._load(store))
+    assert again._layout is None
+    assert len(again._unstored) == 1
+    assert len(again._known) == len(bigger) - sum(len(group[2]) for group in lost["g"])
+    asyncio.run(again._store(store, bigger))
+    assert missing in store.values
+    # Back to ten faxes: one value again.
+    small = dict(list(big.items())[1:11])
+    asyncio.run(trigger._store(store, small))
+    assert list(store.values) == [trigger.cursor_key]
+    assert cursor(store, trigger) == {k: {"status": "sending", "reported": ["entered"]} for k in small}
+
+
+def _failing_after(store: FakeStore, writes: int) -> Any:
+    real = store.aset
+    left = [writes]
+
+    async def aset(key: str, value: Any) -> None:
+        if not left[0]:
+            raise ConnectionError("the API server is unreachable")
+        left[0] -= 1
+        await real(key, value)
+
+    return aset
+
+
+async def _delete(store: FakeStore, key: str) -> None:
+    store.values.pop(key, None)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -25,6 +26,7 @@ from airflow_provider_faxplus.config import (
     normalize_base_url,
 )
 from airflow_provider_faxplus.exceptions import (
+    FaxPlusAPIError,
     FaxPlusAuthError,
     FaxPlusConfigError,
     FaxPlusInputError,
@@ -643,3 +645,299 @@ def test_send_operator_with_allowed_roots_fails_before_any_request(tmp_path, fax
     assert control.requests() == []
     with pytest.raises(ValueError, match="allowed_roots must be a list"):
         SendFaxOperator(task_id="s2", to="+1", files=[], allowed_roots="/data")
+
+
+# Review 21 -------------------------------------------------------------------------------------------------
+# r2. A 200 from the token endpoint whose token_type / expires_in echo what the call sent.
+
+
+@pytest.mark.parametrize("field", ["token_type", "expires_in"])
+def test_a_token_answer_200_echoing_the_call_s_secrets_is_redacted(caplog, field):
+    config = FaxPlusConfig(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=ODD_REFRESH,
+        token_url="https://accounts.example/token",
+    )
+    call = oauth.refresh_call(config, ODD_REFRESH)
+    basic = call.headers["Authorization"].split()[1]
+    code = "code-sentinel-55aa"
+    exchange = oauth.authorization_code_call(call.url, CLIENT_ID, CLIENT_SECRET, code, REDIRECT_URI)
+    for echo in (f"refresh_token={ODD_REFRESH}", f"client {CLIENT_ID}:{CLIENT_SECRET}", f"Basic {basic}"):
+        for each, secrets in ((call, (ODD_REFRESH, CLIENT_SECRET)), (exchange, (code, CLIENT_SECRET))):
+            answer: dict[str, object] = {"access_token": "oauth_access_0123", "token_type": "Bearer"}
+            answer[field] = f"{echo} {code}"
+            caplog.clear()
+            if field == "token_type":
+                with pytest.raises(FaxPlusResponseError, match="is not Bearer") as info:
+                    oauth.parse_token_response(each, 200, {}, json.dumps(answer).encode())
+                text = str(info.value)
+            else:
+                oauth.parse_token_response(each, 200, {}, json.dumps(answer).encode())
+                text = caplog.text
+                assert "expires_in" in text
+            assert_none_of(text, *secrets)
+            assert basic not in text
+
+
+# r4. A transport error that quotes a token right where the message is cut.
+
+
+class EchoingServer:
+    """Answers every request with ``pad`` filler bytes and the Bearer token it was sent: a broken status
+    line that the client library quotes in its error."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.pad = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    request = conn.recv(65536)
+                    token = request.split(b"Authorization: Bearer ", 1)[1].split(b"\r\n", 1)[0]
+                    conn.sendall(b"X" * self.pad + token + b"\r\n\r\n")
+                except (OSError, IndexError):
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_transport_error_cut_never_leaves_the_start_of_a_token(monkeypatch):
+    token = "alohi_pat_Q7wErTy9UiOp3AsDfGhJkL2zXcVbNm"
+    server = EchoingServer()
+    extra = {"max_attempts": 1, "timeout": 5}
+    value = {"conn_type": "faxplus", "host": f"http://127.0.0.1:{server.port}/v3", "password": token}
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", json.dumps({**value, "extra": extra}))
+    cut = 0
+    try:
+        for pad in range(200, 300):
+            server.pad = pad
+            hook = FaxPlusHook()
+            with pytest.raises(Exception) as info:  # noqa: PT011 - whichever transport error
+                hook.get_outbox_fax("f1")
+            hook.close()
+            text = str(info.value)
+            cut += "..." in text
+            for length in range(3, len(token) + 1):
+                assert token[:length] not in text, (pad, text)
+    finally:
+        server.close()
+    assert cut  # some of the offsets did meet the cut
+
+
+# r5. The sandbox's request log while a late fault waits, and Authorization values of any shape.
+
+
+def test_the_sandbox_log_redacts_a_token_request_before_a_late_fault_answers(
+    oauth_sandbox, control, refresh_token
+):
+    control.add_fault(path_endswith="/token", late=True, delay=5)
+    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    session = requests.Session()
+    session.trust_env = False
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    post = threading.Thread(
+        target=session.post,
+        args=(oauth_sandbox.token_url,),
+        kwargs={"data": form, "headers": {"Authorization": f"Basic {basic}"}, "timeout": 30},
+    )
+    post.start()
+    try:
+        # Wait for the body to be logged: the fault then holds the request for its delay.
+        for _ in range(500):
+            entries = control.requests()
+            if entries and entries[0]["body"]:
+                break
+            threading.Event().wait(0.01)
+        [entry] = entries
+        assert entry["status"] is None  # still waiting: what a reader sees meanwhile
+        assert "grant_type=refresh_token" in entry["body"]
+        assert_none_of(json.dumps(entries), refresh_token, CLIENT_SECRET)
+        assert basic not in json.dumps(entries)
+    finally:
+        post.join()
+    assert_none_of(json.dumps(control.requests()), refresh_token, CLIENT_SECRET)
+
+
+def test_the_sandbox_log_redacts_an_authorization_value_of_any_shape(oauth_sandbox, control):
+    token = oauth_sandbox.token
+    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    session = requests.Session()
+    session.trust_env = False
+    url = oauth_sandbox.base_url + "/accounts/self/outbox/x"
+    for value in (token, f"Bearer\t{token}", f"{token} x", f"Basic\t{basic}", f"Token {token}"):
+        session.get(url, headers={"Authorization": value}, timeout=10)
+    session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    logged = [entry["headers"]["authorization"] for entry in control.requests()]
+    assert logged == ["<redacted>"] * 5 + ["Bearer <redacted>"]
+    assert_none_of(json.dumps(control.requests()), token)
+    assert basic not in json.dumps(control.requests())
+
+
+# r8, r12. URLs of another scheme, unknown extras that are values, control characters in a URL.
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "named"),
+    [
+        (f"ftp://restapi.fax.plus/{SECRET}", {}, "base URL (scheme 'ftp', the rest not shown)"),
+        (f"file://localhost/{SECRET}", {}, "base URL (scheme 'file', the rest not shown)"),
+        (f"http:///{SECRET}", {}, "base URL (http:// without a host)"),
+        (None, {"token_url": f"ftp://x/{SECRET}"}, "token URL (scheme 'ftp', the rest not shown)"),
+        (None, {SECRET: "1"}, "unknown extra field(s) 1 not shown"),
+        (None, {f"password={SECRET}": "1"}, "unknown extra field(s) 1 not shown"),
+        (None, {"X-Debug": "1", SECRET: "1"}, "unknown extra field(s) 'X-Debug' and 1 more not shown"),
+    ],
+)
+def test_a_secret_in_a_url_path_or_an_extra_s_name_is_never_echoed(host, extra, named):
+    with pytest.raises(FaxPlusConfigError) as info:
+        _config(host, **extra)
+    message = str(info.value)
+    assert named in message
+    assert_none_of(message, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("host", "token_url"),
+    [
+        ("http://127.0.0.\t1/v3", None),  # urlsplit would drop the tab: 127.0.0.1, loopback
+        ("http://1\t27.0.0.1:8080/v3", None),
+        ("http://127.0.0.1:8080/v\n3", None),
+        ("https://restapi.fax.plus/v3", "http://127.0.0.\t1/token"),
+    ],
+)
+def test_a_control_character_in_a_url_is_a_clear_config_error(host, token_url):
+    extra = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "refresh_token": "rt-1234567"}
+    with pytest.raises(FaxPlusConfigError, match="contains a tab, a line break or another control") as info:
+        _config(host, **(extra | {"token_url": token_url} if token_url else {}))
+    assert ("token URL" if token_url else "base URL") in str(info.value)
+
+
+def test_a_trigger_reports_a_tab_in_the_host_as_a_config_event(monkeypatch):
+    value = {"conn_type": "faxplus", "host": "http://127.0.0.\t1:9/v3", "password": SECRET}
+    monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", json.dumps(value))
+    trigger = OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1)
+    trigger.shared_poll = False
+    [event] = asyncio.run(asyncio.wait_for(collect(trigger), 60))
+    assert (event["status"], event["kind"]) == ("error", "config")
+    assert "control character" in event["message"]
+
+
+# r3. Texts made from a successful answer: parse warnings, a list record's id, an unknown status, an upload.
+
+
+def _record(**fields: object) -> str:
+    return json.dumps({"id": "f1", "uid": "u1", "status": "submitted", **fields})
+
+
+def test_texts_made_from_a_successful_answer_are_redacted_in_hook_logs_and_errors(
+    sandbox, hook, control, caplog
+):
+    token = sandbox.token
+    echo = f"Bearer {token}"
+    ok = {"status": 200, "content_type": "application/json", "times": 1}
+    control.add_fault(path_contains="/outbox/f1", body=_record(send_time=echo), **ok)
+    caplog.set_level("INFO", logger="airflow_provider_faxplus")
+    hook.get_outbox_fax("f1")
+    control.add_fault(
+        path_endswith="/outbox", method="GET", body=json.dumps({"records": [{"id": token}]}), **ok
+    )
+    with pytest.raises(FaxPlusResponseError, match=r"record #0 \(id '\*\*\*'\) is not an Outbox") as info:
+        hook.list_outbox_faxes()
+    control.add_fault(path_endswith="/files", method="POST", body=json.dumps({"path": f"/t-{token}"}), **ok)
+    hook.upload_file(b"%PDF-1.4 test", file_name="a.pdf")
+    assert "did not parse" in caplog.text
+    assert "Uploaded a.pdf" in caplog.text
+    assert_none_of(caplog.text + str(info.value), token)
+
+
+def test_an_unknown_status_echoing_the_token_is_redacted_in_the_checkpoint_and_next_kwargs(
+    sandbox, control, faxplus_conn, caplog
+):
+    token = sandbox.token
+    record = _record(status=f"unauthorized {token}", comment=f"token {token}")
+    control.add_fault(
+        status=200, content_type="application/json", times=1, body=record, path_contains="/outbox/f1"
+    )
+    progress = {"started_at": time.time(), "ever_seen": False}
+    trigger = OutboxFaxTrigger(outbox_fax_id="f1", poke_interval=0.1, shared_poll=False, progress=progress)
+    caplog.set_level("INFO", logger="airflow_provider_faxplus")
+    [event] = asyncio.run(asyncio.wait_for(collect(trigger), 60))
+    assert event["status"] == "checkpoint", event
+    assert "which the API spec does not know" in event["message"]
+    assert event["progress"]["last_status"] == "unauthorized ***"
+    following = OutboxFaxTrigger(
+        outbox_fax_id="f1", progress=event["progress"], deferred_at=event["deferred_at"]
+    )
+    for text in (json.dumps(event), json.dumps(following.serialize()[1]), caplog.text):
+        assert_none_of(text, token)
+
+
+# r1. Encodings of a whole token in an API error: every byte percent-encoded, \u-escaped, upper-cased, hex.
+
+
+def _echo_forms(token: str) -> dict[str, str]:
+    raw = token.encode()
+    return {
+        "percent, upper": "".join(f"%{byte:02X}" for byte in raw),
+        "percent, lower": "".join(f"%{byte:02x}" for byte in raw),
+        "json \\u": "".join(f"\\u{ord(char):04x}" for char in token),
+        "upper-cased": token.upper(),
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+    }
+
+
+@pytest.mark.parametrize("form", list(_echo_forms("x")))
+def test_an_api_error_echoing_a_token_in_another_encoding_is_redacted(sandbox, hook, control, form):
+    token = sandbox.token
+    echo = _echo_forms(token)[form]
+    # Raw JSON text, so the \u escapes reach the client as written.
+    body = '{"error": "invalid_token", "description": "token ' + echo.replace("\\", "\\\\") + ' refused"}'
+    control.add_fault(
+        status=400, times=1, path_contains="/outbox/", body=body, content_type="application/json"
+    )
+    with pytest.raises(FaxPlusAPIError) as info:
+        hook.get_outbox_fax("f1")
+    text = str(info.value)
+    assert "refused" in text
+    assert echo not in text
+    for other in _echo_forms(token).values():
+        assert other[:16] not in text, (form, text)
+
+
+def test_normalizing_leaves_other_text_and_short_fragments_alone():
+    from airflow_provider_faxplus.redaction import Redactor
+
+    redact = Redactor([ODD_REFRESH], [(CLIENT_ID, CLIENT_SECRET)])
+    text = "HTTP 400 invalid_grant: %41%42 \\u0041 REFRESH TOKEN unknown"
+    assert redact(text) == text
+    assert (
+        redact(f"x {ODD_REFRESH[:7].upper()} y") == f"x {ODD_REFRESH[:7].upper()} y"
+    )  # below 8: out of scope
+    assert redact(f"x {ODD_REFRESH[8:16].upper()} y") == "x *** y"
+
+
+# r11. A redirect whose Location host echoes the token (urlsplit lower-cases a host).
+
+
+def test_a_redirect_host_echoing_the_token_is_redacted(sandbox, hook, control):
+    token = sandbox.token
+    location = f"https://{token}.redirect.example/v3"
+    control.add_fault(status=302, times=1, path_contains="/outbox/", headers={"Location": location})
+    with pytest.raises(FaxPlusAPIError, match="Redirects are not followed") as info:
+        hook.get_outbox_fax("f1")
+    assert "redirect.example" in str(info.value)
+    assert_none_of(str(info.value), token, token.lower())

@@ -23,7 +23,7 @@ def record(status: str):
 @pytest.mark.parametrize("status", ["submitted", "converting", "scheduled_for_sending", "sending"])
 def test_every_outbox_state_waits_by_default(status):
     progress = WaitProgress(started_at=T0)
-    decision = observe_record(record(status), progress, WaitPolicy(), T0 + 1, "self")
+    decision = observe_record(record(status), progress, WaitPolicy(), T0 + 1, "self", str)
     assert decision.action == "wait"
     assert progress.ever_seen is True
     assert progress.last_status == status
@@ -33,7 +33,7 @@ def test_every_outbox_state_waits_by_default(status):
 def test_a_status_outside_the_waiting_set_has_left():
     policy = WaitPolicy(waiting_statuses=parse_waiting_statuses(["submitted", "converting"]))
     decision = observe_record(
-        record("scheduled_for_sending"), WaitProgress(started_at=T0), policy, T0 + 5, "self"
+        record("scheduled_for_sending"), WaitProgress(started_at=T0), policy, T0 + 5, "self", str
     )
     assert decision.action == "left"
     result = decision.result
@@ -47,20 +47,20 @@ def test_a_status_outside_the_waiting_set_has_left():
 def test_an_unknown_status_keeps_waiting_and_is_flagged_once_per_status():
     """A record that Get outgoing fax answers is still in the outbox, whatever its status."""
     progress = WaitProgress(started_at=T0)
-    first = observe_record(record("delivered"), progress, WaitPolicy(), T0, "self")
+    first = observe_record(record("delivered"), progress, WaitPolicy(), T0, "self", str)
     assert (first.action, first.unknown_status, progress.last_status) == ("wait", True, "delivered")
     assert "which the API spec does not know" in first.message
-    again = observe_record(record("delivered"), progress, WaitPolicy(), T0 + 1, "self")
+    again = observe_record(record("delivered"), progress, WaitPolicy(), T0 + 1, "self", str)
     assert (again.action, again.unknown_status) == ("wait", False)
-    other = observe_record(record("archived"), progress, WaitPolicy(), T0 + 2, "self")
+    other = observe_record(record("archived"), progress, WaitPolicy(), T0 + 2, "self", str)
     assert (other.action, other.unknown_status) == ("wait", True)
 
 
 def test_a_known_status_in_another_case_is_that_status():
     narrowed = WaitPolicy(waiting_statuses=parse_waiting_statuses(["submitted"]))
     progress = WaitProgress(started_at=T0)
-    assert observe_record(record("SUBMITTED"), progress, narrowed, T0, "self").action == "wait"
-    decision = observe_record(record("Sending"), progress, narrowed, T0, "self")
+    assert observe_record(record("SUBMITTED"), progress, narrowed, T0, "self", str).action == "wait"
+    decision = observe_record(record("Sending"), progress, narrowed, T0, "self", str)
     assert (decision.action, decision.unknown_status) == ("left", False)
     assert decision.result["last_status"] == "sending"
 
@@ -82,7 +82,7 @@ def test_forgetting_earlier_looks_keeps_a_sighting():
     assert progress.ever_seen is True
     seen = WaitProgress(started_at=T0)
     seen.forget_earlier_looks("unknown")
-    observe_record(record("sending"), seen, WaitPolicy(), T0, "self")
+    observe_record(record("sending"), seen, WaitPolicy(), T0, "self", str)
     assert (seen.ever_seen, seen.unknown_because) == (True, None)
 
 
@@ -95,7 +95,7 @@ def test_progress_round_trips_and_refuses_a_bad_ever_seen():
 
 def test_not_found_after_being_seen_has_left():
     progress = WaitProgress(started_at=T0)
-    observe_record(record("sending"), progress, WaitPolicy(), T0 + 1, "self")
+    observe_record(record("sending"), progress, WaitPolicy(), T0 + 1, "self", str)
     decision = observe_not_found("f1", progress, WaitPolicy(), T0 + 2, "self")
     assert decision.action == "left"
     assert decision.result["reason"] == "not_found"
@@ -139,7 +139,7 @@ def test_unknown_memory_counts_as_left_only_after_grace():
 
 def test_progress_round_trips_through_json():
     progress = WaitProgress(started_at=T0)
-    observe_record(record("sending"), progress, WaitPolicy(), T0, "self")
+    observe_record(record("sending"), progress, WaitPolicy(), T0, "self", str)
     assert WaitProgress.from_dict(json.loads(json.dumps(progress.to_dict()))) == progress
 
 

@@ -179,13 +179,7 @@ class FaxPlusHook(BaseHook):
         call = protocol.get_outbox_fax_call(self.config, outbox_fax_id, user_id)
         status, headers, body = self._send(call)
         record = protocol.parse_get_response(self.config, call, status, headers, body)
-        if record.parse_warnings:
-            log.warning(
-                "Outbox fax %s: field(s) that did not parse were left empty (the raw value is kept in "
-                "record.raw): %s",
-                record.id,
-                "; ".join(record.parse_warnings),
-            )
+        self._warn_parse(record, "Outbox fax")
         return record
 
     def update_outbox_fax(self, outbox_fax_id: str, *, comment: str, user_id: str = "self") -> None:
@@ -227,7 +221,8 @@ class FaxPlusHook(BaseHook):
         head, tail = send.multipart_parts(src.file_name, boundary)
         status, headers, body = self._send(call, data=lambda: MultipartBody(head, src, tail, _touch_deadline))
         path = send.parse_upload_response(self.config, call, status, headers, body)
-        log.info("Uploaded %s (%d bytes) as %s", src.file_name, src.size, path)
+        shown = redaction.for_config(self.config)(path)
+        log.info("Uploaded %s (%d bytes) as %s", src.file_name, src.size, shown)
         return UploadedFile(path=path, file_name=src.file_name, size=src.size)
 
     def send_fax(
@@ -302,13 +297,7 @@ class FaxPlusHook(BaseHook):
         status, headers, body = self._send(call)
         records = send.parse_list_response(self.config, call, status, headers, body)
         for record in records:
-            if record.parse_warnings:
-                log.warning(
-                    "Outbox fax %s: field(s) that did not parse were left empty (the raw value is kept "
-                    "in record.raw): %s",
-                    record.id,
-                    "; ".join(record.parse_warnings),
-                )
+            self._warn_parse(record, "Outbox fax")
         return records
 
     def cancel_outbox_fax(self, outbox_fax_id: str, user_id: str = "self") -> None:
@@ -442,14 +431,16 @@ class FaxPlusHook(BaseHook):
         log.info("%s: fax %s written to %s", call.operation.name, call.outbox_fax_id, target)
         return written
 
-    @staticmethod
-    def _warn_parse(record: FaxRecord) -> None:
+    def _warn_parse(self, record: FaxRecord | OutboxFax, kind: str = "Fax record") -> None:
         if record.parse_warnings:
+            # The warnings quote the answer's values: redacted like an error's text.
+            redact = redaction.for_config(self.config)
             log.warning(
-                "Fax record %s: field(s) that did not parse were left empty (the raw value is kept in "
+                "%s %s: field(s) that did not parse were left empty (the raw value is kept in "
                 "record.raw): %s",
-                record.id,
-                "; ".join(record.parse_warnings),
+                kind,
+                redact(record.id),
+                redact("; ".join(record.parse_warnings)),
             )
 
     def test_connection(self) -> tuple[bool, str]:
@@ -647,8 +638,9 @@ class FaxPlusHook(BaseHook):
             if deadline.expired:
                 raise transport_error(f"no answer within {timeout:g} s", False) from None
             if isinstance(exc, requests.exceptions.SSLError) and protocol.is_certificate_failure(exc):
-                raise tls_error(self._redact(_short(exc))) from None
-            raise transport_error(self._redact(_short(exc)), _never_connected(exc)) from None
+                raise tls_error(_short(exc, redaction.for_config(self.config))) from None
+            shown = _short(exc, redaction.for_config(self.config))
+            raise transport_error(shown, _never_connected(exc)) from None
         log.debug(
             "%s %s -> HTTP %d (%d bytes) in %.0f ms",
             method,
@@ -658,10 +650,6 @@ class FaxPlusHook(BaseHook):
             (time.monotonic() - started) * 1000,
         )
         return response.status_code, dict(response.headers), body
-
-    def _redact(self, text: str) -> str:
-        """A client library's message can quote what was sent (a header, a URL): redacted all the same."""
-        return redaction.for_config(self.config)(text)
 
     # Connection form ----------------------------------------------------------------------------
 
@@ -909,6 +897,8 @@ def _stream(response: requests.Response, sink: Callable[[], IO[bytes]]) -> bytes
     return b""
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, redact: redaction.Redactor) -> str:
+    """The exception's text, redacted and then cut (a cut first could leave a secret's first characters)."""
     text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 300 else text[:297] + "..."
+    shown = redact(text)
+    return shown if len(shown) <= 300 else redact(text, 297) + "..."

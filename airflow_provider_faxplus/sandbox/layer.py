@@ -33,14 +33,18 @@ class _QuietDrops(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
 
 
+_SCHEMES = ("bearer", "basic")
+
+
 def _redacted_headers(scope: Scope) -> dict[str, str]:
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope.get("headers", []):
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         if name == "authorization":
-            scheme = value.partition(" ")[0]
-            value = f"{scheme} <redacted>" if scheme else "<redacted>"
+            # Only a known scheme followed by a space is kept: anything else may be the token itself.
+            scheme, space, _ = value.partition(" ")
+            value = f"{scheme} <redacted>" if space and scheme.lower() in _SCHEMES else "<redacted>"
         headers[name] = value
     return headers
 
@@ -92,7 +96,10 @@ class ApiLayer:
                 received.append(chunk)
                 size += len(chunk)
                 if not message.get("more_body") or size > limit:  # the whole body, or all the log keeps
-                    entry["body"] = b"".join(received).decode("utf-8", errors="replace")
+                    body = b"".join(received).decode("utf-8", errors="replace")
+                    # Redacted before the log shows it: a delayed answer must not leave the code or
+                    # refresh token readable meanwhile.
+                    entry["body"] = oauth.redacted_form(body) if is_token else body
             return message
 
         response_body: list[bytes] = []
@@ -103,6 +110,8 @@ class ApiLayer:
                 entry["response_headers"] = {
                     k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])
                 }
+            elif message["type"] == "http.response.body" and is_token:
+                entry["response_body"] = "<redacted>"  # the access token
             elif message["type"] == "http.response.body" and self.state.log_response_bodies:
                 response_body.append(message.get("body", b""))
                 entry["response_body"] = b"".join(response_body).decode("utf-8", errors="replace")
@@ -111,8 +120,7 @@ class ApiLayer:
         try:
             await self._handle(scope, path, entry, logged_receive, record, send, limit)
         finally:
-            if is_token:  # the form holds the code or refresh token; the answer the access token
-                entry["body"] = oauth.redacted_form(entry["body"])
+            if is_token:  # the body and the answer were redacted as they came
                 entry["grant_type"] = scope.get("state", {}).get("grant_type")
                 entry["response_body"] = "<redacted>"
         entry["fax_status"] = scope.get("state", {}).get("fax_status")

@@ -280,7 +280,10 @@ class OutboxFaxSensor(BaseSensorOperator):
             if protocol.is_retryable(exc):
                 return Decision("wait", f"transient error, will look again at the next poke: {exc}")
             raise  # e.g. a malformed response: the task's retries apply
-        return observe_record(record, progress, policy, time.time(), self.user_id)
+        from airflow_provider_faxplus import redaction
+
+        redact = redaction.for_config(self.hook.config)
+        return observe_record(record, progress, policy, time.time(), self.user_id, redact)
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         policy = self._resolved_policy(context)

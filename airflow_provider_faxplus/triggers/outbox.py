@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_faxplus import oauth, protocol
+from airflow_provider_faxplus import oauth, protocol, redaction
 from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAuthError,
@@ -249,9 +249,9 @@ class OutboxFaxTrigger(BaseTrigger):
                 record = snapshot.records.get(self.outbox_fax_id)
                 now = time.time()
                 if record is not None:
-                    return observe_record(
-                        record, self.progress, policy, now, self.user_id
-                    ), snapshot.started_at
+                    redact = redaction.for_config(config)
+                    decision = observe_record(record, self.progress, policy, now, self.user_id, redact)
+                    return decision, snapshot.started_at
                 absent = observe_not_found(self.outbox_fax_id, self.progress, policy, now, self.user_id)
                 if absent.action == "wait":  # never seen, within the grace period: no request
                     return absent, snapshot.started_at
@@ -260,7 +260,9 @@ class OutboxFaxTrigger(BaseTrigger):
             await asyncio.sleep(max(0.0, due - time.monotonic()))
         record = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
         # The next GET is an interval after this answer, as ever; a list look counts from its tick.
-        return observe_record(record, self.progress, policy, time.time(), self.user_id), time.monotonic()
+        redact = redaction.for_config(config)
+        decision = observe_record(record, self.progress, policy, time.time(), self.user_id, redact)
+        return decision, time.monotonic()
 
     async def _renew_after_401(self, config: FaxPlusConfig, token: str) -> bool:
         """After a 401: with a refresh token, drop the refused access token (the next poll refreshes,

@@ -11,7 +11,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
+import zlib
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -51,8 +52,23 @@ from airflow_provider_faxplus.triggers.session import (
 
 log = logging.getLogger(__name__)
 
+# A known fax in the cursor: its last status and the events reported for it. A tuple of strings, which
+# the garbage collector stops tracking: 10,000 dicts were 20,000 more objects for every full collection.
+Entry = tuple[str | None, tuple[str, ...]]
+_ENTERED: tuple[str, ...] = ("entered",)
+
 EVENTS = ("entered", "left")
-CURSOR_VERSION = 1
+# 1: one value {"v": 1, "known": {id: {"status", "reported"}}} (~85 bytes a fax; still read). 2: the ids
+# grouped by status and events reported (~35 bytes a fax), split by id hash over several keys once one
+# value would pass Airflow's size limit.
+CURSOR_VERSION = 2
+# Airflow 3.3's default [state_store] max_value_storage_bytes (used where it is unset or 0).
+DEFAULT_VALUE_LIMIT = 65_535
+# Parts of one cursor at most (10,000 faxes need 16 at the default limit).
+MAX_CURSOR_PARTS = 4096
+# Faxes compared, events yielded or cursor entries encoded between two turns of the event loop: each
+# costs up to ~60 µs (a record parsed on first use), so a chunk stays under 10 ms on a slow machine.
+LOOP_CHUNK = 100
 # Airflow's triggerer hands yielded events to its supervisor about once a second; the cursor is written
 # only after that, so a triggerer stopped in between reports the event again rather than never.
 SETTLE_SECONDS = 3.0
@@ -83,6 +99,9 @@ class MemoryCursorStore:
 
     async def aset(self, key: str, value: Any) -> None:
         self.values[key] = json.loads(json.dumps(value))
+
+    async def adelete(self, key: str) -> None:
+        self.values.pop(key, None)
 
 
 _MEMORY = MemoryCursorStore()
@@ -148,10 +167,13 @@ class OutboxEventTrigger(BaseEventTrigger):
         self._loaded = False  # the stored cursor has been read
         # What this process has reported (None: nothing yet and no stored cursor), and what the store
         # holds as far as this process knows.
-        self._known: dict[str, dict[str, Any]] | None = None
-        self._stored: dict[str, dict[str, Any]] | None = None
+        self._known: dict[str, Entry] | None = None
+        # What the store holds as far as this process knows: the number of parts (None: nothing in
+        # this version's format) and each part's entries.
+        self._layout: int | None = None
+        self._parts: list[dict[str, Entry]] = []
         # States not yet stored, each with the monotonic time from which it may be.
-        self._unstored: list[tuple[float, dict[str, dict[str, Any]]]] = []
+        self._unstored: list[tuple[float, dict[str, Entry]]] = []
         self._write_failures = 0
         self._write_retry_at = -math.inf
         self._failures = 0
@@ -212,7 +234,7 @@ class OutboxEventTrigger(BaseEventTrigger):
         while True:
             try:
                 if not self._loaded:
-                    self._known = self._stored = _read_cursor(await store.aget(self.cursor_key))
+                    await self._load(store)
                     self._loaded = True
                     if self._known is not None:
                         log.info(
@@ -306,8 +328,10 @@ class OutboxEventTrigger(BaseEventTrigger):
                     continue
                 failures = 0
                 renewed = False
-                fired, after = self.compare(self._known, snapshot, gone)
-                for payload in fired:
+                fired, after = await self.compare(self._known, snapshot, gone)
+                for number, payload in enumerate(fired, 1):
+                    if number % LOOP_CHUNK == 0:
+                        await asyncio.sleep(0)  # 10,000 events of a first tick: let the loop run
                     log.info(
                         "Outbox fax %s %s the outbox of %r",
                         payload["outbox_fax_id"],
@@ -324,7 +348,7 @@ class OutboxEventTrigger(BaseEventTrigger):
                 await self._wait_writing(store, due)
                 self._failures = 0  # a whole tick went through: run()'s back-off starts afresh
 
-    def _queue(self, state: dict[str, dict[str, Any]], *, settle: bool) -> None:
+    def _queue(self, state: dict[str, Entry], *, settle: bool) -> None:
         """A state to store once its events have settled, and never sooner than an earlier state: each
         state holds the events of those before it."""
         at = time.monotonic() + (SETTLE_SECONDS if settle else 0.0)
@@ -351,8 +375,7 @@ class OutboxEventTrigger(BaseEventTrigger):
         ready = [state for at, state in self._unstored if at <= now]
         latest = ready[-1]
         try:
-            if latest != self._stored:
-                await store.aset(self.cursor_key, {"v": CURSOR_VERSION, "known": latest})
+            await self._store(store, latest)
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
@@ -370,10 +393,81 @@ class OutboxEventTrigger(BaseEventTrigger):
                 str(exc)[:300],
             )
             return
-        self._stored = latest
         self._write_failures = 0
         self._write_retry_at = -math.inf
         del self._unstored[: len(ready)]
+
+    def part_key(self, parts: int, index: int) -> str:
+        return f"{self.cursor_key}.{parts}.{index}"
+
+    async def _load(self, store: CursorStore) -> None:
+        """Read the cursor: its first value, then its other parts (if it has any)."""
+        values = {self.cursor_key: await store.aget(self.cursor_key)}
+        parts = _parts_of(values[self.cursor_key])
+        if parts is not None and parts > 1:
+            for index in range(parts):
+                key = self.part_key(parts, index)
+                values[key] = await store.aget(key)
+        self._known, self._layout = _decode(values, self.cursor_key)
+        if self._known is not None and self._layout is None:  # the old format, or a part missing
+            self._queue(dict(self._known), settle=False)
+        elif self._known is not None and self._layout is not None:
+            self._parts = _split(self._known, self._layout)
+
+    async def _store(self, store: CursorStore, state: dict[str, Entry]) -> None:
+        """Write ``state``: only the parts that changed, unless the number of parts changes (then every
+        part under its new keys, the first value last: a stop in between leaves the old cursor whole)."""
+        limit = value_limit()
+        count = _plan_parts(state, limit, self._layout)
+        while True:
+            parts = _split(state, count)
+            values = []
+            for index, part in enumerate(parts):
+                values.append(_encode(part))
+                if index % 4 == 3:
+                    await asyncio.sleep(0)
+            largest = max(len(json.dumps(value)) for value in values)
+            if largest <= limit or count >= MAX_CURSOR_PARTS:
+                break
+            count *= 2  # an uneven split or very long ids
+        if largest > limit:
+            log.warning(
+                "The outbox cursor of %r needs %d parts of up to %d bytes, over the state store's "
+                "max_value_storage_bytes (%d)",
+                self.user_id,
+                count,
+                largest,
+                limit,
+            )
+        relayout = count != self._layout
+        if count == 1:
+            if relayout or parts[0] != self._parts[0]:
+                await store.aset(self.cursor_key, {"v": CURSOR_VERSION, "parts": 1, **values[0]})
+        else:
+            for index, part in enumerate(parts):
+                if relayout or part != self._parts[index]:
+                    await store.aset(self.part_key(count, index), {"v": CURSOR_VERSION, **values[index]})
+                    if not relayout:
+                        self._parts[index] = part  # written: a failure further on does not redo it
+            if relayout:
+                await store.aset(self.cursor_key, {"v": CURSOR_VERSION, "parts": count})
+        before = self._layout
+        self._layout, self._parts = count, parts
+        if relayout and before is not None and before > 1:
+            await self._forget(store, before)
+
+    async def _forget(self, store: CursorStore, parts: int) -> None:
+        """Delete the parts of a layout no longer in use (best effort: the first value no longer names
+        them, so one left behind is only a stale value)."""
+        delete = getattr(store, "adelete", None)
+        if delete is None:
+            return
+        for index in range(parts):
+            try:
+                await delete(self.part_key(parts, index))
+            except Exception as exc:
+                log.debug("Could not delete an old outbox cursor part: %s: %s", type(exc).__name__, exc)
+                return
 
     async def _confirm_absent(
         self, poll: AccountPoll, config: FaxPlusConfig, token: str, snapshot: OutboxSnapshot
@@ -392,26 +486,31 @@ class OutboxEventTrigger(BaseEventTrigger):
             self._last_seen[fax_id] = record
         return gone
 
-    def compare(
-        self, known: dict[str, dict[str, Any]] | None, snapshot: OutboxSnapshot, gone: set[str]
-    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    async def compare(
+        self, known: dict[str, Entry] | None, snapshot: OutboxSnapshot, gone: set[str]
+    ) -> tuple[list[dict[str, Any]], dict[str, Entry]]:
         """The events of one snapshot against the cursor, and the cursor after them. ``known`` None:
         no cursor yet (the first start); ``gone``: the known faxes missing from the snapshot whose
         absence a GET confirmed (the others stay known). The cursor: per fax in the outbox, its last
         status and the events reported for it; a fax that left is dropped (outbox ids are never reused)."""
         first = known is None
         before = known or {}
-        after: dict[str, dict[str, Any]] = {}
+        after: dict[str, Entry] = {}
         fired: list[dict[str, Any]] = []
-        for fax_id in snapshot.records:
+        for number, fax_id in enumerate(snapshot.records, 1):
+            if number % LOOP_CHUNK == 0:
+                await asyncio.sleep(0)  # a record is parsed on first use: 10,000 take ~0.5 s
             record = self._record(snapshot, fax_id)
             status = None if record is None else str(record.status)
             entry = before.get(fax_id)
-            reported = list(entry["reported"]) if entry else []
-            if entry is None and (self._report_existing or not first) and "entered" in self.events:
-                fired.append(self._payload("entered", fax_id, status, record))
-                reported.append("entered")
-            after[fax_id] = {"status": status, "reported": reported}
+            if entry is None:
+                reported: tuple[str, ...] = ()
+                if (self._report_existing or not first) and "entered" in self.events:
+                    fired.append(self._payload("entered", fax_id, status, record))
+                    reported = _ENTERED
+                after[fax_id] = (status, reported)
+            else:  # the same tuple while nothing changes: no new object for the collector to track
+                after[fax_id] = entry if entry[0] == status else (status, entry[1])
             if record is not None:
                 self._last_seen[fax_id] = record
         for fax_id, entry in before.items():
@@ -423,7 +522,7 @@ class OutboxEventTrigger(BaseEventTrigger):
             if fax_id not in snapshot.records:
                 seen = self._last_seen.pop(fax_id, None)
                 if "left" in self.events:
-                    fired.append(self._payload("left", fax_id, entry.get("status"), seen))
+                    fired.append(self._payload("left", fax_id, entry[0], seen))
         return fired, after
 
     def _record(self, snapshot: OutboxSnapshot, fax_id: str) -> OutboxFax | None:
@@ -477,27 +576,128 @@ def read_event(payload: Any) -> dict[str, Any]:
     return payload
 
 
-def _read_cursor(stored: Any) -> dict[str, dict[str, Any]] | None:
-    """The stored cursor, or None when there is none (or one this version cannot read: logged)."""
-    if stored is None:
+def value_limit() -> int:
+    """The state store's ``[state_store] max_value_storage_bytes`` (its default where unset or 0)."""
+    try:
+        from airflow.configuration import conf
+
+        limit = conf.getint("state_store", "max_value_storage_bytes", fallback=DEFAULT_VALUE_LIMIT)
+    except Exception:  # an Airflow without the option, or a malformed value: the default
+        return DEFAULT_VALUE_LIMIT
+    return limit if limit > 0 else DEFAULT_VALUE_LIMIT
+
+
+def _part_of(fax_id: str, parts: int) -> int:
+    return zlib.crc32(fax_id.encode()) % parts
+
+
+def _split(state: Mapping[str, Entry], parts: int) -> list[dict[str, Entry]]:
+    split: list[dict[str, Entry]] = [{} for _ in range(parts)]
+    for fax_id, entry in state.items():
+        split[_part_of(fax_id, parts) if parts > 1 else 0][fax_id] = entry
+    return split
+
+
+def _plan_parts(state: Mapping[str, Entry], limit: int, current: int | None) -> int:
+    """A power of two: each part planned at half the limit; the current count kept while it fits
+    (at up to three quarters) and is not four times too many."""
+    estimate = sum(len(fax_id) + 4 for fax_id in state) + 200
+    needed = 1
+    while estimate / needed > limit / 2 and needed < MAX_CURSOR_PARTS:
+        needed *= 2
+    if current is not None and needed <= current < needed * 4 and estimate / current <= limit * 0.75:
+        return current
+    return needed
+
+
+def _encode(part: Mapping[str, Entry]) -> dict[str, Any]:
+    """The ids grouped by last status and events reported: ``{"g": [[status, reported, [ids]]]}``."""
+    groups: dict[Entry, list[str]] = {}
+    for fax_id, entry in part.items():
+        groups.setdefault(entry, []).append(fax_id)
+    return {"g": [[status, list(reported), ids] for (status, reported), ids in groups.items()]}
+
+
+def _decode_groups(value: Any) -> dict[str, Entry] | None:
+    if not isinstance(value, dict) or not isinstance(value.get("g"), list):
         return None
-    if isinstance(stored, str):
+    known: dict[str, Entry] = {}
+    for group in value["g"]:
+        if not (isinstance(group, list) and len(group) == 3 and isinstance(group[1], list)):
+            return None
+        status, reported, ids = group
+        if not isinstance(ids, list):
+            return None
+        entry = (None if status is None else str(status), tuple(str(kind) for kind in reported))
+        for fax_id in ids:
+            known[str(fax_id)] = entry
+    return known
+
+
+def _loaded(value: Any) -> Any:
+    if isinstance(value, str):
         try:
-            stored = json.loads(stored)
+            return json.loads(value)
         except ValueError:
-            stored = None
-    if (
-        isinstance(stored, dict)
-        and stored.get("v") == CURSOR_VERSION
-        and isinstance(stored.get("known"), dict)
-    ):
-        known: dict[str, dict[str, Any]] = {}
-        for fax_id, entry in stored["known"].items():
-            if isinstance(entry, dict) and isinstance(entry.get("reported"), list):
-                known[str(fax_id)] = {"status": entry.get("status"), "reported": list(entry["reported"])}
-        return known
-    log.warning("Ignoring an outbox cursor this version cannot read: starting afresh")
+            return None
+    return value
+
+
+def _parts_of(first: Any) -> int | None:
+    first = _loaded(first)
+    if isinstance(first, dict) and first.get("v") == CURSOR_VERSION:
+        parts = first.get("parts")
+        if isinstance(parts, int) and not isinstance(parts, bool) and 1 <= parts <= MAX_CURSOR_PARTS:
+            return parts
     return None
+
+
+def _decode(values: Mapping[str, Any], key: str) -> tuple[dict[str, Entry] | None, int | None]:
+    """The stored cursor from its values by key, and its number of parts (None for the old format, a
+    part missing, or no cursor). The known faxes are None when there is no cursor (or one this version
+    cannot read)."""
+    first = _loaded(values.get(key))
+    if first is None:
+        return None, None
+    if isinstance(first, dict) and first.get("v") == 1 and isinstance(first.get("known"), dict):
+        known: dict[str, Entry] = {}
+        for fax_id, entry in first["known"].items():
+            if isinstance(entry, dict) and isinstance(entry.get("reported"), list):
+                status = entry.get("status")
+                reported = tuple(str(kind) for kind in entry["reported"])
+                known[str(fax_id)] = (None if status is None else str(status), reported)
+        return known, None
+    parts = _parts_of(first)
+    if parts == 1:
+        known_one = _decode_groups(first)
+        if known_one is not None:
+            return known_one, 1
+    elif parts is not None:
+        merged: dict[str, Entry] = {}
+        whole = True
+        for index in range(parts):
+            part = _decode_groups(_loaded(values.get(f"{key}.{parts}.{index}")))
+            if part is None:  # deleted by hand: its faxes may be reported again
+                log.warning(
+                    "Outbox cursor part %d of %d is missing or unreadable: read as empty", index, parts
+                )
+                whole = False
+                continue
+            merged.update(part)
+        return merged, parts if whole else None  # None: rewritten whole
+    log.warning("Ignoring an outbox cursor this version cannot read: starting afresh")
+    return None, None
+
+
+def decode_cursor(values: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]] | None:
+    """The known faxes of a stored cursor (``{id: {"status", "reported"}}``) from the state store's
+    values by key (JSON text or decoded) and the trigger's ``cursor_key``; None when there is none."""
+    known = _decode(values, key)[0]
+    if known is None:
+        return None
+    return {
+        fax_id: {"status": status, "reported": list(reported)} for fax_id, (status, reported) in known.items()
+    }
 
 
 class _Parked(Exception):

@@ -17,12 +17,12 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_faxplus import protocol, send
+from airflow_provider_faxplus import protocol, redaction, send
 from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusRequestError,
@@ -63,9 +63,16 @@ class OutboxRecords(Mapping[str, OutboxFax]):
     asks for that id alone (as a malformed *Get outgoing fax* answer would).
     """
 
-    def __init__(self, call: protocol.ApiCall, status: int, raw: dict[str, tuple[int, Any]]) -> None:
+    def __init__(
+        self,
+        call: protocol.ApiCall,
+        status: int,
+        raw: dict[str, tuple[int, Any]],
+        redact: Callable[[str], str],
+    ) -> None:
         self._call = call
         self._status = status
+        self._redact = redact
         # By id: the record's position in the answer, and the decoded record or, once parsed (or equal to
         # the last answer's parsed record), its OutboxFax.
         self._raw = raw
@@ -74,7 +81,7 @@ class OutboxRecords(Mapping[str, OutboxFax]):
         index, value = self._raw[outbox_fax_id]
         if isinstance(value, OutboxFax):
             return value
-        record = send.parse_list_record(self._call, self._status, index, value)
+        record = send.parse_list_record(self._call, self._status, index, value, self._redact)
         self._raw[outbox_fax_id] = (index, record)
         return record
 
@@ -307,7 +314,9 @@ class AccountPoll:
                 ", #".join(str(index) for index in skipped[:10]),
             )
             self._skipped_warned = True
-        return OutboxSnapshot(self.user_id, started_at, OutboxRecords(call, status, by_id))
+        return OutboxSnapshot(
+            self.user_id, started_at, OutboxRecords(call, status, by_id, redaction.for_config(self.config))
+        )
 
     async def close(self) -> None:
         if self._driver is not None and not self._driver.done():
