@@ -21,6 +21,7 @@ from airflow import __version__ as airflow_version
 # The demo polls fast against the sandbox; against Fax.Plus keep it at a minute or more.
 log = logging.getLogger(__name__)
 POLL_INTERVAL = float(os.environ.get("FAXPLUS_EXAMPLE_POKE_INTERVAL", "60"))
+TAG = "new fax seen "
 
 
 def _payloads(context: dict[str, Any], event: str) -> list[dict[str, Any]]:
@@ -77,6 +78,7 @@ if int(airflow_version.split(".")[0]) >= 3:
         schedule=[entered],
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
+        max_active_runs=1,  # a repeated event's run checks the comment only after the first run set it
         tags=["example", "faxplus"],
     ):
 
@@ -88,7 +90,11 @@ if int(airflow_version.split(".")[0]) >= 3:
             try:
                 for payload in _payloads(dict(context), "entered"):
                     fax_id = payload["outbox_fax_id"]
-                    comment = f"new fax seen {payload['detected_at']} (run {context['run_id']})"
+                    # An event can come twice (a triggerer killed before it stored its cursor): tag once.
+                    if hook.get_outbox_fax(fax_id, user_id=payload["user_id"]).comment.text.startswith(TAG):
+                        print(f"FAXPLUS-ALREADY-TAGGED: {fax_id}")
+                        continue
+                    comment = f"{TAG}{payload['detected_at']} (run {context['run_id']})"
                     hook.update_outbox_fax(fax_id, comment=comment, user_id=payload["user_id"])
                     print(f"FAXPLUS-TAGGED: {fax_id}")
                     tagged.append(fax_id)
