@@ -111,8 +111,8 @@ from airflow.utils.session import create_session
 dag_id, task_id = sys.argv[1], sys.argv[2]
 with create_session() as session:
     run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
-    ti = session.query(TaskInstance).filter(
-        TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id, TaskInstance.task_id == task_id).one()
+    ti = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id,
+        TaskInstance.run_id == run.run_id, TaskInstance.task_id == task_id).one()
     print("FAXPLUS-OUT:", json.dumps({"state": str(ti.state), "try_number": ti.try_number,
         "max_tries": ti.max_tries}))
 """

@@ -76,7 +76,8 @@ class FaxDeliveryTrigger(BaseTrigger):
         self.deferred_at = time.time() if deferred_at is None else float(deferred_at)
         self._deferred_at_given = deferred_at is not None
         self.timeout = None if timeout is None else float(timeout)
-        self._known: delivery.SentFax | None = None  # ``sent`` read, merged with what the outbox showed
+        self._given: delivery.SentFax | None = None  # ``sent`` as the kwargs give it
+        self._known: delivery.SentFax | None = None  # that, merged with what the outbox showed
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -115,6 +116,7 @@ class FaxDeliveryTrigger(BaseTrigger):
                 self._known = delivery.SentFax.from_dict(sent)
             else:
                 self._known = delivery.sent_fax_from_send_result(self.outbox_fax_id, sent)
+            self._given = self._known
         return self._known
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -206,16 +208,15 @@ class FaxDeliveryTrigger(BaseTrigger):
                     outbox = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
                 except FaxPlusNotFoundError:
                     outbox = None
-            before = self._sent_fax()
             if outbox is not None:
-                self._known = delivery.SentFax.from_outbox(outbox).merged(before)
+                self._known = delivery.SentFax.from_outbox(outbox).merged(self._sent_fax())
                 if outbox.in_outbox_state:
                     return None
             self.left = True
             if self.left_at is None:
                 self.left_at = time.time()
             log.info("outbox fax %r has left the outbox; looking for its sent record", self.outbox_fax_id)
-            if self._known != before or self._grace_applies():
+            if self._known != self._given or self._grace_applies():
                 # What a rebuilt trigger would not know (the outbox's fields, when the fax left) goes to
                 # the sensor, which defers again with it.
                 return {
