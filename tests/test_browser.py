@@ -138,7 +138,7 @@ def test_the_form_speaks_the_users_words_and_offers_every_setting(ui, page, tmp_
         open_add_form_2(page, ui)
         standard = extras = visible_labels(page)
         field = "#extra__faxplus__{}".format
-    # docs/ keeps the screenshots docs/connection.md shows; rewritten only on request, so runs leave git clean.
+    # docs/ keeps the screenshots of docs/connection.md; rewritten only on request: runs leave git clean.
     shots = ROOT / "docs" if os.environ.get("FAXPLUS_UPDATE_SCREENSHOTS") else tmp_path
     page.screenshot(path=str(shots / f"connection-form-{LINE}.png"), full_page=True)
 
