@@ -103,6 +103,20 @@ def test_a_401_refreshes_the_oauth_token_once_for_all_triggers_and_they_go_on(
     assert_no_secret(json.dumps(results), oauth_sandbox, refresh_token, CLIENT_SECRET)
 
 
+def test_a_second_401_after_the_refresh_fails_the_task(oauth_sandbox, control, refresh_token, monkeypatch):
+    """One refresh per refusal, not a loop: refused again with the fresh token, the wait ends."""
+    use_oauth(monkeypatch, oauth_sandbox, refresh_token)
+    control.create_fax(id="o1", lifecycle=LEAVES_IN_AN_HOUR)
+    trigger = deferred(sensor(outbox_fax_id="o1"))
+    control.add_fault(status=401, path_endswith="/outbox", times=2)
+    [event] = events(trigger)
+    assert (event["status"], event["kind"]) == ("error", "fatal"), event
+    assert "401" in event["message"]
+    assert [e["status"] for e in control.token_requests()] == [200, 200]  # the worker's, and one refresh
+    with pytest.raises(AirflowFailException):
+        sensor(outbox_fax_id="o1").execute_complete({}, event)
+
+
 # record_grace_period, deferred ------------------------------------------------------------------------
 
 
@@ -130,7 +144,6 @@ def test_a_rebuilt_trigger_counts_the_grace_from_when_the_fax_left_not_from_its_
     """A triggerer restart rebuilds the trigger from its kwargs: the grace runs from ``left_at`` in them."""
     _gone_without_fields(control)
     control.requests(clear=True)
-    trigger = sensor(record_grace_period=60)
     trigger = FaxDeliveryTrigger(
         outbox_fax_id="o1",
         user_id="self",
