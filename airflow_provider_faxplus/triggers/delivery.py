@@ -233,7 +233,7 @@ class FaxDeliveryTrigger(BaseTrigger):
             if not wanted:
                 wanted.append(sent_poll.want(after))
             listing = await sent_poll.snapshot(due=due, interval=self.poke_interval)
-            if not listing.covers(after):  # a tick already under way for later faxes: the next one
+            if not listing.covers(after):  # listed for later faxes only (this one just joined): again
                 listing = await sent_poll.snapshot(due=time.monotonic(), interval=self.poke_interval)
             by_id = listing.by_id.get(self.outbox_fax_id)
             if by_id is not None:

@@ -73,9 +73,6 @@ class SentRecordsPoll(SharedPoll[SentSnapshot]):
     def unwant(self, handle: object) -> None:
         self._wanted.pop(handle, None)
 
-    def _usable(self, snapshot: SentSnapshot) -> bool:
-        return not self._wanted or snapshot.covers(min(self._wanted.values()))
-
     async def _list(self, started_at: float) -> SentSnapshot:
         if not self._wanted:
             raise RuntimeError("a sent-records tick with nobody wanting records")

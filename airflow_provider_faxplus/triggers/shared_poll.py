@@ -90,10 +90,6 @@ class SharedPoll(Generic[S]):
         refused the list."""
         return self.holders > 1 and self.unavailable is None
 
-    def _usable(self, snapshot: S) -> bool:
-        """Whether an answer already had serves a new caller (subclasses narrow it)."""
-        return True
-
     async def snapshot(self, *, due: float, interval: float) -> S:
         """The first list answer whose request was sent at or after ``due`` (``time.monotonic()``, less a
         small tolerance), shared with every other waiter of this account; at most one list request per
@@ -105,7 +101,7 @@ class SharedPoll(Generic[S]):
         if self.unavailable is not None:
             raise ListUnavailable(self.unavailable.cause)
         ripe_at = due - tolerance(interval)
-        if self._last is not None and self._last.started_at >= ripe_at and self._usable(self._last):
+        if self._last is not None and self._last.started_at >= ripe_at:
             return self._last
         future: asyncio.Future[S] = asyncio.get_running_loop().create_future()
         if self._inflight is not None and self._inflight.started_at >= ripe_at:
