@@ -3,9 +3,9 @@
 One :class:`AccountPoll` per event loop, connection identity (the shared session's key) and ``user_id``,
 held while triggers use it. Callers ask for a snapshot no older than a moment (``due``); all callers of a
 tick share one list request, and the poll never sends more than one list request per the shortest
-interval of its waiting callers (the tick is ``shared_poll.SharedPoll``'s). The answer is decoded a chunk of records at a time, the event loop
-running between chunks, and each record is parsed into an ``OutboxFax`` on first use: a triggerer waiting
-on a few faxes of a 10,000-fax outbox parses those few.
+interval of its waiting callers (the tick is ``shared_poll.SharedPoll``'s). The answer is decoded a chunk
+of records at a time, the event loop running between chunks, and each record is parsed into an
+``OutboxFax`` on first use: a triggerer waiting on a few faxes of a 10,000-fax outbox parses those few.
 """
 
 from __future__ import annotations
