@@ -83,7 +83,8 @@ def check_readme(site_dir: Path) -> None:
 
 
 def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    shown = ["<_USER_RUN of scripts/release.py>" if part == _USER_RUN else str(part) for part in cmd]
+    names = {_USER_RUN: "<_USER_RUN of scripts/release.py>", _KNOWN_CLASSIFIERS: "<_KNOWN_CLASSIFIERS>"}
+    shown = [names.get(str(part), str(part)) for part in cmd]
     print("+", " ".join(shown), flush=True)
     return subprocess.run(cmd, check=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
 
@@ -116,6 +117,20 @@ def check_dists(dist: Path) -> tuple[Path, Path]:
     if problems:
         raise SystemExit("release check:\n  " + "\n  ".join(problems))
     return sdist, wheel
+
+
+# Run by the tools' python: every classifier of the wheel is one PyPI knows.
+_KNOWN_CLASSIFIERS = """
+import sys, zipfile
+from email.parser import Parser
+from trove_classifiers import classifiers
+with zipfile.ZipFile(sys.argv[1]) as archive:
+    [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    meta = Parser().parsestr(archive.read(name).decode())
+unknown = [c for c in meta.get_all("Classifier") or [] if c not in classifiers]
+assert not unknown, f"classifiers PyPI does not know: {unknown}"
+print(len(meta.get_all("Classifier")), "classifiers, all known to PyPI")
+"""
 
 
 # Run by the clean virtualenv's python, in a temporary directory outside the checkout.
@@ -171,6 +186,7 @@ def release_check(tools_python: Path, lock: Path, airflow: str) -> None:
         )
         sdist, wheel = check_dists(dist)
         _run([str(tools_python), "-m", "twine", "check", "--strict", str(sdist), str(wheel)])
+        _run([str(tools_python), "-c", _KNOWN_CLASSIFIERS, str(wheel)])
         built = time.monotonic()
         env_dir = work / "user-venv"
         venv.EnvBuilder(with_pip=True).create(env_dir)
