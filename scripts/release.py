@@ -52,6 +52,20 @@ def readme_links() -> list[str]:
     return re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"<(https?://[^>\s]+)>", text)
 
 
+def readme_text() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+def _topic_table(text: str, docs: str | None) -> list[str]:
+    """The rows of "Where each topic is documented", links as the site's pages (``page.md``)."""
+    section = text.split("## Where each topic is documented", 1)[-1]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    if docs is None:
+        return rows
+    relative = re.compile(re.escape(docs) + r"([\w-]+)/(#[\w-]+)?")
+    return [relative.sub(lambda m: f"{m.group(1)}.md{m.group(2) or ''}", row) for row in rows]
+
+
 def check_readme(site_dir: Path) -> None:
     """The README is the PyPI page: every link absolute, and each into the docs site or the repository
     resolves in the site just built or in this checkout (anchors included). Other hosts are not fetched."""
@@ -77,6 +91,8 @@ def check_readme(site_dir: Path) -> None:
                 problems.append(f"{link}: no {path.relative_to(ROOT)} in the repository")
         elif target.startswith(source) and target not in (source, source + "/issues"):
             problems.append(f"{link}: a repository link of an unknown shape")
+    if _topic_table(readme_text(), docs) != _topic_table((ROOT / "docs" / "index.md").read_text(), None):
+        problems.append("its table of topics differs from docs/index.md's (the site's home page)")
     if problems:
         raise SystemExit("README.md:\n  " + "\n  ".join(problems))
     print(f"== README.md: {size} bytes, {len(readme_links())} links resolve", flush=True)
