@@ -120,6 +120,7 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Fax.Plus",
                 "python-modules": [
                     "airflow_provider_faxplus.triggers.delivery",
+                    "airflow_provider_faxplus.triggers.fax_records",
                     "airflow_provider_faxplus.triggers.outbox",
                 ],
             }
