@@ -90,6 +90,7 @@ if int(airflow_version.split(".")[0]) >= 3:
                         print(f"FAXPLUS-ALREADY-SAVED: {fax['fax_id']} at {destination}")
                         hook.update_fax(fax["fax_id"], is_read=True, user_id=fax["user_id"])
                         continue
+                    destination.parent.mkdir(parents=True, exist_ok=True)  # a local base needs it
                     todo.append({**fax, "destination": str(destination)})
             finally:
                 hook.close()

@@ -207,3 +207,44 @@ def test_the_provider_registers_the_trigger_module():
 
     modules = [m for entry in get_provider_info()["triggers"] for m in entry["python-modules"]]
     assert "airflow_provider_faxplus.triggers.fax_records" in modules
+
+
+def _example() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "example_dags" / "example_faxplus_inbound.py"
+    spec = importlib.util.spec_from_file_location("example_inbound", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_inbound_example_is_a_dag_on_airflow_3_only_and_breaks_nothing_on_2():
+    from pathlib import Path
+
+    try:
+        from airflow.dag_processing.dagbag import DagBag  # Airflow 3
+    except ImportError:
+        from airflow.models import DagBag  # type: ignore[attr-defined,no-redef]
+
+    bag = DagBag(str(Path(__file__).resolve().parent.parent / "example_dags"))
+    assert bag.import_errors == {}
+    assert ("example_faxplus_inbound" in bag.dag_ids) is AIRFLOW_3
+
+
+def test_the_inbound_example_takes_each_received_fax_once_and_skips_foreign_events(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from airflow_provider_faxplus.record_watch import PAYLOAD_KEYS
+
+    ours = dict.fromkeys(PAYLOAD_KEYS) | {"fax_id": "r1", "user_id": "self", "category": "inbox"}
+    foreign = SimpleNamespace(extra={"payload": {"status": "success", "result": {}}})
+    event = SimpleNamespace(extra={"payload": ours})
+    context = {"triggering_asset_events": {"faxplus_inbox_received": [foreign, event, event]}}
+    with caplog.at_level(logging.WARNING):
+        assert _example().received(context) == [{"fax_id": "r1", "user_id": "self"}]
+    assert "Skipping an event of faxplus_inbox_received: not a fax record event" in caplog.text
