@@ -1,11 +1,13 @@
 """FaxRecordEventTrigger: new fax records (faxes received, delivery outcomes) as asset events.
 
-Needs Airflow 3 (``BaseEventTrigger``); Airflow 2 has no asset watchers.
+Needs Airflow 3 (``BaseEventTrigger``); Airflow 2 has no asset watchers. Its cursor is written once
+Airflow acknowledged the events (:mod:`acked_cursor`); what is new is decided by :mod:`record_watch`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +20,9 @@ from typing import Any
 from airflow import __version__ as _airflow_version
 
 try:
-    from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_provider_faxplus.triggers.acked_cursor import AckedCursorTrigger
 except ImportError:  # Airflow 2.x
     raise ImportError(
         "airflow_provider_faxplus.triggers.fax_records needs Airflow 3.0 or later (asset watchers, "
@@ -34,7 +38,6 @@ from airflow_provider_faxplus.retry import backoff_seconds
 from airflow_provider_faxplus.triggers.outbox_events import (
     _MEMORY,
     CursorStore,
-    MemoryCursorStore,
     value_limit,
 )
 from airflow_provider_faxplus.triggers.session import (
@@ -48,14 +51,11 @@ from airflow_provider_faxplus.triggers.session import (
 
 log = logging.getLogger(__name__)
 
-# As OutboxEventTrigger's: the cursor is written only once Airflow has had the time to take the events
-# (its triggerer hands them to the supervisor about once a second); stopped before, it reports them again.
-SETTLE_SECONDS = 3.0
 PARKED_RECHECK_SECONDS = 60.0
 DEFAULT_LOOKBACK = 3600.0
 
 
-class FaxRecordEventTrigger(BaseEventTrigger):
+class FaxRecordEventTrigger(AckedCursorTrigger):
     """Watches the fax records of ``category`` for ``user_id`` (one *List fax records* per
     ``poll_interval``, paged) and yields one event per new record: ``inbox``, a fax received; ``sent``,
     the outcome of a fax sent (from Airflow or elsewhere).
@@ -64,9 +64,10 @@ class FaxRecordEventTrigger(BaseEventTrigger):
     ``detected_at`` (ISO-8601 UTC).
 
     The cursor (a time window: see :mod:`airflow_provider_faxplus.record_watch`) is kept in the watched
-    asset's ``asset_state_store`` (Airflow 3.3.2+); elsewhere in memory, lost when the triggerer
-    restarts. A record is new if it appears in the list within ``lookback`` seconds of the newest record
-    seen; one that appears later than that is not reported.
+    asset's ``asset_state_store`` (Airflow 3.3.2+) and written once Airflow has stored the events;
+    elsewhere it is kept in memory, lost when the triggerer restarts. A record is new if it appears in
+    the list within ``lookback`` seconds of the newest record seen; one that appears later is not
+    reported.
 
     :param category: ``inbox`` or ``sent``.
     :param report_existing: required, so the choice is explicit. With no cursor yet (the first start),
@@ -108,15 +109,19 @@ class FaxRecordEventTrigger(BaseEventTrigger):
         self.poll_interval = float(poll_interval)
         self.lookback = float(lookback)
         self._report_existing = report_existing
-        # What this process has reported (None: no cursor read yet); it wins over the store, so a store
-        # that cannot be written never makes this process report a record twice.
+        # What this process has reported (None: no cursor yet); it wins over the store, so a store that
+        # cannot be written never makes this process report a record twice.
         self._window: RecordWindow | None = None
         self._loaded = False
-        self._unstored: tuple[float, RecordWindow] | None = None  # latest state to store, and from when
-        self._stored: dict[str, Any] | None = None
-        self._write_failures = 0
-        self._write_retry_at = -math.inf
-        self._failures = 0
+        self._changed = False  # _window differs from the state last handed to the cursor
+        self._store: CursorStore | None = None
+        self._stored: dict[str, Any] | None = None  # the value last written
+        self._config: FaxPlusConfig | None = None
+        self._lease: _Lease | None = None
+        self._lease_stack: contextlib.AsyncExitStack | None = None
+        self._parked: str | None = None
+        self._failures = 0  # turns failed in a row (the store, a bug)
+        self._list_failures = 0  # lists failed in a row (transient)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -136,6 +141,9 @@ class FaxRecordEventTrigger(BaseEventTrigger):
         identity = json.dumps([self.faxplus_conn_id, self.user_id, self.category])
         return "faxplus.fax_records." + hashlib.sha256(identity.encode()).hexdigest()[:32]
 
+    def describe(self) -> str:
+        return f"the {self.category} record watcher of {self.user_id!r}"
+
     def cursor_store(self) -> CursorStore:
         """The watched asset's state store where Airflow gives one with async access, else memory."""
         store = getattr(self, "asset_state_store", None)
@@ -148,13 +156,8 @@ class FaxRecordEventTrigger(BaseEventTrigger):
                 "No asset state store with async access (Airflow 3.3.2+ in an AssetWatcher): the fax "
                 "record cursor is kept in memory and lost when the triggerer restarts"
             )
-        return _MEMORY
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Never returns on its own: a refused token or list is logged once as an error, then the trigger
-        waits for the connection to change; any other failure backs off, growing while it lasts."""
-        store = self.cursor_store()
-        if isinstance(store, MemoryCursorStore) and self.report_existing:
+        if self.report_existing:
+            # A memory cursor cannot tell a first start from a restart: it would report them every time.
             log.warning(
                 "report_existing=True needs the asset state store: with the cursor in memory, the %s "
                 "records of %r already there when this triggerer starts count as already known",
@@ -162,43 +165,147 @@ class FaxRecordEventTrigger(BaseEventTrigger):
                 self.user_id,
             )
             self._report_existing = False
-        config: FaxPlusConfig | None = None
-        while True:
-            try:
-                if not self._loaded:
-                    stored = await store.aget(self.cursor_key)
-                    self._window = RecordWindow.decode(stored)
-                    self._stored = None if self._window is None else self._window.encode()
-                    self._loaded = True
-                if config is None:
-                    config = await load_connection(self.faxplus_conn_id)
-                async for event in self._watch(config, store):
-                    yield event
-            except (asyncio.CancelledError, GeneratorExit):
-                raise
-            except _Parked as parked:
-                config = await self._park(parked.reason, config)
-            except FaxPlusError as exc:  # the connection cannot be read or used
-                config = await self._park(_redacted(str(exc), config), config)
-            except Exception as exc:
-                from airflow.exceptions import AirflowNotFoundException
+        return _MEMORY
 
-                if isinstance(exc, AirflowNotFoundException):
-                    reason = f"the connection {self.faxplus_conn_id!r} is not visible to the triggerer"
-                    config = await self._park(reason, None)
-                    continue
-                self._failures += 1  # the state store, or a bug: back off, never a hot loop
+    async def poll_turn(self, due: float) -> AsyncIterator[TriggerEvent]:
+        """One list and diff (see :mod:`acked_cursor`): a refused token or list is logged once as an
+        error, then the turns only read the connection until it changes; any other failure backs off,
+        growing while it lasts; nothing escapes."""
+        if self._store is None:
+            self._store = self.cursor_store()
+        listed: list[records.FaxRecord] | None = None
+        window: RecordWindow | None = None
+        try:
+            if self._parked is not None and not await self._connection_changed():
+                return
+            if not self._loaded:
+                self._window = RecordWindow.decode(await self._store.aget(self.cursor_key))
+                self._stored = None if self._window is None else self._window.encode()
+                self._loaded = True
+            if self._config is None:
+                self._config = await load_connection(self.faxplus_conn_id)
+            window = self._window or first_window(
+                datetime.now(UTC), self.lookback, report_existing=self._report_existing
+            )
+            listed = await self._look(self._config, window)
+        except _Parked as parked:
+            await self._park(parked.reason)
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except FaxPlusError as exc:  # the connection cannot be read or used
+            await self._park(_redacted(str(exc), self._config))
+        except Exception as exc:
+            from airflow.exceptions import AirflowNotFoundException
+
+            if isinstance(exc, AirflowNotFoundException):
+                self._config = None
+                await self._park(f"the connection {self.faxplus_conn_id!r} is not visible to the triggerer")
+            else:  # the state store or a bug: back off, never a hot loop
+                self._failures += 1
                 wait = max(self.poll_interval, backoff_seconds(self._failures, 1.0))
                 log.error(
                     "FaxRecordEventTrigger (%s of %r) failed, again in %.0f s: %s",
                     self.category,
                     self.user_id,
                     wait,
-                    _redacted(f"{type(exc).__name__}: {exc}", config),
+                    _redacted(f"{type(exc).__name__}: {exc}", self._config),
                 )
-                await asyncio.sleep(wait)
+                self.resume_at = time.monotonic() + wait
+        if listed is None or window is None:
+            return
+        baseline = self._window is None and not self._report_existing
+        fresh, after = diff(window, listed, lookback=self.lookback, baseline=baseline)
+        detected_at = datetime.now(UTC)
+        for record in fresh:
+            log.info("New %s fax record %s (%s) of %r", self.category, record.id, record.status, self.user_id)
+            yield TriggerEvent(
+                payload(record, user_id=self.user_id, category=self.category, detected_at=detected_at)
+            )
+        if after != self._window:
+            self._window = after  # reported by this process from now on, whatever the store says
+            self._changed = True
+        self._failures = 0
 
-    async def _park(self, reason: str, config: FaxPlusConfig | None) -> FaxPlusConfig:
+    async def _look(self, config: FaxPlusConfig, window: RecordWindow) -> list[records.FaxRecord] | None:
+        """The window's records; None after a transient error (a malformed answer included: nothing is
+        concluded from it), the next turns then skipped for a growing back-off."""
+        renewed = False
+        while True:
+            try:
+                listed = await self._list(config, window)
+            except FaxPlusRequestError as exc:
+                if isinstance(exc, FaxPlusAuthError) and exc.status == 401:
+                    if config.uses_oauth_refresh and not oauth.is_token_error(exc) and not renewed:
+                        renewed = True  # the access token expired early: refresh it once
+                        refused = oauth.source_for(config).valid_token()
+                        if refused:
+                            oauth.source_for(config).invalidate(refused)
+                        continue
+                    raise _Parked(_redacted(str(exc), config)) from None
+                if protocol.is_permanent(exc):
+                    raise _Parked(_redacted(str(exc), config)) from None
+                self._list_failures += 1
+                wait = max(
+                    self.poll_interval,
+                    backoff_seconds(self._list_failures, config.initial_backoff, exc.retry_after),
+                )
+                log.warning(
+                    "Transient error #%d, listing %s records again in %.1f s: %s",
+                    self._list_failures,
+                    self.category,
+                    wait,
+                    exc,
+                )
+                self.resume_at = time.monotonic() + wait
+                return None
+            self._list_failures = 0
+            return listed
+
+    async def _list(self, config: FaxPlusConfig, window: RecordWindow) -> list[records.FaxRecord]:
+        """Every record of the window (records.FaxListPager: paged to the end, never shortened)."""
+        if self._lease is None:
+            stack = contextlib.AsyncExitStack()
+            self._lease = await stack.enter_async_context(shared_session(config))
+            self._lease_stack = stack
+        lease = self._lease
+        pager = records.FaxListPager(config, self.category, after=window.after(), user_id=self.user_id)
+        while not pager.done:
+            call = pager.call()
+            pager.feed(call, *await send_call(lease, config, call, await access_token(lease, config)))
+        return list(pager.found.values())
+
+    async def close_turns(self) -> None:
+        stack, self._lease_stack, self._lease = self._lease_stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def take_cursor_state(self) -> RecordWindow | None:
+        if not self._changed or self._window is None:
+            return None
+        self._changed = False
+        return self._window
+
+    async def save_cursor(self, state: RecordWindow) -> None:
+        assert self._store is not None  # a state exists only after a turn
+        value = state.encode()
+        if value == self._stored:
+            return
+        size = len(json.dumps(value))
+        if size > value_limit():
+            log.warning(
+                "The %s record cursor of %r is %d bytes, over the state store's max_value_storage_bytes "
+                "(%d): lower lookback",
+                self.category,
+                self.user_id,
+                size,
+                value_limit(),
+            )
+        await self._store.aset(self.cursor_key, value)
+        self._stored = value
+
+    async def _park(self, reason: str) -> None:
+        """Log the refusal once; then every ``PARKED_RECHECK_SECONDS`` a turn reads the connection (no
+        API call) until it differs from the refused one."""
         log.error(
             "FaxRecordEventTrigger (%s of %r) stops polling: %s. It polls again once connection %r changes.",
             self.category,
@@ -206,147 +313,25 @@ class FaxRecordEventTrigger(BaseEventTrigger):
             reason,
             self.faxplus_conn_id,
         )
-        while True:
-            await asyncio.sleep(max(PARKED_RECHECK_SECONDS, self.poll_interval))
-            try:
-                fresh = await load_connection(self.faxplus_conn_id)
-            except Exception as exc:  # still unusable: keep waiting
-                log.debug(
-                    "Connection %r still unusable: %s", self.faxplus_conn_id, _redacted(str(exc), config)
-                )
-                continue
-            if fresh != config:
-                log.info("Connection %r changed: listing fax records again", self.faxplus_conn_id)
-                return fresh
+        self._parked = reason
+        self.resume_at = time.monotonic() + max(PARKED_RECHECK_SECONDS, self.poll_interval)
+        await self.close_turns()
 
-    async def _watch(self, config: FaxPlusConfig, store: CursorStore) -> AsyncIterator[TriggerEvent]:
-        failures = 0
-        renewed = False
-        async with shared_session(config) as lease:
-            while True:
-                started = time.monotonic()
-                baseline = self._window is None and not self._report_existing
-                window = self._window or first_window(
-                    datetime.now(UTC), self.lookback, report_existing=self._report_existing
-                )
-                try:
-                    listed = await self._list(lease, config, window)
-                except FaxPlusRequestError as exc:
-                    if isinstance(exc, FaxPlusAuthError) and exc.status == 401:
-                        if config.uses_oauth_refresh and not oauth.is_token_error(exc) and not renewed:
-                            renewed = True  # the access token expired early: refresh it once
-                            refused = oauth.source_for(config).valid_token()
-                            if refused:
-                                oauth.source_for(config).invalidate(refused)
-                            continue
-                        raise _Parked(_redacted(str(exc), config)) from None
-                    if protocol.is_permanent(exc):
-                        raise _Parked(_redacted(str(exc), config)) from None
-                    # A malformed answer (a proxy's HTML page) included: nothing is concluded from it.
-                    failures += 1
-                    wait = max(
-                        self.poll_interval, backoff_seconds(failures, config.initial_backoff, exc.retry_after)
-                    )
-                    log.warning(
-                        "Transient error #%d, listing %s records again in %.1f s: %s",
-                        failures,
-                        self.category,
-                        wait,
-                        exc,
-                    )
-                    await self._wait_writing(store, time.monotonic() + wait)
-                    continue
-                failures = 0
-                renewed = False
-                fresh, after = diff(window, listed, lookback=self.lookback, baseline=baseline)
-                detected_at = datetime.now(UTC)
-                for record in fresh:
-                    log.info(
-                        "New %s fax record %s (%s) of %r",
-                        self.category,
-                        record.id,
-                        record.status,
-                        self.user_id,
-                    )
-                    yield TriggerEvent(
-                        payload(record, user_id=self.user_id, category=self.category, detected_at=detected_at)
-                    )
-                if after != self._window:
-                    self._window = after
-                    self._queue(after, settle=bool(fresh))
-                await self._wait_writing(store, started + self.poll_interval)
-                self._failures = 0
-
-    async def _list(
-        self, lease: _Lease, config: FaxPlusConfig, window: RecordWindow
-    ) -> list[records.FaxRecord]:
-        """Every record of the window (records.FaxListPager: paged to the end, never shortened)."""
-        pager = records.FaxListPager(config, self.category, after=window.after(), user_id=self.user_id)
-        while not pager.done:
-            call = pager.call()
-            pager.feed(call, *await send_call(lease, config, call, await access_token(lease, config)))
-        return list(pager.found.values())
-
-    def _queue(self, state: RecordWindow, *, settle: bool) -> None:
-        """The latest state to store, from when it may be (each state holds those before it)."""
-        at = time.monotonic() + (SETTLE_SECONDS if settle else 0.0)
-        if self._unstored is not None:
-            at = max(at, self._unstored[0])
-        self._unstored = (at, state)
-
-    async def _wait_writing(self, store: CursorStore, until: float) -> None:
-        """Sleep until ``until`` (monotonic), writing the settled cursor meanwhile; a failed write is
-        retried with a growing back-off and never delays the lists."""
-        while True:
-            now = time.monotonic()
-            if self._unstored is not None and self._unstored[0] <= now and self._write_retry_at <= now:
-                await self._write(store, now)
-                continue
-            if now >= until:
-                return
-            wake = until
-            if self._unstored is not None:
-                wake = min(wake, max(self._unstored[0], self._write_retry_at))
-            await asyncio.sleep(max(0.0, wake - now))
-
-    async def _write(self, store: CursorStore, now: float) -> None:
-        assert self._unstored is not None
-        state = self._unstored[1]
-        value = state.encode()
+    async def _connection_changed(self) -> bool:
+        self.resume_at = time.monotonic() + max(PARKED_RECHECK_SECONDS, self.poll_interval)
         try:
-            if value != self._stored:
-                size = len(json.dumps(value))
-                if size > value_limit():
-                    log.warning(
-                        "The %s record cursor of %r is %d bytes, over the state store's "
-                        "max_value_storage_bytes (%d): lower lookback",
-                        self.category,
-                        self.user_id,
-                        size,
-                        value_limit(),
-                    )
-                await store.aset(self.cursor_key, value)
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as exc:
-            self._write_failures += 1
-            wait = backoff_seconds(self._write_failures, 1.0)
-            self._write_retry_at = now + wait
-            log.warning(
-                "Could not store the %s record cursor (failure #%d, again in %.1f s; what this triggerer "
-                "reported is not reported again meanwhile): %s: %s",
-                self.category,
-                self._write_failures,
-                wait,
-                type(exc).__name__,
-                str(exc)[:300],
+            fresh = await load_connection(self.faxplus_conn_id)
+        except Exception as exc:  # still unusable: keep waiting
+            log.debug(
+                "Connection %r still unusable: %s", self.faxplus_conn_id, _redacted(str(exc), self._config)
             )
-            return
-        self._stored = value
-        self._write_failures = 0
-        self._write_retry_at = -math.inf
-        if self._unstored is not None and self._unstored[1] is state:
-            self._unstored = None
+            return False
+        if fresh == self._config:
+            return False
+        log.info("Connection %r changed: listing fax records again", self.faxplus_conn_id)
+        self._config, self._parked = fresh, None
+        self.resume_at = -math.inf
+        return True
 
 
 class _Parked(Exception):
