@@ -284,3 +284,67 @@ async def test_one_list_per_interval_serves_sensors_and_ack_mode_watchers_togeth
     assert more <= elapsed / interval + 1, (more, elapsed)
     assert gets == []
     assert all(not sensor.done() or sensor.cancelled() for sensor in sensors)
+
+
+SOURCE: list[str] = []  # what the minimal trigger below lists
+
+
+def _minimal_trigger_class() -> Any:
+    """The smallest trigger on acked_cursor: it lists SOURCE and reports each new item once; its cursor
+    (the items reported) is kept in a FakeStore. What a second event trigger writes, with its own list."""
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_provider_faxplus.triggers.acked_cursor import AckedCursorTrigger
+
+    class ItemsTrigger(AckedCursorTrigger):
+        store = FakeStore()
+
+        def __init__(self, poll_interval: float = 0.05) -> None:
+            super().__init__()
+            self.poll_interval = poll_interval
+            self.known: list[str] | None = None
+            self.changed = False
+
+        def serialize(self) -> tuple[str, dict[str, Any]]:
+            return "tests.ItemsTrigger", {"poll_interval": self.poll_interval}
+
+        async def poll_turn(self, due: float) -> Any:
+            if self.known is None:
+                self.known = list(await self.store.aget("items", []))
+            for item in [item for item in SOURCE if item not in self.known]:
+                yield TriggerEvent(item)
+                self.known = [*self.known, item]
+                self.changed = True
+
+        def take_cursor_state(self) -> Any:
+            changed, self.changed = self.changed, False
+            return self.known if changed else None
+
+        async def save_cursor(self, state: Any) -> None:
+            await self.store.aset("items", state)
+
+    return ItemsTrigger
+
+
+@run_async
+async def test_a_second_trigger_needs_only_its_list_and_diff(ack):
+    """The reusable part: a trigger that implements poll_turn, take_cursor_state and save_cursor gets
+    the acknowledged cursor in ack mode and the settle fallback in run()."""
+    items = _minimal_trigger_class()
+    SOURCE[:] = ["a"]
+    one = Subscribed(manager(), items())
+    try:
+        await one.until(lambda: one.events == ["a"], "the first item")
+        SOURCE.append("b")
+        await one.until(lambda: one.events == ["a", "b"], "the second item")
+        assert "items" not in items.store.values  # yielded, not confirmed stored
+        one.persist()
+        await one.until(lambda: items.store.values.get("items") == '["a", "b"]', "the cursor")
+    finally:
+        await one.stop()
+    SOURCE.append("c")
+    running = items().run()  # settle mode (SETTLE_SECONDS is 3 s: the state waits)
+    event = await anext(running)
+    await running.aclose()
+    assert event.payload == "c"
+    assert items.store.values["items"] == '["a", "b"]'
