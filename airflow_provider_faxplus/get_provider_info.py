@@ -85,7 +85,10 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
 TRIGGER_MODULES = ("airflow_provider_faxplus.triggers.delivery", "airflow_provider_faxplus.triggers.outbox")
 # These import BaseEventTrigger (asset watchers), which Airflow 2 lacks: listed on Airflow 3 only, so
 # that nothing on 2.11 is told to import a module that cannot load there.
-AIRFLOW_3_TRIGGER_MODULES = ("airflow_provider_faxplus.triggers.outbox_events",)
+AIRFLOW_3_TRIGGER_MODULES = (
+    "airflow_provider_faxplus.triggers.fax_records",
+    "airflow_provider_faxplus.triggers.outbox_events",
+)
 
 
 def _airflow_major() -> int:

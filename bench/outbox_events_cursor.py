@@ -44,9 +44,9 @@ def _cpu() -> float:
 
 
 async def _measure(count: int, ticks: int) -> dict[str, Any]:
-    from airflow_provider_faxplus.triggers import outbox_events, outbox_poll
+    from airflow_provider_faxplus.triggers import acked_cursor, outbox_events, outbox_poll
 
-    outbox_events.SETTLE_SECONDS = 0.0
+    acked_cursor.SETTLE_SECONDS = 0.0
     store = JsonStore()
     trigger = outbox_events.OutboxEventTrigger(report_existing=True, poll_interval=1.0)
     trigger.asset_state_store = store

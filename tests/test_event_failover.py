@@ -6,8 +6,8 @@ The event-driven examples (``example_faxplus_tag_new_faxes``: one ``OutboxEventT
 running the ``left`` watcher right after the sandbox answered the request that shows a fax gone; a third
 and a fourth triggerer keep two alive. A fax also enters, and one leaves, while its watcher has no
 triggerer. Afterwards every fax has its ``entered`` and ``left`` events; an event comes twice only if the
-cursor stored at the kill did not hold it yet (the window the README names: the events of the last
-``SETTLE_SECONDS`` before the cursor write); the tag DAG sets each fax's comment once.
+cursor stored at the kill did not hold it yet (the window docs/event-driven-dags.md names: on 3.3 the
+events not yet acknowledged by Airflow and written); the tag DAG sets each fax's comment once.
 
 Every wait is on observable state (the metadata database, the sandbox's request log); none on a clock.
 """

@@ -92,9 +92,9 @@ def quick(monkeypatch):
     """The trigger module (Airflow 3 only), its waits shortened."""
     if not AIRFLOW_3:
         pytest.skip("asset watchers need Airflow 3")
-    from airflow_provider_faxplus.triggers import outbox_events
+    from airflow_provider_faxplus.triggers import acked_cursor, outbox_events
 
-    monkeypatch.setattr(outbox_events, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(acked_cursor, "SETTLE_SECONDS", 0.0)
     monkeypatch.setattr(outbox_events, "PARKED_RECHECK_SECONDS", 0.2)
     return outbox_events
 
@@ -391,7 +391,7 @@ async def test_two_watchers_of_one_account_share_its_list_calls(faxplus_conn, co
 async def test_the_cursor_is_written_after_the_events_never_before(faxplus_conn, control, quick, monkeypatch):
     """Airflow takes a yielded event on its next sync (about a second): the cursor follows it, so a
     triggerer stopped in between reports the fax again rather than never."""
-    monkeypatch.setattr(quick, "SETTLE_SECONDS", 0.5)
+    monkeypatch.setattr("airflow_provider_faxplus.triggers.acked_cursor.SETTLE_SECONDS", 0.5)
     store = FakeStore()
     trigger = make(quick, store, report_existing=False)
     running = Running(trigger)
@@ -489,7 +489,7 @@ async def test_a_failing_cursor_write_reports_nothing_twice_and_backs_off(
         waits.append(attempt)
         return min(real(attempt, initial, retry_after), 0.3)  # the test's patience, same growth
 
-    monkeypatch.setattr(quick, "backoff_seconds", recorded)
+    monkeypatch.setattr("airflow_provider_faxplus.triggers.acked_cursor.backoff_seconds", recorded)
     store = FailingStore(writes=4)
     trigger = make(quick, store, report_existing=True, poll_interval=0.1)
     fax_id = control.create_fax(lifecycle=ONE_HOUR)["id"]
@@ -502,7 +502,7 @@ async def test_a_failing_cursor_write_reports_nothing_twice_and_backs_off(
         await running.stop()
     assert running.kinds() == [("entered", fax_id)]
     assert waits[:4] == [1, 2, 3, 4]  # the write back-off grows while the store fails
-    assert caplog.text.count("Could not store the outbox cursor") == 4
+    assert caplog.text.count("Could not store the cursor of the outbox watcher") == 4
 
 
 @run_async
@@ -545,7 +545,7 @@ async def test_a_fax_missing_from_one_list_answer_has_not_left(faxplus_conn, con
 @run_async
 async def test_the_polls_go_on_while_events_settle(faxplus_conn, control, quick, monkeypatch):
     """Finding 6: the cursor waits for Airflow to take the events; the next list does not."""
-    monkeypatch.setattr(quick, "SETTLE_SECONDS", 60.0)
+    monkeypatch.setattr("airflow_provider_faxplus.triggers.acked_cursor.SETTLE_SECONDS", 60.0)
     store = FakeStore()
     trigger = make(quick, store, report_existing=False, poll_interval=0.1)
     running = Running(trigger)
@@ -586,30 +586,32 @@ async def test_a_backward_wall_clock_step_does_not_stop_the_polls(faxplus_conn, 
 
 
 def test_a_later_state_is_never_stored_before_the_events_it_holds_have_settled(quick, monkeypatch):
-    """A state without events of its own (a status change) that follows an event not yet settled holds
-    that event too: it is stored only once that event has settled."""
+    """Settle mode: a state without events of its own (a status change) that follows an event not yet
+    settled holds that event too: it is stored only once that event has settled."""
+    from airflow_provider_faxplus.triggers import acked_cursor
+
     clock = [1000.0]
-    monkeypatch.setattr(quick.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(quick, "SETTLE_SECONDS", 3.0)
-    store = FakeStore()
-    trigger = make(quick, store, report_existing=False)
+    monkeypatch.setattr(acked_cursor.time, "monotonic", lambda: clock[0])
+    written: list[dict[str, Any]] = []
+
+    async def save(state: dict[str, Any]) -> None:
+        written.append(state)
+
+    pending = acked_cursor.AckedCursor(save, "a test cursor")
     a = {"a": ("submitted", ("entered",))}
-    trigger._queue(a, settle=True)  # settles at 1003
+    pending.settle(a, 3.0)  # settles at 1003
     clock[0] = 1001.0
     b = {**a, "b": ("submitted", ("entered",))}
-    trigger._queue(b, settle=True)  # settles at 1004
+    pending.settle(b, 3.0)  # settles at 1004
     clock[0] = 1001.5
     b_sending = {**b, "b": ("sending", ("entered",))}
-    trigger._queue(b_sending, settle=False)  # holds b's event: not before 1004
+    pending.settle(b_sending, 0.0)  # holds b's event: not before 1004
     clock[0] = 1003.5
-    asyncio.run(trigger._write_settled(store, clock[0]))
-    assert cursor(store, trigger) == {"a": {"status": "submitted", "reported": ["entered"]}}
+    asyncio.run(pending.write_due())
+    assert written == [a]
     clock[0] = 1004.0
-    asyncio.run(trigger._write_settled(store, clock[0]))
-    assert cursor(store, trigger) == {
-        "a": {"status": "submitted", "reported": ["entered"]},
-        "b": {"status": "sending", "reported": ["entered"]},
-    }
+    asyncio.run(pending.write_due())
+    assert written == [a, b_sending]
 
 
 BIG_OUTBOX = 10_000
@@ -639,9 +641,7 @@ async def _first_cursor_of(quick, control, store: FakeStore, count: int) -> Runn
     try:
         # Checked without the sandbox's request log or decoding the cursor: the loop probe counts them.
         await running.until(
-            lambda: (
-                len(running.events) == count and not trigger._unstored and trigger.cursor_key in store.values
-            ),
+            lambda: len(running.events) == count and len(trigger.stored or ()) == count,
             f"the cursor of {count} faxes stored",
             timeout=120,
         )
@@ -763,7 +763,7 @@ def test_the_cursor_is_split_as_it_grows_and_joined_as_it_shrinks(quick, monkeyp
     again = make(quick, store, report_existing=False)
     asyncio.run(again._load(store))
     assert again._layout is None
-    assert len(again._unstored) == 1
+    assert again._changed  # to be written whole again
     assert len(again._known) == len(bigger) - sum(len(group[2]) for group in lost["g"])
     asyncio.run(again._store(store, bigger))
     assert missing in store.values

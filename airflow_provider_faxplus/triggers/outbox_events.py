@@ -6,6 +6,7 @@ Needs Airflow 3 (``BaseEventTrigger``); Airflow 2 has no asset watchers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,9 @@ from typing import Any, Protocol
 from airflow import __version__ as _airflow_version
 
 try:
-    from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_provider_faxplus.triggers.acked_cursor import AckedCursorTrigger
 except ImportError:  # Airflow 2.x
     raise ImportError(
         "airflow_provider_faxplus.triggers.outbox_events needs Airflow 3.0 or later (asset watchers, "
@@ -69,9 +72,6 @@ MAX_CURSOR_PARTS = 4096
 # Faxes compared, events yielded or cursor entries encoded between two turns of the event loop: each
 # costs up to ~60 µs (a record parsed on first use), so a chunk stays under 10 ms on a slow machine.
 LOOP_CHUNK = 100
-# Airflow's triggerer hands yielded events to its supervisor about once a second; the cursor is written
-# only after that, so a triggerer stopped in between reports the event again rather than never.
-SETTLE_SECONDS = 3.0
 # Known faxes missing from a list answer, confirmed gone with one GET each, at most this many per tick.
 CONFIRM_PER_TICK = 50
 # After a refused token or list call: how often the connection is read again (no API call) to see
@@ -107,7 +107,7 @@ class MemoryCursorStore:
 _MEMORY = MemoryCursorStore()
 
 
-class OutboxEventTrigger(BaseEventTrigger):
+class OutboxEventTrigger(AckedCursorTrigger):
     """Watches the outbox of ``user_id`` through connection ``faxplus_conn_id`` (one *List outgoing
     faxes* per ``poll_interval``, shared with every sensor and watcher of that account in the triggerer)
     and yields one event per fax and kind: ``entered`` when a fax appears in the outbox, ``left`` when
@@ -117,9 +117,10 @@ class OutboxEventTrigger(BaseEventTrigger):
     ``record`` (the JSON-safe record last seen), ``detected_at`` (ISO-8601 UTC).
 
     What was reported (the cursor) is kept in the watched asset's ``asset_state_store`` (Airflow 3.3.2+),
-    so a restarted triggerer reports each fax and event once; elsewhere (older Airflow, a watcher of
-    several assets, a trigger outside a watcher) it is kept in memory and lost when the triggerer
-    restarts: faxes present then count as already in the outbox.
+    written only once Airflow has stored the events (see :mod:`.acked_cursor`), so a restarted triggerer
+    reports each fax and event once, but for the events Airflow had not yet acknowledged stored.
+    Elsewhere (older Airflow, a watcher of several assets, a trigger outside a watcher) it is kept in
+    memory and lost when the triggerer restarts: faxes present then count as already in the outbox.
 
     :param report_existing: required, so the choice is explicit. With no cursor yet (the first start),
         whether faxes already in the outbox are reported as ``entered`` (True) or taken as the starting
@@ -172,12 +173,16 @@ class OutboxEventTrigger(BaseEventTrigger):
         # this version's format) and each part's entries.
         self._layout: int | None = None
         self._parts: list[dict[str, Entry]] = []
-        # States not yet stored, each with the monotonic time from which it may be.
-        self._unstored: list[tuple[float, dict[str, Entry]]] = []
-        self._write_failures = 0
-        self._write_retry_at = -math.inf
-        self._failures = 0
+        self._changed = False  # _known differs from the state last handed to the cursor
+        self._cursor_store: CursorStore | None = None
+        self._config: FaxPlusConfig | None = None
+        self._poll: AccountPoll | None = None
+        self._poll_stack: contextlib.AsyncExitStack | None = None
+        self._parked: str | None = None  # why the polls stopped (a refused token or list call)
+        self._failures = 0  # turns failed in a row (the store, a bug): their back-off
+        self._list_failures = 0  # list calls failed in a row (transient): their back-off
         self._last_seen: dict[str, OutboxFax] = {}  # a "left" event carries the fax's last record
+        self.stored: dict[str, Entry] | None = None  # the state last written by save_cursor
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -216,10 +221,10 @@ class OutboxEventTrigger(BaseEventTrigger):
             )
         return _MEMORY
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Never returns on its own (Airflow starts a returned watcher again at once): a refused token or
-        list call is logged once as an error, then the trigger waits for the connection to change. Any
-        other failure (the state store unreachable included) backs off, growing while it lasts."""
+    def describe(self) -> str:
+        return f"the outbox watcher of {self.user_id!r}"
+
+    def _prepare(self) -> CursorStore:
         store = self.cursor_store()
         if isinstance(store, MemoryCursorStore) and self.report_existing:
             # A memory cursor cannot tell a first start from a triggerer restart: reporting the faxes
@@ -230,48 +235,135 @@ class OutboxEventTrigger(BaseEventTrigger):
                 self.user_id,
             )
             self._report_existing = False
-        config: FaxPlusConfig | None = None
+        return store
+
+    async def poll_turn(self, due: float) -> AsyncIterator[TriggerEvent]:
+        """One look at the outbox (see :mod:`acked_cursor`): a refused token or list call is logged once
+        as an error, then the turns only read the connection until it changes. Any other failure (the
+        state store unreachable included) backs off, growing while it lasts; nothing escapes."""
+        if self._cursor_store is None:
+            self._cursor_store = self._prepare()
+        store = self._cursor_store
+        looked: tuple[OutboxSnapshot, set[str]] | None = None
+        try:
+            if self._parked is not None and not await self._connection_changed():
+                return
+            if not self._loaded:
+                await self._load(store)
+                self._loaded = True
+                if self._known is not None:
+                    log.info(
+                        "Resuming the outbox of %r: %d faxes already known", self.user_id, len(self._known)
+                    )
+            if self._config is None:
+                self._config = await load_connection(self.faxplus_conn_id)
+            looked = await self._look(self._config, due)
+        except _Parked as parked:
+            await self._park(parked.reason)
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except FaxPlusError as exc:  # the connection cannot be read or used
+            await self._park(_redacted(str(exc), self._config))
+        except Exception as exc:
+            from airflow.exceptions import AirflowNotFoundException
+
+            if isinstance(exc, AirflowNotFoundException):
+                self._config = None
+                await self._park(f"the connection {self.faxplus_conn_id!r} is not visible to the triggerer")
+            else:  # the state store, a bug or an unforeseen answer: back off, never a hot loop
+                self._failures += 1
+                wait = max(self.poll_interval, backoff_seconds(self._failures, 1.0))
+                log.error(
+                    "OutboxEventTrigger for the outbox of %r failed, again in %.0f s: %s",
+                    self.user_id,
+                    wait,
+                    _redacted(f"{type(exc).__name__}: {exc}", self._config),
+                )
+                self.resume_at = time.monotonic() + wait
+        if looked is None:
+            return
+        snapshot, gone = looked
+        fired, after = await self.compare(self._known, snapshot, gone)
+        for number, payload in enumerate(fired, 1):
+            if number % LOOP_CHUNK == 0:
+                await asyncio.sleep(0)  # 10,000 events of a first turn: let the loop run
+            log.info(
+                "Outbox fax %s %s the outbox of %r", payload["outbox_fax_id"], payload["event"], self.user_id
+            )
+            yield TriggerEvent(payload)
+        if after != self._known:
+            # Reported by this process from now on, whatever the store says.
+            self._known = after
+            self._changed = True
+        self._failures = 0  # a whole turn went through: the back-off starts afresh
+
+    async def _look(self, config: FaxPlusConfig, due: float) -> tuple[OutboxSnapshot, set[str]] | None:
+        """The turn's list answer and the known faxes confirmed gone; None after a transient error
+        (the next turns are skipped for a growing back-off)."""
+        renewed = False
         while True:
             try:
-                if not self._loaded:
-                    await self._load(store)
-                    self._loaded = True
-                    if self._known is not None:
-                        log.info(
-                            "Resuming the outbox of %r: %d faxes already known",
-                            self.user_id,
-                            len(self._known),
-                        )
-                if config is None:
-                    config = await load_connection(self.faxplus_conn_id)
-                async for event in self._watch(config, store):
-                    yield event
-            except _Parked as parked:
-                config = await self._park(parked.reason, config)
-            except (asyncio.CancelledError, GeneratorExit):
-                raise
-            except FaxPlusError as exc:  # the connection cannot be read or used
-                config = await self._park(_redacted(str(exc), config), config)
-            except Exception as exc:
-                from airflow.exceptions import AirflowNotFoundException
+                poll = await self._open_poll(config)
+                snapshot = await poll.snapshot(due=due, interval=self.poll_interval)
+                token = await access_token(poll.lease, config)
+                gone = await self._confirm_absent(poll, config, token, snapshot)
+            except ListUnavailable as exc:
+                reason = f"the API refuses to list the outbox: {exc.cause}"
+                raise _Parked(_redacted(reason, config)) from None
+            except FaxPlusRequestError as exc:
+                if isinstance(exc, FaxPlusAuthError) and exc.status == 401:
+                    if config.uses_oauth_refresh and not oauth.is_token_error(exc) and not renewed:
+                        renewed = True  # the access token expired early: refresh it once
+                        refused = oauth.source_for(config).valid_token()
+                        if refused:
+                            oauth.source_for(config).invalidate(refused)
+                        continue
+                    raise _Parked(_redacted(str(exc), config)) from None
+                if protocol.is_permanent(exc):  # no retry can fix it
+                    raise _Parked(_redacted(str(exc), config)) from None
+                self._list_failures += 1
+                wait = max(
+                    self.poll_interval,
+                    backoff_seconds(self._list_failures, config.initial_backoff, exc.retry_after),
+                )
+                log.warning(
+                    "Transient error #%d, listing the outbox again in %.1f s: %s",
+                    self._list_failures,
+                    wait,
+                    exc,
+                )
+                self.resume_at = time.monotonic() + wait
+                return None
+            self._list_failures = 0
+            return snapshot, gone
 
-                if isinstance(exc, AirflowNotFoundException):
-                    reason = f"the connection {self.faxplus_conn_id!r} is not visible to the triggerer"
-                    config = await self._park(reason, None)
-                else:  # the state store, a bug or an unforeseen answer: back off, never a hot loop
-                    self._failures += 1
-                    wait = max(self.poll_interval, backoff_seconds(self._failures, 1.0))
-                    log.error(
-                        "OutboxEventTrigger for the outbox of %r failed, again in %.0f s: %s",
-                        self.user_id,
-                        wait,
-                        _redacted(f"{type(exc).__name__}: {exc}", config),
-                    )
-                    await asyncio.sleep(wait)
+    async def _open_poll(self, config: FaxPlusConfig) -> AccountPoll:
+        """The account's shared poll, held from the first turn until the trigger stops or parks."""
+        if self._poll is None:
+            stack = contextlib.AsyncExitStack()
+            self._poll = await stack.enter_async_context(account_poll(config, self.user_id))
+            self._poll_stack = stack
+        return self._poll
 
-    async def _park(self, reason: str, config: FaxPlusConfig | None) -> FaxPlusConfig:
-        """Log the refusal once, then read the connection every ``PARKED_RECHECK_SECONDS`` (no API
-        call) until it differs from the refused one."""
+    async def close_turns(self) -> None:
+        stack, self._poll_stack, self._poll = self._poll_stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def take_cursor_state(self) -> dict[str, Entry] | None:
+        if not self._changed or self._known is None:
+            return None
+        self._changed = False
+        return self._known
+
+    async def save_cursor(self, state: dict[str, Entry]) -> None:
+        assert self._cursor_store is not None  # a state exists only after a turn
+        await self._store(self._cursor_store, state)
+        self.stored = state
+
+    async def _park(self, reason: str) -> None:
+        """Log the refusal once; from then on every ``PARKED_RECHECK_SECONDS`` a turn reads the
+        connection (no API call) until it differs from the refused one."""
         log.error(
             "OutboxEventTrigger for the outbox of %r stops polling: %s. It polls again once connection "
             "%r changes.",
@@ -279,123 +371,25 @@ class OutboxEventTrigger(BaseEventTrigger):
             reason,
             self.faxplus_conn_id,
         )
-        while True:
-            await asyncio.sleep(max(PARKED_RECHECK_SECONDS, self.poll_interval))
-            try:
-                fresh = await load_connection(self.faxplus_conn_id)
-            except Exception as exc:  # still unusable: keep waiting
-                log.debug(
-                    "Connection %r still unusable: %s", self.faxplus_conn_id, _redacted(str(exc), config)
-                )
-                continue
-            if fresh != config:
-                log.info("Connection %r changed: polling the outbox again", self.faxplus_conn_id)
-                return fresh
+        self._parked = reason
+        self.resume_at = time.monotonic() + max(PARKED_RECHECK_SECONDS, self.poll_interval)
+        await self.close_turns()
 
-    async def _watch(self, config: FaxPlusConfig, store: CursorStore) -> AsyncIterator[TriggerEvent]:
-        failures = 0
-        renewed = False
-        due = time.monotonic()
-        async with account_poll(config, self.user_id) as poll:
-            while True:
-                try:
-                    snapshot = await poll.snapshot(due=due, interval=self.poll_interval)
-                    token = await access_token(poll.lease, config)
-                    gone = await self._confirm_absent(poll, config, token, snapshot)
-                except ListUnavailable as exc:
-                    reason = f"the API refuses to list the outbox: {exc.cause}"
-                    raise _Parked(_redacted(reason, config)) from None
-                except FaxPlusRequestError as exc:
-                    if isinstance(exc, FaxPlusAuthError) and exc.status == 401:
-                        if config.uses_oauth_refresh and not oauth.is_token_error(exc) and not renewed:
-                            renewed = True  # the access token expired early: refresh it once
-                            refused = oauth.source_for(config).valid_token()
-                            if refused:
-                                oauth.source_for(config).invalidate(refused)
-                            continue
-                        raise _Parked(_redacted(str(exc), config)) from None
-                    if protocol.is_permanent(exc):  # no retry can fix it
-                        raise _Parked(_redacted(str(exc), config)) from None
-                    failures += 1
-                    wait = max(
-                        self.poll_interval, backoff_seconds(failures, config.initial_backoff, exc.retry_after)
-                    )
-                    log.warning(
-                        "Transient error #%d, listing the outbox again in %.1f s: %s", failures, wait, exc
-                    )
-                    await self._wait_writing(store, time.monotonic() + wait)
-                    due = time.monotonic()
-                    continue
-                failures = 0
-                renewed = False
-                fired, after = await self.compare(self._known, snapshot, gone)
-                for number, payload in enumerate(fired, 1):
-                    if number % LOOP_CHUNK == 0:
-                        await asyncio.sleep(0)  # 10,000 events of a first tick: let the loop run
-                    log.info(
-                        "Outbox fax %s %s the outbox of %r",
-                        payload["outbox_fax_id"],
-                        payload["event"],
-                        self.user_id,
-                    )
-                    yield TriggerEvent(payload)
-                if after != self._known:
-                    # Reported by this process from now on, whatever the store says; stored once Airflow
-                    # has had the time to take the events (a triggerer stopped before reports them again).
-                    self._known = after
-                    self._queue(after, settle=bool(fired))
-                due = snapshot.started_at + self.poll_interval
-                await self._wait_writing(store, due)
-                self._failures = 0  # a whole tick went through: run()'s back-off starts afresh
-
-    def _queue(self, state: dict[str, Entry], *, settle: bool) -> None:
-        """A state to store once its events have settled, and never sooner than an earlier state: each
-        state holds the events of those before it."""
-        at = time.monotonic() + (SETTLE_SECONDS if settle else 0.0)
-        if self._unstored:
-            at = max(at, self._unstored[-1][0])
-        self._unstored.append((at, state))
-
-    async def _wait_writing(self, store: CursorStore, until: float) -> None:
-        """Sleep until ``until`` (monotonic), writing the cursor whenever a state has settled meanwhile;
-        a failed write is retried with a growing back-off, and never delays the polls."""
-        while True:
-            now = time.monotonic()
-            if self._unstored and self._unstored[0][0] <= now and self._write_retry_at <= now:
-                await self._write_settled(store, now)
-                continue
-            if now >= until:
-                return
-            wake = until
-            if self._unstored:
-                wake = min(wake, max(self._unstored[0][0], self._write_retry_at))
-            await asyncio.sleep(max(0.0, wake - now))
-
-    async def _write_settled(self, store: CursorStore, now: float) -> None:
-        ready = [state for at, state in self._unstored if at <= now]
-        latest = ready[-1]
+    async def _connection_changed(self) -> bool:
+        self.resume_at = time.monotonic() + max(PARKED_RECHECK_SECONDS, self.poll_interval)
         try:
-            await self._store(store, latest)
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
-        except Exception as exc:
-            self._write_failures += 1
-            # Only the latest settled state is worth writing: keep one, not one per tick of the outage.
-            del self._unstored[: len(ready) - 1]
-            wait = backoff_seconds(self._write_failures, 1.0)
-            self._write_retry_at = now + wait
-            log.warning(
-                "Could not store the outbox cursor (failure #%d, again in %.1f s; what this triggerer "
-                "reported is not reported again meanwhile): %s: %s",
-                self._write_failures,
-                wait,
-                type(exc).__name__,
-                str(exc)[:300],
+            fresh = await load_connection(self.faxplus_conn_id)
+        except Exception as exc:  # still unusable: keep waiting
+            log.debug(
+                "Connection %r still unusable: %s", self.faxplus_conn_id, _redacted(str(exc), self._config)
             )
-            return
-        self._write_failures = 0
-        self._write_retry_at = -math.inf
-        del self._unstored[: len(ready)]
+            return False
+        if fresh == self._config:
+            return False
+        log.info("Connection %r changed: polling the outbox again", self.faxplus_conn_id)
+        self._config, self._parked = fresh, None
+        self.resume_at = -math.inf
+        return True
 
     def part_key(self, parts: int, index: int) -> str:
         return f"{self.cursor_key}.{parts}.{index}"
@@ -410,7 +404,7 @@ class OutboxEventTrigger(BaseEventTrigger):
                 values[key] = await store.aget(key)
         self._known, self._layout = _decode(values, self.cursor_key)
         if self._known is not None and self._layout is None:  # the old format, or a part missing
-            self._queue(dict(self._known), settle=False)
+            self._changed = True  # rewritten in this version's format
         elif self._known is not None and self._layout is not None:
             self._parts = _split(self._known, self._layout)
 
