@@ -189,3 +189,18 @@ def failure_message(xcom: Mapping[str, Any]) -> str:
         f"fax {xcom['outbox_fax_id']!r} (record {xcom['fax_id']!r}, to {record.get('to')}) "
         f"was not delivered: status {xcom['status']}, description {record.get('description')!r}"
     )
+
+
+def no_record_message(sent: SentFax, grace_period: float) -> str:
+    """Why the wait for a record that only the outbox id could find ends after the grace period."""
+    missing = [
+        name
+        for name, value in (("destination", sent.to), ("submit time", sent.submitted_at))
+        if value is None
+    ]
+    return (
+        f"outbox fax {sent.outbox_fax_id!r} left the outbox {grace_period:.0f} s ago "
+        f"and no fax record has its id; a record with an id of its own is found by its fields, "
+        f"and the {' and '.join(missing)} are unknown (the sensor never saw the fax in the outbox): "
+        "pass sent=<the SendFaxOperator's output>"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from airflow_provider_faxplus import __version__
@@ -80,6 +81,28 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+# Trigger modules, each defining a trigger class (tests/test_provider.py finds every one under triggers/).
+TRIGGER_MODULES = ("airflow_provider_faxplus.triggers.delivery", "airflow_provider_faxplus.triggers.outbox")
+# These import BaseEventTrigger (asset watchers), which Airflow 2 lacks: listed on Airflow 3 only, so
+# that nothing on 2.11 is told to import a module that cannot load there.
+AIRFLOW_3_TRIGGER_MODULES = (
+    "airflow_provider_faxplus.triggers.fax_records",
+    "airflow_provider_faxplus.triggers.outbox_events",
+)
+
+
+def _airflow_major() -> int:
+    try:  # the version from the metadata: importing airflow here would load it for every provider scan
+        return int(version("apache-airflow").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return 3
+
+
+def trigger_modules() -> list[str]:
+    """The trigger modules this Airflow can import."""
+    return [*TRIGGER_MODULES, *(AIRFLOW_3_TRIGGER_MODULES if _airflow_major() >= 3 else ())]
+
+
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-faxplus",
@@ -118,10 +141,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Fax.Plus",
-                "python-modules": [
-                    "airflow_provider_faxplus.triggers.delivery",
-                    "airflow_provider_faxplus.triggers.outbox",
-                ],
+                "python-modules": trigger_modules(),
             }
         ],
         "connection-types": [

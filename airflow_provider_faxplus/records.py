@@ -460,3 +460,53 @@ def check_download_start(
     content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
     if content_type.split(";", 1)[0].strip().lower() == "application/json":
         raise _malformed(call, status, "expected a file, got application/json")
+
+
+class FaxListPager:
+    """One whole *List fax records* listing, page by page by ``offset`` (sans-I/O: the caller sends
+    :meth:`call` and hands the answer to :meth:`feed` until :attr:`done`).
+
+    Only an empty page ends it: a server that caps its pages below the size asked for answers short
+    pages that are not the last. A record on two pages (a fax arriving while paging shifts the offsets)
+    counts once; a page bringing nothing new, or more than ``max_records``, is an error, never a
+    silently shortened list.
+    """
+
+    def __init__(
+        self,
+        config: FaxPlusConfig,
+        category: str,
+        *,
+        after: str | None = None,
+        user_id: object = "self",
+        max_records: int = MAX_LIST_RECORDS,
+    ) -> None:
+        self.config = config
+        self.category = validate_category(category)
+        self.after = after
+        self.user_id = user_id
+        self.max_records = max_records
+        self.found: dict[str, FaxRecord] = {}
+        self.offset = 0
+        self.done = False
+
+    def call(self) -> ApiCall:
+        return list_faxes_call(
+            self.config, self.category, after=self.after, offset=self.offset, user_id=self.user_id
+        )
+
+    def feed(self, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        page = parse_list_faxes_response(self.config, call, status, headers, body)
+        new = [record for record in page if record.id not in self.found]
+        if page and not new:
+            raise _malformed(
+                call,
+                status,
+                f"offset {self.offset} answered records already listed: the server does not page by offset",
+            )
+        for record in new:
+            self.found[record.id] = record
+        self.offset += len(page)
+        self.done = not page
+        if len(self.found) > self.max_records:
+            raise _malformed(call, status, f"more than {self.max_records:,} {self.category} fax records")

@@ -5,13 +5,16 @@ DAGs with ``airflow dags test`` in a temporary AIRFLOW_HOME (the third sends its
 task's state, the fax statuses the sandbox answered, and the final comments. On Airflow 3 it then runs
 that home as a deployment (api-server, dag-processor, scheduler, triggerer), unpauses the two
 event-driven example DAGs, creates two faxes, waits for one tagging run per fax, lets the faxes leave
-and waits for their "left" events, and stops every process it started. Exits non-zero if anything did
-not happen.
+and waits for their "left" events; then two faxes are received, and ``example_faxplus_inbound`` saves
+each to (local) object storage once and marks it read. It stops every process it started. Exits
+non-zero if anything did not happen.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -40,6 +43,8 @@ AIRFLOW_3 = int(version("apache-airflow").split(".")[0]) >= 3
 TAG_DAG = "example_faxplus_tag_new_faxes"
 LEFT_DAG = "example_faxplus_faxes_left"
 ENTERED, LEFT = "faxplus_outbox_entered", "faxplus_outbox_left"
+CONFIRM_DAG = "example_faxplus_send_and_confirm"
+INBOUND_DAG, INBOX = "example_faxplus_inbound", "faxplus_inbox_received"
 STILL_THERE = [{"status": "submitted", "seconds": 3600}]
 # Generous: Airflow's processes start slowly on a busy machine.
 START_TIMEOUT, STEP_TIMEOUT = 600, 300
@@ -69,11 +74,85 @@ def show(home: AirflowHome, dag_id: str, client: SandboxClient, fax_ids: list[st
         print(f"      final comment: {fax['comment']['text']!r} (tags {fax['comment']['tags']})")
 
 
-def event_driven(home: AirflowHome, client: SandboxClient) -> bool:
+def send_and_confirm(home: AirflowHome, client: SandboxClient) -> bool:
+    """``dags test`` of the delivery example: sent, delivered, its confirmation report saved."""
+    client.settings(send_lifecycle=[{"status": "submitted", "polls": 1}, {"status": "sending", "polls": 1}])
+    client.record_settings(default_outcome={"status": "success"})
+    reports = home.path / "reports"
+    reports.mkdir(exist_ok=True)
+    before = {fax["id"] for fax in client.faxes()}
+    run = home.dags_test(CONFIRM_DAG, conf={"to": "+16699990003", "reports": f"{reports}/"})
+    sent = [fax["id"] for fax in client.faxes() if fax["id"] not in before]
+    show(home, run.dag_id, client, sent, run.succeeded)
+    confirmed = run.lines_with("FAXPLUS-CONFIRMED:")
+    for line in confirmed:
+        print(f"   {line}")
+    saved = sorted(reports.glob("*-report.pdf"))
+    print(f"   confirmation reports: {[path.name for path in saved]}")
+    ok = run.succeeded and len(confirmed) == 1 and len(sent) == 1 and len(saved) == 1
+    ok = ok and saved[0].read_bytes().startswith(b"%PDF")
+    if not ok:
+        print(f"   FAILED: expected one delivered fax and its report\n{run.output[-4000:]}", file=sys.stderr)
+    return ok
+
+
+def inbound(deployment: AirflowDeployment, client: SandboxClient, store: Path) -> bool:
+    """Two faxes received -> two asset events -> each saved to object storage once and marked read."""
+    from airflow_provider_faxplus.record_watch import read_event  # Airflow 3 only
+
+    start = time.monotonic()
+    faxes: list[str] = []
+
+    def finished() -> bool:
+        deployment.check_alive()
+        runs = deployment.dag_runs(INBOUND_DAG)
+        return bool(runs) and all(run["state"] in ("success", "failed") for run in runs)
+
+    # One at a time: Airflow links an event stored while it creates a run to no run until the next
+    # event comes (README, Event-driven DAGs).
+    for n in (1, 2):
+        faxes.append(client.receive_fax(**{"from": f"+4930555000{n}"})["id"])
+        path = store / "self" / f"{faxes[-1]}.pdf"
+        wait_until(
+            lambda path=path: deployment.check_alive() or path.is_file(),
+            f"fax {faxes[-1]}'s file",
+            STEP_TIMEOUT,
+        )
+        wait_until(finished, f"the {INBOUND_DAG} runs to finish", STEP_TIMEOUT)
+        print(f"   fax {faxes[-1]} received and saved ({time.monotonic() - start:.0f} s)")
+        start = time.monotonic()
+    events = [read_event(event)["fax_id"] for event in deployment.asset_events(INBOX)]
+    downloads = [
+        e["path"].split("?")[0].rsplit("/", 1)[1]
+        for e in client.requests()
+        if e["method"] == "GET" and "/files/" in e["path"] and e["status"] == 200
+    ]
+    read = {r["id"]: r["is_read"] for r in client.records() if r["id"] in faxes}
+    runs = deployment.dag_runs(INBOUND_DAG)
+    ok = all(run["state"] == "success" for run in runs)
+    for fax_id in faxes:
+        path = store / "self" / f"{fax_id}.pdf"
+        print(
+            f"   fax {fax_id}: {events.count(fax_id)} event(s), "
+            f"downloaded {downloads.count(fax_id)} time(s), "
+            f"saved {path.name} ({path.stat().st_size} bytes), read {read.get(fax_id)}"
+        )
+        ok &= events.count(fax_id) >= 1 and downloads.count(fax_id) == 1 and read.get(fax_id) is True
+    print(f"   {INBOUND_DAG}: {len(runs)} run(s), {[run['state'] for run in runs]}")
+    ok &= sorted(set(events)) == sorted(faxes)
+    if not ok:
+        print(f"   FAILED: expected each received fax saved once and marked read {faxes}", file=sys.stderr)
+    return ok
+
+
+def event_driven(home: AirflowHome, client: SandboxClient, store: Path) -> bool:
     """Run the two asset-scheduled examples in a real deployment; whether everything happened."""
     from airflow_provider_faxplus.triggers.outbox_events import read_event  # Airflow 3 only
 
-    print(f"\n== event-driven: {TAG_DAG} and {LEFT_DAG} (scheduler, dag-processor, triggerer, api-server)")
+    print(
+        f"\n== event-driven: {TAG_DAG}, {LEFT_DAG} and {INBOUND_DAG}"
+        " (scheduler, dag-processor, triggerer, api-server)"
+    )
     step = time.monotonic()
 
     def done(what: str) -> None:
@@ -84,16 +163,16 @@ def event_driven(home: AirflowHome, client: SandboxClient) -> bool:
     try:
         with AirflowDeployment.airflow3(home, startup_timeout=START_TIMEOUT) as deployment:
             done("api-server answers; dag-processor, scheduler, triggerer started")
-            deployment.unpause(TAG_DAG, LEFT_DAG, timeout=START_TIMEOUT)
-            done("both DAGs parsed and unpaused")
+            deployment.unpause(TAG_DAG, LEFT_DAG, INBOUND_DAG, timeout=START_TIMEOUT)
+            done("the three DAGs parsed and unpaused")
 
             def watching() -> bool:
                 deployment.check_alive()
-                return bool(deployment.asset_state(ENTERED)) and bool(deployment.asset_state(LEFT))
+                return all(deployment.asset_state(asset) for asset in (ENTERED, LEFT, INBOX))
 
             # A fax already there at the watcher's first look is not new: create them after it.
-            wait_until(watching, "both watchers' first look at the outbox", START_TIMEOUT)
-            done("both watchers have looked at the outbox")
+            wait_until(watching, "the three watchers' first look", START_TIMEOUT)
+            done("the three watchers have looked at the outbox and the inbox")
 
             fax_ids: list[str] = []
             for _ in range(2):
@@ -129,7 +208,9 @@ def event_driven(home: AirflowHome, client: SandboxClient) -> bool:
             # several, and an event recorded while the run is being created may be in none.
             wait_until(lambda: finished(LEFT_DAG), f"the {LEFT_DAG} runs to finish", STEP_TIMEOUT)
             done(f"the {LEFT_DAG} runs finished")
-            return report_events(deployment, client, fax_ids, tag_runs)
+            ok = report_events(deployment, client, fax_ids, tag_runs)
+            print(f"\n== {INBOUND_DAG}: received faxes -> asset events -> object storage")
+            return inbound(deployment, client, store) and ok
     except (TimeoutError, RuntimeError, ValueError) as error:
         print(f"   FAILED: {error}; the processes' output is in {home.path}/*.out", file=sys.stderr)
         return False
@@ -176,10 +257,11 @@ def main() -> int:
         client = sandbox.client
         assert client is not None
         print(f"sandbox: {sandbox.base_url}")
+        store = Path(tempfile.mkdtemp(prefix="faxplus-demo-inbound-"))
         home = AirflowHome.create(
             dags_folder=ROOT / "example_dags",
             connections={"faxplus_default": sandbox},
-            extra_env={"FAXPLUS_EXAMPLE_POKE_INTERVAL": "2"},
+            extra_env={"FAXPLUS_EXAMPLE_POKE_INTERVAL": "2", "FAXPLUS_EXAMPLE_INBOUND_URI": store.as_uri()},
         )
         print(f"AIRFLOW_HOME: {home.path}")
         ok = True
@@ -212,15 +294,20 @@ def main() -> int:
         ok &= run.succeeded
         if not ok:
             print(run.output[-4000:], file=sys.stderr)
+        ok &= send_and_confirm(home, client)
 
         if AIRFLOW_3:
-            ok &= event_driven(home, client)
+            ok &= event_driven(home, client, store)
         else:
-            print(f"\n== {TAG_DAG} and {LEFT_DAG} skipped: event-driven DAGs need Airflow 3 (asset watchers)")
+            print(
+                f"\n== {TAG_DAG}, {LEFT_DAG} and {INBOUND_DAG} skipped: event-driven DAGs need Airflow 3"
+                " (asset watchers)"
+            )
         left = leftover_processes(home.path)
         if left:
             print(f"FAILED: processes started on {home.path} still run: {left}", file=sys.stderr)
             ok = False
+        shutil.rmtree(store, ignore_errors=True)
     print(f"\nsandbox stopped; demo took {time.monotonic() - started:.0f} s: {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -7,10 +7,12 @@ python3 scripts/dev.py test --airflow 3.3 -- -k hook   # one line, extra pytest 
 python3 scripts/dev.py test --unlocked   # the same on the newest releases, not the locks
 python3 scripts/dev.py lock              # newest releases: lint + tests, then rewrite locks/ if green
 python3 scripts/dev.py lock --keep       # the same, resolving only what the locks lack (a new dependency)
-python3 scripts/dev.py demo              # the sandbox demo (see README)
+python3 scripts/dev.py demo              # the sandbox demo (docs/development.md)
 python3 scripts/dev.py lint              # ruff + mypy
 python3 scripts/dev.py bench             # the benchmarks (docs/benchmarks.md)
 python3 scripts/dev.py docs              # rewrite the fault table of docs/reliability.md from the tests
+python3 scripts/dev.py site              # the docs site (strict: warnings, links, anchors), README links
+python3 scripts/dev.py release           # the release check: sdist + wheel, twine, clean install, a DAG run
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_LINES = {"3.3": "apache-airflow==3.3.2", "2.11": "apache-airflow==2.11.*"}
 # Every install comes from a lock per line and Python (`lock`): a fresh clone gets what passed the suite.
 LOCKS = ROOT / "locks"
-# Upstream releases that break a line (Airflow's bugs, see the README), kept out when resolving anew.
+# Upstream releases that break a line (Airflow's bugs, docs/getting-started.md), kept out when resolving anew.
 KNOWN_CAPS = {"2.11": ["cryptography<51"]}
 DEFAULT_LINE = "3.3"
 # What the benchmarks compare against; installed only in the benchmark virtualenv.
@@ -107,6 +109,11 @@ def _freeze(python: Path) -> list[str]:
 _RESOLVED: set[str] = set()  # unlocked virtualenvs re-resolved by this process
 
 
+def _groups(*names: str) -> list[str]:
+    """pip arguments installing dependency groups of pyproject.toml (PEP 735; never published)."""
+    return [f"--group={ROOT / 'pyproject.toml'}:{name}" for name in names]
+
+
 def ensure_env(
     line: str, extras: list[str] | None = None, *, unlocked: bool = False, within: Path | None = None
 ) -> Path:
@@ -118,27 +125,53 @@ def ensure_env(
     once per command, in a virtualenv of its own (``within``: a lock the resolution must keep to)."""
     flavour = "bench" if extras else ""
     name = "-".join(part for part in (line, flavour, "unlocked" if unlocked else "") if part)
-    target = _venv_dir(name)
+    wanted = [AIRFLOW_LINES[line], f"{ROOT}[sandbox,deploy]", *(extras or []), *_groups("dev")]
+    return _ensure(
+        _venv_dir(name),
+        wanted,
+        lock_file(line, flavour),
+        caps=KNOWN_CAPS.get(line, []),
+        unlocked=unlocked,
+        within=within,
+    )
+
+
+def docs_lock_file() -> Path:
+    """The lock of the docs and release tools for this Python: ``locks/docs-py3.11.txt``."""
+    return LOCKS / f"docs-py{sys.version_info.major}.{sys.version_info.minor}.txt"
+
+
+def ensure_docs_env(*, unlocked: bool = False) -> Path:
+    """The docs site's and the release check's tools (groups ``docs`` and ``release``), without Airflow:
+    the API reference is read from the source (griffe), never imported."""
+    target = ROOT / ".venv" / ("docs-unlocked" if unlocked else "docs")
+    return _ensure(target, _groups("docs", "release"), docs_lock_file(), caps=[], unlocked=unlocked)
+
+
+def _ensure(
+    target: Path,
+    wanted: list[str],
+    lock: Path,
+    *,
+    caps: list[str],
+    unlocked: bool,
+    within: Path | None = None,
+) -> Path:
     python = target / "bin" / "python"
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    wanted = [AIRFLOW_LINES[line], f"{ROOT}[sandbox,dev,deploy]", *(extras or [])]
+    name = target.name
     if unlocked:
         if name in _RESOLVED:
             return python
-        if (
-            within is None
-            and os.environ.get("FAXPLUS_LOCK_KEEP") == "1"
-            and lock_file(line, flavour).exists()
-        ):
-            within = lock_file(line, flavour)  # `lock --keep`: only what the lock lacks is resolved anew
+        if within is None and os.environ.get("FAXPLUS_LOCK_KEEP") == "1" and lock.exists():
+            within = lock  # `lock --keep`: only what the lock lacks is resolved anew
         print(f"== resolving the newest releases in {target.relative_to(ROOT)}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
         _run([*pip, "install", "--upgrade", "pip", "setuptools"])
-        newest = [*_editable(wanted), *KNOWN_CAPS.get(line, []), *(["-c", str(within)] if within else [])]
+        newest = [*_editable(wanted), *caps, *(["-c", str(within)] if within else [])]
         _run([*pip, "install", "--upgrade", "--upgrade-strategy", "eager", *newest])
         _RESOLVED.add(name)
         return python
-    lock = lock_file(line, flavour)
     if not lock.exists():
         raise SystemExit(
             f"no lock file {lock.relative_to(ROOT)} for this Python ({sys.version.split()[0]}): "
@@ -191,11 +224,19 @@ def lint(line: str = DEFAULT_LINE, *, unlocked: bool = False) -> None:
     _run([python, "-m", "mypy"], cwd=ROOT)
 
 
-def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: bool, unlocked: bool) -> None:
+def test(
+    lines: list[str],
+    pytest_args: list[str],
+    with_lint: bool,
+    concurrent: bool,
+    unlocked: bool,
+    checks: bool,
+) -> None:
     """pytest on each line. The lines run at the same time by default: much of a line's time is spent
     waiting on Airflow processes, so two lines on 2 cores take far less than twice one line. Each
     other line (its virtualenv set up if needed, then its tests) runs in a child ``dev.py test``
-    started before the lint; the first line's output is shown as it comes, the others' after it."""
+    started before the lint; the first line's output is shown as it comes, the others' after it.
+    ``checks``: the docs site and the release check (``dev.py checks``) run in the background too."""
     ensure_chromium()  # before any child starts: one apt-get at a time
     others: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
     started = time.monotonic()
@@ -210,6 +251,7 @@ def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: 
                         "--airflow",
                         line,
                         "--no-lint",
+                        "--no-checks",
                         *(["--unlocked"] if unlocked else []),
                     ]
                     cmd += ["--", *pytest_args]
@@ -222,6 +264,16 @@ def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: 
                             cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
                         )
                     others[line] = (cmd, process)
+            if checks:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "checks"]
+                print(
+                    "== docs site and release check in the background (their output comes after)", flush=True
+                )
+                with (Path(outputs) / "checks.out").open("wb") as sink:
+                    process = subprocess.Popen(
+                        cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                others["checks"] = (cmd, process)
             if with_lint:
                 lint(unlocked=unlocked)
             # tests/test_lock.py compares the virtualenv with its lock, except on unlocked releases.
@@ -242,11 +294,15 @@ def test(lines: list[str], pytest_args: list[str], with_lint: bool, concurrent: 
                 )
             for line, (cmd, process) in others.items():
                 process.wait()
-                print(f"\n== output of the tests on Airflow {line}", flush=True)
+                what = (
+                    "the docs site and release check" if line == "checks" else f"the tests on Airflow {line}"
+                )
+                print(f"\n== output of {what}", flush=True)
                 sys.stdout.buffer.write((Path(outputs) / f"{line}.out").read_bytes())
                 sys.stdout.flush()
                 verdict = "passed" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
-                print(f"== Airflow {line}: {verdict} (all lines done {_minutes(started)} in)", flush=True)
+                name = "docs site and release check" if line == "checks" else f"Airflow {line}"
+                print(f"== {name}: {verdict} (all done {_minutes(started)} in)", flush=True)
                 if process.returncode != 0 and failed is None:
                     failed = subprocess.CalledProcessError(process.returncode, cmd)
             if failed is not None:
@@ -268,7 +324,7 @@ def lock(lines: list[str], keep: bool) -> None:
     ``keep``: keep every locked version and resolve only what the locks lack (a new dependency)."""
     if keep:
         os.environ["FAXPLUS_LOCK_KEEP"] = "1"  # read by ensure_env here and in the child of each line
-    test(lines, [], True, True, True)
+    test(lines, [], True, True, True, False)
     _write_locks(lines)
 
 
@@ -281,6 +337,11 @@ def _write_locks(lines: list[str]) -> None:
     if DEFAULT_LINE in lines:
         python = ensure_env(DEFAULT_LINE, BENCH_EXTRAS, unlocked=True, within=lock_file(DEFAULT_LINE))
         _write_lock(lock_file(DEFAULT_LINE, "bench"), python, f"benchmarks, Airflow {DEFAULT_LINE}; {stamp}")
+        # The docs and release tools: the site must build and the release check pass on them first.
+        python = ensure_docs_env(unlocked=True)
+        site(python)
+        release_check(python)
+        _write_lock(docs_lock_file(), python, f"docs site and release check; passed both on {stamp}")
 
 
 def _write_lock(lock: Path, python: Path, origin: str) -> None:
@@ -305,6 +366,28 @@ def docs() -> None:
     _run([str(ensure_env(DEFAULT_LINE)), "-m", "tests.fault_matrix"], cwd=ROOT)
 
 
+def site(python: Path | None = None, site_dir: Path | None = None) -> None:
+    """Build the docs site with warnings as errors (a broken internal link or anchor is one), then check
+    the README's links against it."""
+    import release  # scripts/release.py, beside this file
+
+    python = python or ensure_docs_env()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="faxplus-site-") as tmp:
+        out = site_dir or Path(tmp)
+        _run([str(python), "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)], cwd=ROOT)
+        release.check_readme(out)
+    print(f"== docs site built in {time.monotonic() - started:.1f} s", flush=True)
+
+
+def release_check(python: Path | None = None) -> None:
+    """Build sdist and wheel, twine check, install the wheel in a clean virtualenv (the 3.3 lock as
+    constraints) and run an example DAG against the sandbox from it (scripts/release.py)."""
+    import release
+
+    release.release_check(python or ensure_docs_env(), lock_file(DEFAULT_LINE), AIRFLOW_LINES[DEFAULT_LINE])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -321,6 +404,11 @@ def main() -> int:
         action="store_true",
         help="on the newest releases instead of the locks (upstream breakage)",
     )
+    p_test.add_argument(
+        "--no-checks",
+        action="store_true",
+        help="skip the docs site and release check (they run with the whole suite: no pytest arguments)",
+    )
     p_test.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     p_lock = sub.add_parser(
         "lock", help="run the suite on the newest releases; if it passes, rewrite the locks"
@@ -335,11 +423,17 @@ def main() -> int:
     p_bench = sub.add_parser("bench", help="run the benchmarks and print their tables")
     p_bench.add_argument("bench_args", nargs="*", help="passed to bench/run_all.py (after --)")
     sub.add_parser("docs", help="rewrite the fault table of docs/reliability.md from tests/fault_matrix.py")
+    p_site = sub.add_parser("site", help="build the docs site (mkdocs, strict) and check the README's links")
+    p_site.add_argument("--site-dir", type=Path, help="keep the built site here (default: a temporary dir)")
+    sub.add_parser("release", help="the release check: build, twine check, install the wheel, run a DAG")
+    sub.add_parser("checks", help="the docs site, then the release check (what `test` runs beside the suite)")
     args = parser.parse_args()
     try:
         if args.command == "test":
             lines = args.airflow or ["3.3", "2.11"]
-            test(lines, args.pytest_args, not args.no_lint, not args.one_at_a_time, args.unlocked)
+            # Beside the whole suite only (CI's command): a run of chosen tests stays quick.
+            checks = not (args.no_checks or args.pytest_args or args.unlocked)
+            test(lines, args.pytest_args, not args.no_lint, not args.one_at_a_time, args.unlocked, checks)
         elif args.command == "lock":
             lock(args.airflow or ["3.3", "2.11"], args.keep)
         elif args.command == "demo":
@@ -348,6 +442,13 @@ def main() -> int:
             bench(args.bench_args)
         elif args.command == "docs":
             docs()
+        elif args.command == "site":
+            site(site_dir=args.site_dir)
+        elif args.command == "release":
+            release_check()
+        elif args.command == "checks":
+            site()
+            release_check()
         else:
             lint()
     except subprocess.CalledProcessError as exc:

@@ -224,8 +224,9 @@ def test_deferred_an_ambiguity_is_an_error_event_naming_the_candidates(faxplus_c
         sensor(deferrable=True).execute_complete({}, event)
 
 
-def test_the_trigger_builds_on_the_session_and_the_shared_poll_alone():
-    """Issue 23: triggers/delivery.py imports, of the trigger modules, only session.py and outbox_poll.py."""
+def test_the_trigger_builds_on_the_session_and_the_shared_polls_alone():
+    """Issue 23: triggers/delivery.py imports, of the trigger modules, only session.py and the two shared
+    polls (the outbox's and the sent records'), which share shared_poll.py's tick."""
     import ast
     from pathlib import Path
 
@@ -238,4 +239,9 @@ def test_the_trigger_builds_on_the_session_and_the_shared_poll_alone():
     assert triggers == {
         "airflow_provider_faxplus.triggers.session",
         "airflow_provider_faxplus.triggers.outbox_poll",
+        "airflow_provider_faxplus.triggers.sent_poll",
     }
+    from airflow_provider_faxplus.triggers import outbox_poll, sent_poll, shared_poll
+
+    assert issubclass(outbox_poll.AccountPoll, shared_poll.SharedPoll)
+    assert issubclass(sent_poll.SentRecordsPoll, shared_poll.SharedPoll)

@@ -102,3 +102,75 @@ def test_deferred_the_record_with_its_own_id_is_matched_in_the_triggerer(test_da
     paths = [e["path"].split("?")[0] for e in control.requests()]
     assert paths.count(f"/v3/accounts/self/outbox/{fax_id}") == 1  # the worker's one look
     assert "/v3/accounts/self/outbox" in paths  # the triggerer rode the account's list
+
+
+_TRIES = """
+import json, sys
+from airflow.models import DagRun, TaskInstance
+from airflow.utils.session import create_session
+dag_id, task_id = sys.argv[1], sys.argv[2]
+with create_session() as session:
+    run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
+    ti = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id,
+        TaskInstance.run_id == run.run_id, TaskInstance.task_id == task_id).one()
+    print("FAXPLUS-OUT:", json.dumps({"state": str(ti.state), "try_number": ti.try_number,
+        "max_tries": ti.max_tries}))
+"""
+
+
+def _try_of(home, dag_id: str) -> dict:
+    return json.loads(home.python(_TRIES, dag_id, "wait_for_delivery"))
+
+
+def _record_looks(control, fax_id: str) -> int:
+    """Looks for the sent record: GETs of the record, and listings of the account's sent records (each
+    paged from offset 0)."""
+    return sum(
+        1
+        for e in control.requests()
+        if e["path"] == f"/v3/accounts/self/faxes/{fax_id}"
+        or (
+            e["path"] == "/v3/accounts/self/faxes"
+            and "category=sent" in e["query"]
+            and "offset=0" in e["query"]
+        )
+    )
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_with_retries_a_failed_delivery_fails_at_once_without_a_retry(test_dags_home, control, mode):
+    """retries=2: the failure status is a verdict, not an error a retry could fix."""
+    control.record_settings(id_policy="same")
+    fax_id = control.create_fax(lifecycle=[{"status": "sending", "polls": 1}])["id"]
+    control.set_record_outcome(fax_id, "failed_user_busy", description="Busy")
+    dag_id = f"faxplus_delivery_retries_{mode}"
+    run = test_dags_home.dags_test(dag_id, conf={"outbox_fax_id": fax_id})
+    assert not run.succeeded
+    assert "was not delivered: status failed_user_busy, description 'Busy'" in run.output
+    tried = _try_of(test_dags_home, dag_id)
+    assert (tried["state"].lower().rsplit(".", 1)[-1], tried["max_tries"]) == ("failed", 2), tried
+    assert tried["try_number"] == 1, tried  # no second try
+    assert _record_looks(control, fax_id) == 1, [(e["path"], e["query"]) for e in control.requests()]
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_with_retries_a_transient_failure_is_retried(test_dags_home, control, mode):
+    """A malformed answer (a proxy's HTML page) on the record look fails try 1; try 2 finds the record."""
+    control.record_settings(id_policy="same")
+    fax_id = control.create_fax(lifecycle=[{"status": "sending", "polls": 1}])["id"]
+    control.add_fault(
+        status=200,
+        body="<html>proxy error</html>",
+        content_type="text/html",
+        path_contains="/v3/accounts/self/faxes",
+    )
+    dag_id = f"faxplus_delivery_retries_{mode}"
+    run = test_dags_home.dags_test(dag_id, conf={"outbox_fax_id": fax_id})
+    assert run.succeeded, run.output[-5000:]
+    assert not control.faults()  # the fault was served
+    tried = _try_of(test_dags_home, dag_id)
+    assert tried["state"].lower().rsplit(".", 1)[-1] == "success", tried
+    assert tried["try_number"] == 2, tried
+    [line] = run.lines_with("FAXPLUS-DELIVERY:")
+    result = json.loads(line)
+    assert (result["fax_id"], result["outcome"]) == (fax_id, "delivered")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import shutil
@@ -14,7 +16,7 @@ import pytest
 from airflow import __version__ as airflow_version
 
 from airflow_provider_faxplus.config import EXTRA_FIELDS
-from airflow_provider_faxplus.get_provider_info import get_provider_info
+from airflow_provider_faxplus.get_provider_info import AIRFLOW_3_TRIGGER_MODULES, get_provider_info
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 
 AIRFLOW_3 = int(airflow_version.split(".")[0]) >= 3
@@ -123,6 +125,57 @@ def test_labels_speak_the_users_words():
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("airflow-home")
+
+
+def _modules_defining_a_trigger() -> set[str]:
+    """Every module under triggers/ with a class deriving from a ...Trigger base, read without importing."""
+    package = Path(__file__).resolve().parent.parent / "airflow_provider_faxplus" / "triggers"
+    found = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                (base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")).endswith("Trigger")
+                for base in node.bases
+            ):
+                found.add(f"airflow_provider_faxplus.triggers.{path.stem}")
+    return found
+
+
+def test_every_trigger_module_is_in_the_provider_info_where_it_can_load():
+    listed = get_provider_info()["triggers"][0]["python-modules"]
+    assert len(listed) == len(set(listed))
+    defining = _modules_defining_a_trigger()
+    assert "airflow_provider_faxplus.triggers.outbox_events" in defining  # the scan finds BaseEventTrigger
+    if AIRFLOW_3:
+        assert set(listed) == defining
+    else:  # Airflow 2: the modules that need Airflow 3 are left out, and only those
+        assert set(listed) == defining - set(AIRFLOW_3_TRIGGER_MODULES)
+        for module in AIRFLOW_3_TRIGGER_MODULES:
+            with pytest.raises(ImportError, match="needs Airflow 3"):
+                importlib.import_module(module)
+    for module in listed:
+        importlib.import_module(module)
+
+
+def test_airflow_providers_triggers_lists_every_trigger_module(airflow_home):
+    triggers = json.loads(airflow_cli("providers", "triggers", "-o", "json", home=airflow_home))
+    ours = {t["class"] for t in triggers if t["package_name"] == "airflow-provider-faxplus"}
+    expected = {"airflow_provider_faxplus.triggers.delivery", "airflow_provider_faxplus.triggers.outbox"}
+    if AIRFLOW_3:
+        expected.add("airflow_provider_faxplus.triggers.outbox_events")
+    assert ours == expected
+
+
+@pytest.mark.skipif(not AIRFLOW_3, reason="Airflow 3 fills documentation-url from the Documentation URL")
+def test_airflow_providers_get_shows_the_documentation_url(airflow_home):
+    got = airflow_cli(
+        "providers", "get", "airflow-provider-faxplus", "--full", "-o", "json", home=airflow_home
+    )
+    [info] = json.loads(got)
+    metadata = distribution("airflow-provider-faxplus").metadata
+    urls = dict(entry.split(", ", 1) for entry in metadata.get_all("Project-URL") or [])
+    assert urls["Documentation"].startswith("https://")
+    assert info["documentation-url"] == urls["Documentation"]
 
 
 def test_airflow_providers_list_shows_the_package(airflow_home):

@@ -74,3 +74,56 @@ def test_bound_to_every_interface_it_prints_a_connection_the_provider_accepts(mo
     finally:
         proc.kill()
         proc.stdout.close()
+
+
+def test_seeded_faxes_wait_for_their_first_look_then_take_the_stage_seconds():
+    """A newcomer runs `db migrate` and `dags test` after starting the sandbox: its seeded faxes must still
+    be there, however long that took (here an hour on the sandbox's clock, which stands still: --pace 0)."""
+    command = shutil.which("faxplus-sandbox", path=str(Path(sys.executable).parent))
+    proc = subprocess.Popen(
+        [command, "--port", "0", "--seed", "2", "--stage-seconds", "5", "--pace", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        while sum(line.startswith("seeded outbox fax") for line in lines) < 2:
+            line = proc.stdout.readline()
+            assert line, f"the sandbox exited early: {lines}"
+            lines.append(line.strip())
+        assert (
+            "Seeded faxes stay 'submitted' until first looked at, then leave the outbox 20 s later "
+            "(--stage-seconds 5 per status)" in lines
+        )
+        [listening] = [line for line in lines if line.startswith("Fax.Plus sandbox listening on ")]
+        base_url = listening.rsplit(" ", 1)[1]
+        [control] = [line for line in lines if line.startswith("Control API: ")]
+        control_url = control.split()[2]
+        first, second = (line.rsplit(" ", 1)[1] for line in lines if line.startswith("seeded outbox fax"))
+
+        def advance(seconds: float) -> None:
+            requests.post(f"{control_url}/clock", json={"advance": seconds}, timeout=5).raise_for_status()
+
+        def status(fax_id: str) -> str | int:
+            response = requests.get(
+                f"{base_url}/accounts/self/outbox/{fax_id}",
+                headers={"Authorization": "Bearer sandbox-token"},
+                timeout=5,
+            )
+            return response.json()["status"] if response.status_code == 200 else response.status_code
+
+        advance(3600)
+        assert status(first) == "submitted"  # its first look: its lifecycle starts now
+        advance(5)
+        assert status(first) == "converting"
+        advance(10)
+        assert status(first) == "sending"
+        assert status(second) == "submitted"  # not looked at until now: still waiting
+        advance(5)
+        assert status(first) == 404  # left the outbox, 20 s after its first look
+        assert status(second) == "converting"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()

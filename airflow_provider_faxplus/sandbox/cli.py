@@ -52,9 +52,19 @@ def _parser() -> argparse.ArgumentParser:
         default=404,
         help="status answered for a fax that left the outbox (default 404)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="create this many outbox faxes at start")
     parser.add_argument(
-        "--stage-seconds", type=float, default=10.0, help="seconds per status for seeded faxes"
+        "--seed",
+        type=int,
+        default=0,
+        help="create this many outbox faxes at start; each stays 'submitted' until its first look (a GET "
+        "of it, or a list answer showing it), then moves on every --stage-seconds",
+    )
+    parser.add_argument(
+        "--stage-seconds",
+        type=float,
+        default=10.0,
+        help="seconds each seeded fax spends in each status (submitted, converting, scheduled_for_sending, "
+        "sending) from its first look on; it leaves the outbox 4 x this after its first look (default 10)",
     )
     return parser
 
@@ -119,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         {"status": status, "seconds": args.stage_seconds}
         for status in ("submitted", "converting", "scheduled_for_sending", "sending")
     ]
-    seeded = [server.client.create_fax(lifecycle=stages)["id"] for _ in range(args.seed)]
+    # Counted from each fax's first look: a seeded fax waits for however long Airflow takes to start.
+    seeded = [
+        server.client.create_fax(lifecycle=stages, start_on_first_look=True)["id"] for _ in range(args.seed)
+    ]
     conn: dict[str, object] = {"conn_type": "faxplus", "host": server.base_url}
     conn["password"] = token if token == DEFAULT_TOKEN else "<the token you chose>"
     if args.client_id:
@@ -135,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "From other hosts, serve it over https (a TLS-terminating proxy in front) and use that https:// "
             "base URL: the provider refuses to send a token over plain http to a non-loopback host."
+        )
+    if seeded:
+        print(
+            f"Seeded faxes stay 'submitted' until first looked at, then leave the outbox "
+            f"{4 * args.stage_seconds:g} s later (--stage-seconds {args.stage_seconds:g} per status)"
         )
     for fax_id in seeded:
         print(f"seeded outbox fax {fax_id}")

@@ -75,11 +75,20 @@ class Fax:
     polls_seen: int = 0
     poll_stage_starts: list[float] = field(default_factory=list)
     poll_left_at: float | None = None
+    # Seconds counted from the first look (a GET or a list answer showing it), not from creation: a
+    # seeded fax waits, however long the user takes to start Airflow (faxplus-sandbox --seed).
+    start_on_first_look: bool = False
+    first_look_at: float | None = None
+
+    def _waiting_for_first_look(self) -> bool:
+        return self.unit == "seconds" and self.start_on_first_look and self.first_look_at is None
 
     def _stage_starts(self) -> list[float]:
         if self.unit == "polls":
             return self.poll_stage_starts or [self.created_at]
-        starts, start = [], self.created_at
+        if self._waiting_for_first_look():
+            return [self.created_at]
+        starts, start = [], self.created_at if self.first_look_at is None else self.first_look_at
         for _, seconds in self.lifecycle:
             starts.append(start)
             start += seconds
@@ -91,6 +100,8 @@ class Fax:
         if self.unit == "polls":
             index = self._poll_index(self.polls_seen)
             return None if index is None else (index, starts[index])
+        if self._waiting_for_first_look():
+            return 0, self.created_at
         for index, (_, seconds) in enumerate(self.lifecycle):
             if now < starts[index] + seconds:
                 return index, starts[index]
@@ -105,7 +116,10 @@ class Fax:
         return None
 
     def record_poll(self, now: float) -> None:
-        """A GET or a list answer has shown the fax: poll-counted lifecycles move on."""
+        """A GET or a list answer has shown the fax: poll-counted lifecycles move on, and a lifecycle
+        that starts on the first look starts now."""
+        if self._waiting_for_first_look():
+            self.first_look_at = now
         if self.unit != "polls":
             return
         if not self.poll_stage_starts:
@@ -121,7 +135,10 @@ class Fax:
     def left_at(self) -> float | None:
         if self.unit == "polls":
             return self.poll_left_at
-        return self.created_at + sum(seconds for _, seconds in self.lifecycle)
+        if self._waiting_for_first_look():
+            return None
+        start = self.created_at if self.first_look_at is None else self.first_look_at
+        return start + sum(seconds for _, seconds in self.lifecycle)
 
     def visible(self, now: float) -> bool:
         return now >= self.created_at + self.visible_after
@@ -230,6 +247,13 @@ def _number(data: dict[str, Any], name: str, default: float, minimum: float = 0.
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
         raise SandboxInputError(f"{name} must be a number >= {minimum:g}")
     return float(value)
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise SandboxInputError(f"{name} must be true or false")
+    return value
 
 
 def _string(data: dict[str, Any], name: str, default: str | None = None) -> str | None:
@@ -342,6 +366,7 @@ class SandboxState:
             comment_tags=list(tags),
             fields=extra_fields,
             unit=unit,
+            start_on_first_look=_flag(data, "start_on_first_look"),
         )
         # Every answer this fax can give must be an Outbox of the spec: check each stage's.
         for index in range(len(lifecycle)):

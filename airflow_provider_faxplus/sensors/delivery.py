@@ -9,6 +9,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow import __version__ as AIRFLOW_VERSION
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
     BaseSensorOperator,
@@ -17,6 +18,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_faxplus.constants import DEFAULT_CONN_ID
+from airflow_provider_faxplus.sensors.outbox import TRIGGERER_RENDERS_TEMPLATES
 
 if TYPE_CHECKING:
     from airflow_provider_faxplus.delivery import SentFax
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_KEY = "faxplus_delivery_sensor"
+TRIGGER_CLASSPATH = "airflow_provider_faxplus.triggers.delivery.FaxDeliveryTrigger"
 PARTIAL_AS = ("delivered", "failed")
 # After the fax left the outbox, how long a missing record is "not there yet" before the wait fails for
 # want of the fields to look it up by (only when neither the outbox nor ``sent`` gave them).
@@ -50,11 +53,15 @@ class FaxDeliverySensor(BaseSensorOperator):
     :param partial_as: What ``partially_sent`` means: ``"delivered"`` (succeed, ``outcome`` ``partial``)
         or ``"failed"`` (fail at once). Required: no default decides it for you.
     :param user_id: ``self`` or a member's user id (templated).
-    :param deferrable: Look once, then wait in the triggerer, sharing the account's outbox poll with the
-        other faxes waited on there (the README's "Shared polling"). Not with ``record_grace_period``:
-        deferred, a fax whose record cannot be looked up waits until ``timeout``.
+    :param deferrable: Look once, then wait in the triggerer, sharing the account's outbox list and its
+        list of sent records with the other faxes waited on there (one of each per account and interval).
+    :param start_from_trigger: With ``deferrable=True`` on Airflow 3.3+: the task starts in the triggerer,
+        which renders the templated fields and makes the first look; no worker runs until the trigger has
+        an event. On older Airflow, in mapped tasks and in ``airflow dags test`` (which start the task on a
+        worker) the sensor looks once from the worker and defers, with one warning.
     :param record_grace_period: Seconds after the fax left the outbox during which a record that cannot
-        be looked up (no record with the outbox id, and no fields to match by) counts as "not there yet".
+        be looked up (no record with the outbox id, and no fields to match by) counts as "not there yet";
+        in poke, reschedule and deferrable mode alike.
     """
 
     template_fields: Sequence[str] = ("outbox_fax_id", "sent", "user_id", "faxplus_conn_id")
@@ -70,10 +77,18 @@ class FaxDeliverySensor(BaseSensorOperator):
         faxplus_conn_id: str = DEFAULT_CONN_ID,
         record_grace_period: float = DEFAULT_RECORD_GRACE_PERIOD,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        start_from_trigger: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.deferrable = bool(deferrable)
+        if not isinstance(start_from_trigger, bool):
+            raise TypeError("start_from_trigger must be True or False")
+        if start_from_trigger and not deferrable:
+            raise ValueError(
+                "start_from_trigger=True needs deferrable=True: only a deferrable sensor waits in the "
+                "triggerer"
+            )
         if partial_as not in PARTIAL_AS:
             raise ValueError(f"partial_as must be one of {', '.join(PARTIAL_AS)}, got {partial_as!r:.30}")
         if isinstance(record_grace_period, bool) or not isinstance(record_grace_period, int | float):
@@ -86,6 +101,32 @@ class FaxDeliverySensor(BaseSensorOperator):
         self.record_grace_period = float(record_grace_period)
         self._seen: dict[str, Any] | None = None  # the outbox's fields, once seen there
         self._left_at: float | None = None
+        self.start_from_trigger_requested = start_from_trigger
+        self.start_from_trigger = start_from_trigger and TRIGGERER_RENDERS_TEMPLATES
+        if self.start_from_trigger:
+            self.start_trigger_args = self._start_trigger_args()
+
+    def _start_trigger_args(self) -> Any:
+        """The trigger of a task that starts in the triggerer: kwargs fixed at parse time, the templated
+        ones (the sensor's template fields, trigger attributes of the same names) rendered there. No
+        ``deferred_at``: the trigger takes it from the deadline Airflow stores."""
+        from airflow.triggers.base import StartTriggerArgs
+
+        return StartTriggerArgs(
+            trigger_cls=TRIGGER_CLASSPATH,
+            trigger_kwargs={
+                "outbox_fax_id": self.outbox_fax_id,
+                "sent": self.sent,
+                "user_id": self.user_id,
+                "faxplus_conn_id": self.faxplus_conn_id,
+                "poke_interval": float(self.poke_interval),
+                "record_grace_period": self.record_grace_period,
+                "timeout": float(self.timeout),
+            },
+            next_method="execute_complete",
+            next_kwargs=None,
+            timeout=timedelta(seconds=float(self.timeout)),
+        )
 
     @cached_property
     def hook(self) -> FaxPlusHook:
@@ -155,6 +196,7 @@ class FaxDeliverySensor(BaseSensorOperator):
             delivery_xcom,
             match_by_fields,
             match_by_id,
+            no_record_message,
         )
         from airflow_provider_faxplus.exceptions import FaxPlusNotFoundError
 
@@ -187,15 +229,7 @@ class FaxDeliverySensor(BaseSensorOperator):
         if match is not None:
             return delivery_xcom(match, sent)
         if not sent.fields_known() and time.time() - self._left_at >= self.record_grace_period:
-            missing = [
-                n for n, v in (("destination", sent.to), ("submit time", sent.submitted_at)) if v is None
-            ]
-            raise AirflowFailException(
-                f"outbox fax {self.outbox_fax_id!r} left the outbox {self.record_grace_period:.0f} s ago "
-                f"and no fax record has its id; a record with an id of its own is found by its fields, "
-                f"and the {' and '.join(missing)} are unknown (the sensor never saw the fax in the outbox): "
-                "pass sent=<the SendFaxOperator's output>"
-            )
+            raise AirflowFailException(no_record_message(sent, self.record_grace_period))
         log.info("outbox fax %r: its sent record is not there yet", self.outbox_fax_id)
         return None
 
@@ -224,9 +258,23 @@ class FaxDeliverySensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        if self.start_from_trigger_requested:
+            if TRIGGERER_RENDERS_TEMPLATES:
+                why = (
+                    "Airflow started this task on a worker (it does for mapped tasks and `airflow dags test`)"
+                )
+            else:
+                why = (
+                    f"Airflow {AIRFLOW_VERSION} renders templated fields in the triggerer only from 3.3, so "
+                    "the task cannot start there"
+                )
+            log.warning("start_from_trigger=True: %s; looking once from this worker, then deferring", why)
         done = self.poke(context)
         if isinstance(done, PokeReturnValue):
             return done.xcom_value
+        self._defer(deferred_at=time.time(), timeout=float(self.timeout))
+
+    def _defer(self, *, deferred_at: float, timeout: float) -> None:
         from airflow_provider_faxplus.triggers.delivery import FaxDeliveryTrigger
 
         self.defer(
@@ -237,9 +285,12 @@ class FaxDeliverySensor(BaseSensorOperator):
                 poke_interval=float(self.poke_interval),
                 sent=self._sent_fax().to_dict(),
                 left=self._left_at is not None,
+                record_grace_period=self.record_grace_period,
+                left_at=self._left_at,
+                deferred_at=deferred_at,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=float(self.timeout)),
+            timeout=timedelta(seconds=timeout),
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
@@ -249,7 +300,29 @@ class FaxDeliverySensor(BaseSensorOperator):
             raise FaxPlusError(f"outbox fax {self.outbox_fax_id!r}: the trigger ended without an event")
         if event.get("status") == "found":
             return self._conclude(event["result"])
+        if event.get("status") == "checkpoint":
+            return self._resume_after_checkpoint(context, event)
         message = str(event.get("message") or event)
         if event.get("kind") in ("ambiguous", "fatal", "config"):
             raise AirflowFailException(message)
         raise FaxPlusError(message)
+
+    def _resume_after_checkpoint(self, context: Any, event: dict[str, Any]) -> None:
+        """The trigger saw the fax leave and learned what a rebuilt trigger would not know: kept in the
+        next deferral's kwargs (and the task state store), with the deadline of the first deferral."""
+        from airflow_provider_faxplus.exceptions import FaxPlusError
+
+        try:
+            self._seen = dict(event["sent"])
+            self._left_at = float(event["left_at"])
+            deferred_at = float(event["deferred_at"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FaxPlusError(
+                f"outbox fax {self.outbox_fax_id!r}: malformed checkpoint event: {exc}"
+            ) from exc
+        self._save(context)
+        log.info(
+            "outbox fax %r has left the outbox; remembered, waiting on in the triggerer", self.outbox_fax_id
+        )
+        remaining = max(0.0, float(self.timeout) - (time.time() - deferred_at))
+        self._defer(deferred_at=deferred_at, timeout=remaining)

@@ -272,3 +272,27 @@ async def load_connection(conn_id: str) -> FaxPlusConfig:
 
 def _redacted(text: str, config: FaxPlusConfig | None) -> str:
     return redaction.for_config(config)(text, 500) if config is not None else text[:500]
+
+
+async def send_call(
+    lease: _Lease, config: FaxPlusConfig, call: protocol.ApiCall, token: str
+) -> tuple[int, dict[str, str], bytes]:
+    """One exchange of a built :class:`protocol.ApiCall` (no body) with the access token ``token``;
+    parse the answer with the call's own sans-I/O parser."""
+    status, headers, body = await _exchange(
+        lease,
+        config,
+        call.method,
+        call.url,
+        headers={**call.headers, "Authorization": f"Bearer {token}"},
+        data=call.body,
+        proxy=lease.proxy,
+        transport_error=lambda reason: protocol.transport_error(call, reason),
+        tls_error=lambda reason: protocol.tls_error(call, lease.tls, reason),
+        max_bytes=call.operation.max_answer_bytes,
+        too_large=lambda status: protocol.answer_too_large(
+            call.operation.name, call.method, call.path, status, call.operation.max_answer_bytes
+        ),
+    )
+    log.debug("%s %s -> HTTP %d (%d bytes)", call.method, call.path, status, len(body))
+    return status, headers, body
