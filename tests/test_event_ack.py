@@ -7,6 +7,10 @@ only once Airflow stored the event.
 2. A fax whose event is stored and whose cursor moved: the triggerer is SIGKILLed; its successor does
    not report it again.
 
+The lock stalls Airflow's supervisor whole (it also serves the state store's writes), so part 1 would
+hold for the old settle-time write too; the gate itself (no write before Airflow's confirmation, however
+long) is shown in tests/test_acked_cursor.py through Airflow's own SharedStreamManager.
+
 Every wait is on observable state (the database, the sandbox's request log, the triggerer's output).
 """
 
