@@ -247,12 +247,9 @@ with create_session() as session:
         rows = session.query(XComModel).filter(
             XComModel.dag_id == sys.argv[1], XComModel.run_id == run.run_id, XComModel.key == "return_value"
         ).all()
-        values = []
-        for row in rows:
-            value = row.value
-            if isinstance(value, (bytes, str)):
-                value = json.loads(value)
-            values.append(value)
+        # Airflow's own reading: the Task SDK stores values as JSON (a plain string is a JSON string,
+        # not JSON text to decode); what `serialize_value` stored is decoded.
+        values = [XComModel.deserialize_value(row) for row in rows]
         out.append({"run_id": run.run_id, "state": str(run.state), "xcom": values})
     print("FAXPLUS-OUT:", json.dumps(out))
 """
