@@ -31,7 +31,7 @@ EXTRA_LABELS = [
     "Retry time budget per call (seconds)",
     "First retry backoff (seconds)",
 ]
-# The README passage that describes Airflow 3.3's Test icon (tests/test_browser.py keeps it true).
+# The docs passage (docs/connection.md) that describes Airflow 3.3's Test icon (kept true here).
 README_TEST_ICON = "The Test icon of Airflow 3.3's connection list"
 
 
@@ -138,7 +138,7 @@ def test_the_form_speaks_the_users_words_and_offers_every_setting(ui, page, tmp_
         open_add_form_2(page, ui)
         standard = extras = visible_labels(page)
         field = "#extra__faxplus__{}".format
-    # docs/ keeps the screenshots the README shows; rewritten only on request, so runs leave git clean.
+    # docs/ keeps the screenshots of docs/connection.md; rewritten only on request: runs leave git clean.
     shots = ROOT / "docs" if os.environ.get("FAXPLUS_UPDATE_SCREENSHOTS") else tmp_path
     page.screenshot(path=str(shots / f"connection-form-{LINE}.png"), full_page=True)
 
@@ -165,7 +165,7 @@ def test_3_3_test_icon_is_refused_by_airflow_and_works_once_airflow_is_fixed(ui,
     add_connection_3(page, ui, "faxplus_plain_http", PLAIN_HTTP, TOKEN)
 
     # Today: the UI sends "port": 0 for a connection without a port and the api-server refuses it.
-    # When this fails, Airflow has changed: update the README passage README_TEST_ICON.
+    # When this fails, Airflow has changed: update the passage README_TEST_ICON of docs/connection.md.
     sent, (status, body, toast) = press_list_test_icon_3(page, ui, "faxplus_default", drop_port=False)
     assert sent["port"] == 0
     assert (status, body["detail"]) == (
@@ -174,7 +174,7 @@ def test_3_3_test_icon_is_refused_by_airflow_and_works_once_airflow_is_fixed(ui,
         "Include the credentials to test in the request body.",
     )
     assert "Bad Request" in toast
-    assert README_TEST_ICON in (ROOT / "README.md").read_text()
+    assert README_TEST_ICON in (ROOT / "docs" / "connection.md").read_text()
 
     # With Airflow's fix (no port in the payload), the same icon shows the provider's own answers.
     _, (status, body, toast) = press_list_test_icon_3(page, ui, "faxplus_default", drop_port=True)
@@ -189,7 +189,7 @@ def test_3_3_test_icon_is_refused_by_airflow_and_works_once_airflow_is_fixed(ui,
     assert "refusing to send the API token over plain http:// to 'example.com'" in toast
     assert not [text for text in (toast, json.dumps(body)) if TOKEN in text or BAD_TOKEN in text]
 
-    # The README's working alternative today: `airflow connections test`.
+    # The docs' working alternative today: `airflow connections test`.
     said = ui.home.airflow("connections", "test", "faxplus_default")
     assert "Connection success!" in said.stdout, said.stdout + said.stderr
     said = ui.home.airflow("connections", "test", "faxplus_plain_http")

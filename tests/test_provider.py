@@ -83,9 +83,8 @@ def test_form_widgets_of_airflow_2_match_the_declarative_fields():
 
 
 def _readme_extras() -> list[str]:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## The `faxplus` connection", 1)[1].split("\n## ", 1)[0]
-    return [line.split("`")[1] for line in section.splitlines() if line.startswith("| extra `")]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "connection.md").read_text()
+    return [line.split("`")[1] for line in page.splitlines() if line.startswith("| extra `")]
 
 
 def test_every_extra_of_the_config_and_the_readme_is_a_form_field_with_words_for_the_user():
