@@ -16,6 +16,10 @@ from airflow_provider_faxplus.sandbox.services import PostgresCluster, postgres_
 from airflow_provider_faxplus.sandbox.state import Clock
 
 TOKEN = "alohi_pat_T0KEN-sentinel-9f3b2c"  # distinctive, so leaks are easy to find
+# The sandbox's OAuth2 client (tests/test_oauth.py, tests/test_secrets.py).
+CLIENT_ID = "APIK-oauth-client-7"
+CLIENT_SECRET = "csecret-SENTINEL-4d2a"
+REDIRECT_URI = "https://airflow.example/oauth/callback"
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +67,19 @@ def faxplus_conn(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> str
     value = sandbox.connection_json(initial_backoff=0.05, timeout=5)
     monkeypatch.setenv("AIRFLOW_CONN_FAXPLUS_DEFAULT", value)
     return value
+
+
+@pytest.fixture
+def oauth_sandbox(sandbox: SandboxServer, control: SandboxClient) -> SandboxServer:
+    """The shared sandbox with an OAuth2 client; a fresh refresh token per test (and so a fresh token
+    source: the cache is keyed by the secrets)."""
+    control.oauth_settings(clients={CLIENT_ID: CLIENT_SECRET})
+    return sandbox
+
+
+@pytest.fixture
+def refresh_token(oauth_sandbox: SandboxServer, control: SandboxClient) -> str:
+    return control.mint_refresh_token(CLIENT_ID)
 
 
 @pytest.fixture

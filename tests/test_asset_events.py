@@ -6,7 +6,6 @@ database, requests the sandbox received), with generous bounds; nothing races Ai
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import time
@@ -15,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from airflow_provider_faxplus.sandbox.dagtest import _ASSET_EVENTS
+from airflow_provider_faxplus.sandbox.dagtest import AirflowDeployment
 from tests.test_deployment import AIRFLOW_3, ROOT, TOKEN, Deployment, _answers, _free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not AIRFLOW_3, reason="asset watchers need Airflow 3")
@@ -24,44 +23,6 @@ TAG_DAG = "example_faxplus_tag_new_faxes"
 LEFT_DAG = "example_faxplus_faxes_left"
 LIST = "/v3/accounts/self/outbox"
 STILL_THERE = [{"status": "submitted", "seconds": 3600}]
-
-# The watcher's cursor of an asset (what it has reported), by asset name.
-_CURSOR = """
-import json, sys
-from sqlalchemy import select
-from airflow.models.asset import AssetModel
-from airflow.models.asset_state_store import AssetStateStoreModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    rows = session.execute(
-        select(AssetStateStoreModel.key, AssetStateStoreModel.value)
-        .join(AssetModel, AssetModel.id == AssetStateStoreModel.asset_id)
-        .where(AssetModel.name == sys.argv[1])
-    ).all()
-    print("FAXPLUS-OUT:", json.dumps({key: value for key, value in rows}))
-"""
-# Each DAG run of a DAG: run id, state, and the XCom its task returned.
-_RUNS = """
-import json, sys
-from airflow.models.dagrun import DagRun
-from airflow.models.xcom import XComModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    runs = session.query(DagRun).filter(DagRun.dag_id == sys.argv[1]).all()
-    out = []
-    for run in runs:
-        rows = session.query(XComModel).filter(
-            XComModel.dag_id == sys.argv[1], XComModel.run_id == run.run_id, XComModel.key == "return_value"
-        ).all()
-        values = []
-        for row in rows:
-            value = row.value
-            if isinstance(value, (bytes, str)):
-                value = json.loads(value)
-            values.append(value)
-        out.append({"run_id": run.run_id, "state": str(run.state), "xcom": values})
-    print("FAXPLUS-OUT:", json.dumps(out))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +66,7 @@ def cursor(deployment: Deployment, asset: str) -> dict[str, dict[str, object]] |
     """The cursor kept in the asset's state store (its known faxes), or None before the watcher wrote it."""
     from airflow_provider_faxplus.triggers.outbox_events import decode_cursor
 
-    stored = json.loads(deployment.home.python(_CURSOR, asset))
+    stored = AirflowDeployment(deployment.home).asset_state(asset)
     if not stored:
         return None
     first = min(stored, key=len)  # the cursor's key; its other parts (if any) are that key and a suffix
@@ -113,13 +74,11 @@ def cursor(deployment: Deployment, asset: str) -> dict[str, dict[str, object]] |
 
 
 def runs(deployment: Deployment, dag_id: str) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = json.loads(deployment.home.python(_RUNS, dag_id))
-    return found
+    return AirflowDeployment(deployment.home).dag_runs(dag_id)
 
 
 def events(deployment: Deployment, asset: str) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = json.loads(deployment.home.python(_ASSET_EVENTS, asset))
-    return found
+    return AirflowDeployment(deployment.home).asset_events(asset)
 
 
 def list_calls(deployment: Deployment) -> int:

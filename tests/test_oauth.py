@@ -25,23 +25,7 @@ from airflow_provider_faxplus.sandbox import SandboxServer
 from airflow_provider_faxplus.send import FaxPlusSendUncertainError
 from airflow_provider_faxplus.sensors.outbox import OutboxFaxSensor
 from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
-
-CLIENT_ID = "APIK-oauth-client-7"
-CLIENT_SECRET = "csecret-SENTINEL-4d2a"
-REDIRECT_URI = "https://airflow.example/oauth/callback"
-
-
-@pytest.fixture
-def oauth_sandbox(sandbox, control):
-    """The shared sandbox with an OAuth2 client; a fresh refresh token per test (and so a fresh token
-    source: the cache is keyed by the secrets)."""
-    control.oauth_settings(clients={CLIENT_ID: CLIENT_SECRET})
-    return sandbox
-
-
-@pytest.fixture
-def refresh_token(oauth_sandbox, control) -> str:
-    return control.mint_refresh_token(CLIENT_ID)
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI
 
 
 def use_oauth(
@@ -545,8 +529,10 @@ def test_deferrable_wait_lasts_three_token_lifetimes(oauth_sandbox, control, ref
 # faxplus-oauth ----------------------------------------------------------------------------------------
 
 
-def run_cli(sandbox: SandboxServer, stdin: str, secret: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FAXPLUS_CLIENT_SECRET": secret}
+def oauth_cli(
+    token_url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``faxplus-oauth`` for the sandbox's client; ``env`` defaults to ours with the client secret."""
     return subprocess.run(
         [
             sys.executable,
@@ -557,18 +543,21 @@ def run_cli(sandbox: SandboxServer, stdin: str, secret: str, *args: str) -> subp
             "--redirect-uri",
             REDIRECT_URI,
             "--token-url",
-            sandbox.token_url,
-            "--base-url",
-            sandbox.base_url,
+            token_url,
             *args,
         ],
         input=stdin,
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET} if env is None else env,
         timeout=120,
         check=False,
     )
+
+
+def run_cli(sandbox: SandboxServer, stdin: str, secret: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FAXPLUS_CLIENT_SECRET": secret}
+    return oauth_cli(sandbox.token_url, "--base-url", sandbox.base_url, *args, stdin=stdin, env=env)
 
 
 def test_cli_exchanges_the_code_and_prints_a_working_connection(oauth_sandbox, control, monkeypatch):
@@ -602,25 +591,8 @@ def test_cli_with_a_wrong_secret_is_one_request_and_a_clear_error(oauth_sandbox,
 
 
 def test_cli_refuses_plain_http_token_url_to_a_remote_host(oauth_sandbox):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_faxplus.oauth_cli",
-            "--client-id",
-            CLIENT_ID,
-            "--redirect-uri",
-            REDIRECT_URI,
-            "--token-url",
-            "http://accounts.example/token",
-            "--code",
-            "c",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "FAXPLUS_CLIENT_SECRET": "s"},
+    done = oauth_cli(
+        "http://accounts.example/token", "--code", "c", env={**os.environ, "FAXPLUS_CLIENT_SECRET": "s"}
     )
     assert done.returncode == 2
     assert "plain http://" in done.stderr

@@ -35,20 +35,10 @@ from airflow_provider_faxplus.exceptions import (
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
 from airflow_provider_faxplus.sandbox import SandboxServer
 from airflow_provider_faxplus.triggers.outbox import OutboxFaxTrigger
-from tests.test_oauth import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, collect, seen_trigger, use_oauth
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI
+from tests.test_oauth import collect, oauth_cli, seen_trigger, use_oauth
 
 SECRET = "alohi_pat_PASTED-sentinel-7c1e"  # what a person pastes into the wrong field
-
-
-@pytest.fixture
-def oauth_sandbox(sandbox, control):
-    control.oauth_settings(clients={CLIENT_ID: CLIENT_SECRET})
-    return sandbox
-
-
-@pytest.fixture
-def refresh_token(oauth_sandbox, control) -> str:
-    return control.mint_refresh_token(CLIENT_ID)
 
 
 def encodings(secret: str) -> list[str]:
@@ -101,36 +91,22 @@ class FakeProxy:
         self.sock.close()
 
 
+def proxy_env(variable: str, url: str) -> dict[str, str]:
+    """Our environment with ``variable`` the only proxy setting, and the client secret."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    }
+    return {**env, variable: url, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET}
+
+
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
 def test_cli_sends_the_client_secret_through_no_environment_proxy(oauth_sandbox, control, variable):
     proxy = FakeProxy()
     try:
         code = control.mint_code(CLIENT_ID, REDIRECT_URI)
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-        }
-        env.update({variable: proxy.url, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET})
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "airflow_provider_faxplus.oauth_cli",
-                "--client-id",
-                CLIENT_ID,
-                "--redirect-uri",
-                REDIRECT_URI,
-                "--token-url",
-                oauth_sandbox.token_url,
-            ],
-            input=code + "\n",
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
+        done = oauth_cli(oauth_sandbox.token_url, stdin=code + "\n", env=proxy_env(variable, proxy.url))
     finally:
         proxy.close()
     assert proxy.seen == []
@@ -145,31 +121,8 @@ def test_cli_opens_no_proxy_tunnel_to_an_https_loopback_token_url(variable):
     closed.bind(("127.0.0.1", 0))  # bound, never listening: a refused connection, quickly
     port = closed.getsockname()[1]
     try:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-        }
-        env.update({variable: proxy.url, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET})
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "airflow_provider_faxplus.oauth_cli",
-                "--client-id",
-                CLIENT_ID,
-                "--redirect-uri",
-                REDIRECT_URI,
-                "--token-url",
-                f"https://127.0.0.1:{port}/token",
-            ],
-            input="code-123\n",
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
+        token_url = f"https://127.0.0.1:{port}/token"
+        done = oauth_cli(token_url, stdin="code-123\n", env=proxy_env(variable, proxy.url))
     finally:
         proxy.close()
         closed.close()
@@ -181,26 +134,7 @@ def test_cli_opens_no_proxy_tunnel_to_an_https_loopback_token_url(variable):
 
 def test_cli_warns_that_a_code_on_the_command_line_is_visible(oauth_sandbox, control):
     code = control.mint_code(CLIENT_ID, REDIRECT_URI)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_faxplus.oauth_cli",
-            "--client-id",
-            CLIENT_ID,
-            "--redirect-uri",
-            REDIRECT_URI,
-            "--token-url",
-            oauth_sandbox.token_url,
-            "--code",
-            code,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FAXPLUS_CLIENT_SECRET": CLIENT_SECRET},
-        timeout=120,
-        check=False,
-    )
+    done = oauth_cli(oauth_sandbox.token_url, "--code", code)
     assert done.returncode == 0, done.stderr
     assert "--code is visible" in done.stderr
 

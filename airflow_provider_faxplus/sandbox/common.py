@@ -5,6 +5,7 @@ Route modules (``outbox``, ``send``, ``records``, ``control``) import this; ``ap
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -100,11 +101,36 @@ def authorize(request: Request, scopes: frozenset[str]) -> Response | None:
     return None
 
 
-def lookup(request: Request) -> Fax | Response:
-    state = state_of(request)
-    owner = state.resolve_user(request.path_params["user_id"])
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def authorized(scopes: frozenset[str]) -> Callable[[Handler], Handler]:
+    """A route that answers :func:`authorize`'s 401 or 403 before anything else it checks."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def route(request: Request) -> Response:
+            denied = authorize(request, scopes)
+            return denied if denied is not None else await handler(request)
+
+        return route
+
+    return wrap
+
+
+def owner_of(request: Request) -> str | Response:
+    """The account the path's ``user_id`` names, or the 400 that says it names none."""
+    owner = state_of(request).resolve_user(request.path_params["user_id"])
     if owner is None:
         return error(400, "invalid_user_id", "Invalid user id given")
+    return owner
+
+
+def lookup(request: Request) -> Fax | Response:
+    state = state_of(request)
+    owner = owner_of(request)
+    if isinstance(owner, Response):
+        return owner
     fax = state.find(owner, request.path_params["outbox_fax_id"])
     if fax is None:
         return error(state.not_found_status, "fax_not_found", "Outbox fax not found")

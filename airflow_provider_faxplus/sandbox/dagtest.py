@@ -39,19 +39,6 @@ from airflow_provider_faxplus.sandbox.services import PostgresCluster, free_port
 
 __all__ = ["AirflowDeployment", "AirflowHome", "PostgresCluster", "free_port", "wait_until"]
 
-_TASK_STATES = """
-import json, sys
-from airflow.models import DagRun, TaskInstance
-from airflow.utils.session import create_session
-dag_id = sys.argv[1]
-with create_session() as session:
-    run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
-    rows = [] if run is None else session.query(TaskInstance).filter(
-        TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id).all()
-    print("FAXPLUS-OUT:", json.dumps({"run_id": run and run.run_id, "state": run and str(run.state),
-        "tasks": sorted([[ti.task_id, ti.map_index, str(ti.state)] for ti in rows])}))
-"""
-
 
 # Settings that ``airflow db migrate`` writes into the database: a home that sets one migrates its own.
 _MIGRATE_INPUTS = (
@@ -212,6 +199,25 @@ class AirflowHome:
         [line] = [line for line in result.stdout.splitlines() if line.startswith("FAXPLUS-OUT:")]
         return line.partition(":")[2].strip()
 
+    def sql(
+        self, statement: str, json_columns: tuple[str, ...] = (), **params: object
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a statement on the home's metadata database, run in this process: a poll then costs
+        a query, not an Airflow process (seconds of CPU) competing with the deployment it watches.
+        ``json_columns`` are decoded as SQLAlchemy's JSON type does (on SQLite they are text)."""
+        import sqlalchemy
+
+        url = self.env.get(_SQL_ALCHEMY_CONN) or f"sqlite:///{self.path / 'airflow.db'}"
+        text = sqlalchemy.text(statement)
+        typed = text.columns(*(sqlalchemy.column(name, sqlalchemy.JSON) for name in json_columns))
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.begin() as connection:  # a write (UPDATE) is committed on leaving
+                result = connection.execute(typed if json_columns else text, params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
     def clear_leftover_triggers(self) -> int:
         """Delete the trigger rows no deferred task, asset or callback needs (Airflow 3; what `dags test`
         leaves behind); how many. See ``_CLEAR_LEFTOVER_TRIGGERS`` for why a deployment needs this."""
@@ -219,55 +225,22 @@ class AirflowHome:
 
     def task_states(self, dag_id: str) -> dict[str, Any]:
         """The latest run's state and ``[task_id, map_index, state]`` of each of its task instances."""
-        states: dict[str, Any] = json.loads(self.python(_TASK_STATES, dag_id))
-        return states
+        runs = self.sql(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = :d ORDER BY id DESC LIMIT 1", d=dag_id
+        )
+        if not runs:
+            return {"run_id": None, "state": None, "tasks": []}
+        [(run_id, state)] = runs
+        tasks = self.sql(
+            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = :d AND run_id = :r",
+            d=dag_id,
+            r=run_id,
+        )
+        # str(): a task instance not yet run shows "None", as Airflow's state enum printed does.
+        found = sorted([task_id, index, str(task_state)] for task_id, index, task_state in tasks)
+        return {"run_id": run_id, "state": str(state), "tasks": found}
 
 
-# Airflow 3 queries for a running deployment (run by ``AirflowHome.python``).
-_UNPAUSE = """
-import json, sys
-from airflow.models.dag import DagModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    found = session.query(DagModel).filter(DagModel.dag_id.in_(sys.argv[1:])).all()
-    if len(found) == len(sys.argv[1:]):
-        for dag in found:
-            dag.is_paused = False
-    print("FAXPLUS-OUT:", json.dumps(sorted(dag.dag_id for dag in found)))
-"""
-_DAG_RUNS = """
-import json, sys
-from airflow.models.dagrun import DagRun
-from airflow.models.xcom import XComModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    runs = session.query(DagRun).filter(DagRun.dag_id == sys.argv[1]).order_by(DagRun.id).all()
-    out = []
-    for run in runs:
-        rows = session.query(XComModel).filter(
-            XComModel.dag_id == sys.argv[1], XComModel.run_id == run.run_id, XComModel.key == "return_value"
-        ).all()
-        values = []
-        for row in rows:
-            value = row.value
-            if isinstance(value, (bytes, str)):
-                value = json.loads(value)
-            values.append(value)
-        out.append({"run_id": run.run_id, "state": str(run.state), "xcom": values})
-    print("FAXPLUS-OUT:", json.dumps(out))
-"""
-_ASSET_EVENTS = """
-import json, sys
-from sqlalchemy import select
-from airflow.models.asset import AssetEvent, AssetModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    rows = session.execute(
-        select(AssetEvent.extra).join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-        .where(AssetModel.name == sys.argv[1]).order_by(AssetEvent.id)
-    ).all()
-    print("FAXPLUS-OUT:", json.dumps([(extra or {}).get("payload") for (extra,) in rows]))
-"""
 # Trigger rows a finished `dags test` leaves behind (its task no longer deferred): a triggerer started
 # on the home would run them, Airflow then deletes their rows, and SQLite gives a deleted row's id to
 # the next trigger created (an asset watcher's), so the stale trigger's event lands on that asset.
@@ -283,20 +256,6 @@ Trigger.clean_unused()
 with create_session() as session:
     after = session.scalar(select(func.count(Trigger.id)))
 print("FAXPLUS-OUT:", json.dumps(before - after))
-"""
-_ASSET_STATE = """
-import json, sys
-from sqlalchemy import select
-from airflow.models.asset import AssetModel
-from airflow.models.asset_state_store import AssetStateStoreModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    rows = session.execute(
-        select(AssetStateStoreModel.key, AssetStateStoreModel.value)
-        .join(AssetModel, AssetModel.id == AssetStateStoreModel.asset_id)
-        .where(AssetModel.name == sys.argv[1])
-    ).all()
-    print("FAXPLUS-OUT:", json.dumps({key: value for key, value in rows}))
 """
 
 
@@ -468,24 +427,58 @@ class AirflowDeployment:
         """Unpause the DAGs once the dag-processor has stored them all."""
         wanted = sorted(dag_ids)
 
-        def unpaused() -> bool:
+        def stored() -> bool:
             self.check_alive()
-            found: list[str] = json.loads(self.home.python(_UNPAUSE, *dag_ids))
-            return found == wanted
+            return set(wanted) <= {dag_id for (dag_id,) in self.home.sql("SELECT dag_id FROM dag")}
 
-        wait_until(unpaused, f"the dag-processor to store {', '.join(wanted)}", timeout, interval=2)
+        wait_until(stored, f"the dag-processor to store {', '.join(wanted)}", timeout)
+        for dag_id in wanted:
+            self.home.sql("UPDATE dag SET is_paused = :paused WHERE dag_id = :d", paused=False, d=dag_id)
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         """Each run of the DAG, oldest first: ``run_id``, ``state`` and the XComs its tasks returned."""
-        runs: list[dict[str, Any]] = json.loads(self.home.python(_DAG_RUNS, dag_id))
-        return runs
+        runs = self.home.sql("SELECT id, run_id, state FROM dag_run WHERE dag_id = :d ORDER BY id", d=dag_id)
+        xcoms = self.home.sql(
+            "SELECT dag_run_id, value FROM xcom WHERE dag_id = :d AND key = 'return_value'"
+            " ORDER BY dag_run_id, task_id, map_index",
+            ("value",),
+            d=dag_id,
+        )
+        return [
+            {
+                "run_id": run_id,
+                "state": state,
+                "xcom": [_xcom_value(value) for of_run, value in xcoms if of_run == run],
+            }
+            for run, run_id, state in runs
+        ]
 
     def asset_events(self, asset: str) -> list[dict[str, Any]]:
         """The payload of each event of the asset, oldest first."""
-        found: list[dict[str, Any]] = json.loads(self.home.python(_ASSET_EVENTS, asset))
-        return found
+        rows = self.home.sql(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = :name"
+            " ORDER BY e.id",
+            ("extra",),
+            name=asset,
+        )
+        payloads: list[Any] = [(extra or {}).get("payload") for (extra,) in rows]
+        return payloads
 
     def asset_state(self, asset: str) -> dict[str, str]:
         """What the asset's watchers keep in its state store (empty before they first wrote)."""
-        stored: dict[str, str] = json.loads(self.home.python(_ASSET_STATE, asset))
-        return stored
+        rows = self.home.sql(
+            "SELECT s.key, s.value FROM asset_state_store s JOIN asset a ON a.id = s.asset_id"
+            " WHERE a.name = :name",
+            name=asset,
+        )
+        return {str(key): str(value) for key, value in rows}
+
+
+def _xcom_value(value: Any) -> Any:
+    """An XCom as Airflow 3 reads it (``XComModel.deserialize_value``): the Task SDK stores values as
+    JSON (a plain string is a JSON string, no JSON text to decode); what ``serialize_value`` stored is
+    JSON text, decoded."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value

@@ -14,7 +14,7 @@ from airflow_provider_faxplus.sandbox.common import (
     EDIT_SCOPES,
     READ_SCOPES,
     BodyTooLarge,
-    authorize,
+    authorized,
     error,
     is_json,
     lookup,
@@ -24,10 +24,8 @@ from airflow_provider_faxplus.sandbox.common import (
 )
 
 
+@authorized(READ_SCOPES)
 async def get_outbox_fax(request: Request) -> Response:
-    denied = authorize(request, READ_SCOPES)
-    if denied is not None:
-        return denied
     fax = lookup(request)
     if isinstance(fax, Response):
         return fax
@@ -39,10 +37,8 @@ async def get_outbox_fax(request: Request) -> Response:
     return JSONResponse(outbox)
 
 
+@authorized(EDIT_SCOPES)
 async def update_outbox_fax(request: Request) -> Response:
-    denied = authorize(request, EDIT_SCOPES)
-    if denied is not None:
-        return denied
     try:
         body = await read_body(request)
     except BodyTooLarge:

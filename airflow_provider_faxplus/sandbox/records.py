@@ -24,9 +24,11 @@ from airflow_provider_faxplus.sandbox.common import (
     READ_SCOPES,
     BodyTooLarge,
     authorize,
+    authorized,
     control,
     error,
     is_json,
+    owner_of,
     read_body,
     read_json,
     state_of,
@@ -51,19 +53,12 @@ def _synced(request: Request) -> SandboxState:
     return state
 
 
-def _owner(request: Request, state: SandboxState) -> str | Response:
-    owner = state.resolve_user(request.path_params["user_id"])
-    if owner is None:
-        return error(400, "invalid_user_id", "Invalid user id given")
-    return owner
-
-
 def _record(request: Request, scopes: frozenset[str]) -> Record | Response:
     denied = authorize(request, scopes)
     if denied is not None:
         return denied
     state = _synced(request)
-    owner = _owner(request, state)
+    owner = owner_of(request)
     if isinstance(owner, Response):
         return owner
     record = state.fax_records.find(owner, request.path_params["fax_id"])
@@ -88,12 +83,10 @@ def _count(request: Request, name: str, default: int, minimum: int) -> int | Res
     return int(raw)
 
 
+@authorized(READ_SCOPES)
 async def list_faxes(request: Request) -> Response:
-    denied = authorize(request, READ_SCOPES)
-    if denied is not None:
-        return denied
     state = _synced(request)
-    owner = _owner(request, state)
+    owner = owner_of(request)
     if isinstance(owner, Response):
         return owner
     query = request.query_params
@@ -132,10 +125,8 @@ async def get_fax(request: Request) -> Response:
     return JSONResponse(record.fax)
 
 
+@authorized(EDIT_SCOPES)
 async def update_fax(request: Request) -> Response:
-    denied = authorize(request, EDIT_SCOPES)
-    if denied is not None:
-        return denied
     try:
         body = await read_body(request)
     except BodyTooLarge:

@@ -24,10 +24,11 @@ from airflow_provider_faxplus.sandbox.common import (
     API_PREFIX,
     EDIT_SCOPES,
     READ_SCOPES,
-    authorize,
+    authorized,
     error,
     is_json,
     lookup,
+    owner_of,
     state_of,
 )
 from airflow_provider_faxplus.sandbox.spec import schema_errors
@@ -50,18 +51,9 @@ def _boundary(content_type: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _owner(request: Request) -> str | Response:
-    owner = state_of(request).resolve_user(request.path_params["user_id"])
-    if owner is None:
-        return error(400, "invalid_user_id", "Invalid user id given")
-    return owner
-
-
+@authorized(FILE_EDIT_SCOPES)
 async def upload_file(request: Request) -> Response:
-    denied = authorize(request, FILE_EDIT_SCOPES)
-    if denied is not None:
-        return denied
-    owner = _owner(request)
+    owner = owner_of(request)
     if isinstance(owner, Response):
         return owner
     content_type = request.headers.get("content-type", "")
@@ -98,11 +90,9 @@ async def upload_file(request: Request) -> Response:
     return JSONResponse({"path": path})
 
 
+@authorized(EDIT_SCOPES)
 async def send_fax(request: Request) -> Response:
-    denied = authorize(request, EDIT_SCOPES)
-    if denied is not None:
-        return denied
-    owner = _owner(request)
+    owner = owner_of(request)
     if isinstance(owner, Response):
         return owner
     body = await request.body()
@@ -202,11 +192,9 @@ def _payload_problem(payload: Any) -> tuple[str, str] | None:
     return None
 
 
+@authorized(READ_SCOPES)
 async def list_outbox(request: Request) -> Response:
-    denied = authorize(request, READ_SCOPES)
-    if denied is not None:
-        return denied
-    owner = _owner(request)
+    owner = owner_of(request)
     if isinstance(owner, Response):
         return owner
     state = state_of(request)
@@ -221,10 +209,8 @@ async def list_outbox(request: Request) -> Response:
     return JSONResponse({"records": records})
 
 
+@authorized(EDIT_SCOPES)
 async def cancel_outbox_fax(request: Request) -> Response:
-    denied = authorize(request, EDIT_SCOPES)
-    if denied is not None:
-        return denied
     fax = lookup(request)
     if isinstance(fax, Response):
         return fax

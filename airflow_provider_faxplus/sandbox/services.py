@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 # PostgreSQL refuses to run as root: as root its commands run as Debian's ``postgres`` user.
 _SERVICE_USER = "postgres"
@@ -69,7 +70,30 @@ def wait_until(check: Callable[[], object], what: str, timeout: float, interval:
         time.sleep(interval)
 
 
-class PostgresCluster:
+class _Service:
+    """A server started by ``start()`` and stopped, its files deleted, by ``stop()``; as a context
+    manager, started on entering and stopped on leaving (also when starting fails half-way)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class PostgresCluster(_Service):
     """A PostgreSQL cluster in a temporary directory, listening only on a unix socket there (no TCP
     port, so nothing to collide with), trusting local connections of the user ``airflow``; its
     durability settings are off (it is thrown away). ``new_database()`` gives each Airflow home a
@@ -106,7 +130,7 @@ class PostgresCluster:
             raise RuntimeError(f"{what} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
         return result.stdout
 
-    def start(self) -> PostgresCluster:
+    def start(self) -> Self:
         if os.geteuid() == 0:
             shutil.chown(self.path, user=_SERVICE_USER)
         initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
@@ -147,18 +171,6 @@ class PostgresCluster:
             )
             self._started = False
         shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> PostgresCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def url(self, database: str) -> str:
         """The SQLAlchemy URL of one of the cluster's databases (Airflow's psycopg2 driver)."""
@@ -205,7 +217,7 @@ def redis_missing() -> str | None:
     return None
 
 
-class RedisServer:
+class RedisServer(_Service):
     """``redis-server`` on 127.0.0.1 and a free port, without persistence, in the foreground of a
     child process that leaving stops."""
 
@@ -221,7 +233,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 30) -> RedisServer:
+    def start(self, timeout: float = 30) -> Self:
         self.port = free_port()
         server = shutil.which("redis-server")
         assert server
@@ -263,15 +275,3 @@ class RedisServer:
                 self.process.wait()
             self.process = None
         shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
