@@ -348,3 +348,28 @@ async def test_a_second_trigger_needs_only_its_list_and_diff(ack):
     await running.aclose()
     assert event.payload == "c"
     assert items.store.values["items"] == '["a", "b"]'
+
+
+def test_the_turn_stream_ends_when_cancelled_as_a_write_wakes_it():
+    """Python 3.11's ``asyncio.wait_for`` swallows a cancel that arrives in the loop step its inner wait
+    completes; the turn stream then outlived its trigger (seen once for 90 s, once for good)."""
+    from airflow_provider_faxplus.triggers.acked_cursor import TurnProducer
+
+    async def scenario() -> str:
+        producer = TurnProducer(interval=3600)
+        stream = producer.open_stream()
+        await anext(stream)  # the first turn; the next pull waits an interval
+        task = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)  # now waiting on its wake event
+        producer._wake.set()  # an advance's write wakes it...
+        task.cancel()  # ...in the same loop step as Airflow cancels the stream
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 5)
+        except asyncio.CancelledError:
+            return "cancelled"
+        except TimeoutError:
+            task.cancel()
+            return "still running"
+        return f"yielded {task.result()!r}"
+
+    assert asyncio.run(scenario()) == "cancelled"

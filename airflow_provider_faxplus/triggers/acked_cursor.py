@@ -197,8 +197,11 @@ class TurnProducer(SharedStreamProducer):  # type: ignore[misc,valid-type]
                     await self._write(list(self._retrying))
                     continue
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that arrives
+                # as the event is set, and the stream would outlive its trigger.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(due, retry) - now)
+                    async with asyncio.timeout(min(due, retry) - now):
+                        await self._wake.wait()
 
     async def advance(self, batch: Sequence[AdvanceItem]) -> None:
         touched: dict[AckedCursor, None] = {}

@@ -133,8 +133,9 @@ class SharedPoll(Generic[S]):
             )
             if send_at > now:
                 self._changed.clear()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), send_at - now)
+                with suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow a cancel
+                    async with asyncio.timeout(send_at - now):
+                        await self._changed.wait()
                 continue
             started_at = time.monotonic()
             request: _Request[S] = _Request(started_at)
