@@ -74,8 +74,9 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
     The cursor (a time window: see :mod:`airflow_provider_faxplus.record_watch`) is kept in the watched
     asset's ``asset_state_store`` (Airflow 3.3.2+) and written once Airflow has stored the events;
     elsewhere it is kept in memory, lost when the triggerer restarts. A record is new if it appears in
-    the list within ``lookback`` seconds of the newest record seen; one that appears later is not
-    reported.
+    the list within ``lookback`` seconds of the newest record seen, by the server's clock (the answer's
+    ``Date``); one that appears later is not reported. An id the hook would refuse yields no event (one
+    warning); string fields over ``record_watch.MAX_FIELD_CHARS`` are cut.
 
     :param category: ``inbox`` or ``sent``.
     :param report_existing: required, so the choice is explicit. With no cursor yet (the first start),
