@@ -110,7 +110,7 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
             raise ValueError(f"faxplus_conn_id must be a non-empty string, got {faxplus_conn_id!r}")
         for name, value in (("poll_interval", poll_interval), ("lookback", lookback)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                raise ValueError(f"{name} must be a finite positive number of seconds, got {value!r}")
         self.category = category
         self.report_existing = report_existing
         self.user_id = user_id
