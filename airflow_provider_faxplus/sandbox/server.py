@@ -141,7 +141,9 @@ class SandboxClient:
 
     def record_settings(self, **values: Any) -> dict[str, Any]:
         """``default_outcome`` ({status, description}), ``id_policy`` (``same``: a sent record has the
-        outbox id; ``new``: an id of its own), ``from_field`` (``from`` or ``from_number``), ``page_cap``."""
+        outbox id; ``new``: an id of its own), ``from_field`` (``from`` or ``from_number``), ``page_cap``,
+        ``between_pages`` (``{after, delete, receive}``: after that many list answers, delete those record
+        ids and receive that many faxes, once)."""
         result: dict[str, Any] = self._call("POST", "/records/settings", values)
         return result
 
