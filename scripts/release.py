@@ -172,8 +172,9 @@ def check_dists(dist: Path) -> tuple[Path, Path]:
     urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL") or [])
     if urls != project_urls():
         problems.append(f"wheel Project-URL: {urls}")
-    if "dev" in (meta.get_all("Provides-Extra") or []):
-        problems.append("the dev tools are published as an extra")
+    extras = meta.get_all("Provides-Extra") or []
+    if extras != ["sandbox"]:  # the test tools and deployment providers are dependency groups
+        problems.append(f"wheel extras {extras}: only sandbox is a feature of the package")
     if problems:
         raise SystemExit("release check:\n  " + "\n  ".join(problems))
     return sdist, wheel
