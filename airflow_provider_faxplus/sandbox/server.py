@@ -234,7 +234,11 @@ class SandboxServer:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
+        try:
+            sock.bind((self._host, self._port))
+        except OSError:
+            sock.close()
+            raise
         self._socket = sock
         config = uvicorn.Config(
             create_app(self.state),
