@@ -96,6 +96,8 @@ def quick(monkeypatch):
 
     monkeypatch.setattr(acked_cursor, "SETTLE_SECONDS", 0.0)
     monkeypatch.setattr(outbox_events, "PARKED_RECHECK_SECONDS", 0.2)
+    # Test-only: the sandbox answers in milliseconds (Fax.Plus itself needs at least 1 s).
+    monkeypatch.setattr(outbox_events.OutboxEventTrigger, "min_poll_interval", 0.01, raising=False)
     return outbox_events
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hmac
 import json
 import logging
@@ -106,6 +107,10 @@ class ApiLayer:
 
         async def record(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if not any(key.lower() == b"date" for key, _ in message.get("headers", [])):
+                    # The sandbox's clock, not the machine's (uvicorn's own Date header is off).
+                    date = email.utils.formatdate(self.state.clock.now(), usegmt=True).encode("latin-1")
+                    message = {**message, "headers": [*message.get("headers", []), (b"date", date)]}
                 entry["status"] = message["status"]
                 entry["response_headers"] = {
                     k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])

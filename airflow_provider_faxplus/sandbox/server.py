@@ -240,6 +240,7 @@ class SandboxServer:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
+            date_header=False,  # the API layer sends the sandbox clock's Date
             http="httptools",  # h11 refuses to send some faults (a body on a 204); httptools sends them
         )
         self._server = uvicorn.Server(config)
