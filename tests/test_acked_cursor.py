@@ -112,7 +112,10 @@ def test_ack_mode_is_chosen_where_airflow_has_it(ack, monkeypatch):
     key = trigger.shared_stream_key()
     assert key is not None
     assert "faxplus.acked_cursor" in key
-    assert trigger.shared_stream_key() == watcher(ack, None, report_existing=False).shared_stream_key()
+    assert trigger.shared_stream_key() == key  # stable for one trigger
+    # Another trigger of the same kwargs has its own stream: Airflow acknowledges a turn for all
+    # subscribers at once.
+    assert key != watcher(ack, None, report_existing=False).shared_stream_key()
     assert key != watcher(ack, None, report_existing=False, events=["left"]).shared_stream_key()
     group = _SharedStreamGroup(
         key=key,
@@ -505,3 +508,26 @@ def test_poll_interval_is_finite_and_at_least_one_second():
         with pytest.raises(ValueError, match="poll_interval must be a finite number of seconds, at least 1"):
             OutboxEventTrigger(report_existing=False, poll_interval=bad)
     assert OutboxEventTrigger(report_existing=False, poll_interval=1).poll_interval == 1.0
+
+
+@run_async
+async def test_a_fax_in_the_outbox_between_two_polls_only_produces_no_event(faxplus_conn, control, ack):
+    """List-based watching: a fax that enters and leaves between two list answers is in none of them and
+    produces no event (the docs' limit). The sandbox clock moves the fax through its life at once."""
+    store = FakeStore()
+    one = Subscribed(manager(), watcher(ack, store, report_existing=False, poll_interval=2.0))
+    try:
+        await one.until(lambda: cursor(store, one.trigger) == {}, "the first (empty) cursor")
+        calls = list_calls(control)
+        await one.until(lambda: list_calls(control) > calls, "a list call")
+        fax_id = control.create_fax(lifecycle=[{"status": "submitted", "seconds": 5}])["id"]
+        control.advance(30)  # sent and gone before the next list call
+        calls = list_calls(control)
+        await one.until(lambda: list_calls(control) >= calls + 2, "two more list calls")
+        one.persist()
+        later = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await one.until(lambda: one.events, "the next fax")
+    finally:
+        await one.stop()
+    assert one.kinds() == [("entered", later)]
+    assert all(fax_id not in entry["path"] for entry in control.requests())
