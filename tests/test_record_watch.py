@@ -105,7 +105,7 @@ def _page(ids: list[str]) -> bytes:
     return json.dumps({"data": {"records": [{"id": i, "status": "success"} for i in ids]}}).encode()
 
 
-def test_the_pager_reads_to_an_empty_page_through_capped_and_shifted_pages():
+def test_the_pager_reads_past_capped_and_shifted_pages_each_overlapping_the_last():
     config = FaxPlusConfig(token="t", base_url="https://x.test/v3")
     pager = records.FaxListPager(config, "inbox", after="2026-12-07 12:00:00")
     call = pager.call()
@@ -113,9 +113,12 @@ def test_the_pager_reads_to_an_empty_page_through_capped_and_shifted_pages():
     assert "offset=0" in call.url
     pager.feed(call, 200, {}, _page(["a", "b"]))  # a capped page: not the last
     assert not pager.done
-    assert pager.offset == 2
-    pager.feed(pager.call(), 200, {}, _page(["b", "c"]))  # shifted by a new fax: b once
-    pager.feed(pager.call(), 200, {}, _page([]))
+    call = pager.call()
+    assert "offset=1" in call.url  # b again: the overlap
+    pager.feed(call, 200, {}, _page(["new", "b", "c"]))  # shifted by a new fax: b once, c after it
+    call = pager.call()
+    assert "offset=3" in call.url
+    pager.feed(call, 200, {}, _page(["c"]))  # nothing past the overlap: the end
     assert pager.done
     assert list(pager.found) == ["a", "b", "c"]
 
@@ -123,8 +126,9 @@ def test_the_pager_reads_to_an_empty_page_through_capped_and_shifted_pages():
 def test_the_pager_refuses_a_server_that_ignores_offset_and_a_malformed_page():
     config = FaxPlusConfig(token="t", base_url="https://x.test/v3")
     pager = records.FaxListPager(config, "sent")
-    pager.feed(pager.call(), 200, {}, _page(["a"]))
+    pager.feed(pager.call(), 200, {}, _page(["a", "b"]))
+    pager.feed(pager.call(), 200, {}, _page(["a", "b"]))  # b to the right: asked again where it is
     with pytest.raises(FaxPlusResponseError, match="does not page by offset"):
-        pager.feed(pager.call(), 200, {}, _page(["a"]))
+        pager.feed(pager.call(), 200, {}, _page(["a", "b"]))
     with pytest.raises(FaxPlusResponseError, match="not JSON"):
         records.FaxListPager(config, "sent").feed(pager.call(), 200, {}, b"<html>proxy</html>")
