@@ -187,6 +187,22 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
+def server_time(headers: Mapping[str, str]) -> float | None:
+    """The server's clock (POSIX seconds) from an answer's ``Date`` header, or ``None`` without a
+    readable one."""
+    value = _header(headers, "date")
+    if value is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    stamp = when.timestamp()
+    return stamp if math.isfinite(stamp) else None
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     for key, value in headers.items():
         if key.lower() == name:

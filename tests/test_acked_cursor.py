@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -35,6 +36,8 @@ def ack(monkeypatch):
     if not acked_cursor.ACK_MODE:
         pytest.skip("this Airflow has no ack mode")
     monkeypatch.setattr(outbox_events, "PARKED_RECHECK_SECONDS", 0.2)
+    # Test-only: the sandbox answers in milliseconds (Fax.Plus itself needs at least 1 s).
+    monkeypatch.setattr(outbox_events.OutboxEventTrigger, "min_poll_interval", 0.01, raising=False)
     return outbox_events
 
 
@@ -109,7 +112,10 @@ def test_ack_mode_is_chosen_where_airflow_has_it(ack, monkeypatch):
     key = trigger.shared_stream_key()
     assert key is not None
     assert "faxplus.acked_cursor" in key
-    assert trigger.shared_stream_key() == watcher(ack, None, report_existing=False).shared_stream_key()
+    assert trigger.shared_stream_key() == key  # stable for one trigger
+    # Another trigger of the same kwargs has its own stream: Airflow acknowledges a turn for all
+    # subscribers at once.
+    assert key != watcher(ack, None, report_existing=False).shared_stream_key()
     assert key != watcher(ack, None, report_existing=False, events=["left"]).shared_stream_key()
     group = _SharedStreamGroup(
         key=key,
@@ -373,3 +379,155 @@ def test_the_turn_stream_ends_when_cancelled_as_a_write_wakes_it():
         return f"yielded {task.result()!r}"
 
     assert asyncio.run(scenario()) == "cancelled"
+
+
+async def _persisting(one: Subscribed, seconds: float) -> None:
+    """The supervisor storing every event for ``seconds`` (the trigger must live through them)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if one.task.done():
+            one.task.result()
+            raise AssertionError("the trigger ended")
+        one.persist()
+        await asyncio.sleep(0.05)
+
+
+@run_async
+async def test_list_records_no_fax_can_be_are_skipped_never_events_never_parking(
+    faxplus_conn, control, ack, caplog
+):
+    """One list answer with records whose id the client refuses (a path, 300 characters) or that are
+    no Outbox: never an event, never in the cursor, one WARNING each; the watcher goes on (no GET for
+    them, no parking) and reports the real fax that comes next."""
+    caplog.set_level(logging.WARNING)
+    hostile = ["../../accounts/x", "A" * 300]
+    body = json.dumps(
+        {"records": [{"id": fax_id, "status": "submitted"} for fax_id in hostile] + [{"id": "abc"}]}
+    )
+    store = FakeStore()
+    one = Subscribed(manager(), watcher(ack, store, report_existing=False, poll_interval=0.1))
+    try:
+        await one.until(lambda: cursor(store, one.trigger) == {}, "the first (empty) cursor")
+        control.add_fault(status=200, method="GET", path_endswith="/outbox", body=body, times=2)
+        calls = list_calls(control)
+        await one.until(lambda: list_calls(control) >= calls + 4, "the hostile answers and two more")
+        real = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await one.until(lambda: ("entered", real) in one.kinds(), "the real fax")
+        one.persist()
+        await one.until(lambda: set(cursor(store, one.trigger) or {}) == {real}, "the cursor")
+    finally:
+        await one.stop()
+    assert one.kinds() == [("entered", real)]
+    assert one.trigger._parked is None
+    gets = [e["path"] for e in control.requests() if e["method"] == "GET" and "/outbox/" in e["path"]]
+    assert gets == []
+    warned = [r.getMessage() for r in caplog.records if "skipped (not a fax" in r.getMessage()]
+    assert len(warned) == 3, warned
+    assert all(len(message) < 700 for message in warned)
+    assert "A" * 81 not in caplog.text
+
+
+@run_async
+async def test_a_short_first_answer_invents_no_entered_event(faxplus_conn, control, ack):
+    """report_existing=False, the first list answer empty although three faxes are in the outbox: they
+    were submitted before the first start (the server's Date), so when they show up they count as
+    existing; a fax submitted later is reported."""
+    old = [control.create_fax(lifecycle=ONE_HOUR)["id"] for _ in range(3)]
+    control.advance(5)  # the old faxes' submit_time is whole seconds before the first answer's Date
+    control.add_fault(status=200, method="GET", path_endswith="/outbox", body='{"records": []}', times=1)
+    store = FakeStore()
+    one = Subscribed(manager(), watcher(ack, store, report_existing=False, poll_interval=0.1))
+    try:
+        await one.until(lambda: set(cursor(store, one.trigger) or {}) == set(old), "the old faxes known")
+        control.advance(2)
+        new = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await one.until(lambda: one.events, "the new fax")
+        await _persisting(one, 1.0)
+    finally:
+        await one.stop()
+    assert one.kinds() == [("entered", new)]
+
+
+@run_async
+async def test_a_slow_turn_stops_confirming_within_its_budget(faxplus_conn, control, ack, monkeypatch):
+    """Ten known faxes missing from one answer, each confirming GET slow: the turn stops confirming
+    after its budget (here 0.3 s) and so ends within Airflow's ack timeout (here 2 s); the watcher lives."""
+    monkeypatch.setattr(ack, "CONFIRM_BUDGET_SECONDS", 0.3, raising=False)
+    for _ in range(10):
+        control.create_fax(lifecycle=ONE_HOUR)
+    store = FakeStore()
+    one = Subscribed(manager(ack_timeout=2.0), watcher(ack, store, report_existing=True, poll_interval=0.2))
+    try:
+        await one.until(lambda: len(one.events) == 10, "ten entered")
+        one.persist()
+        await one.until(lambda: len(cursor(store, one.trigger) or {}) == 10, "the cursor of ten")
+        control.add_fault(status=200, method="GET", path_endswith="/outbox", body='{"records": []}', times=1)
+        control.add_fault(delay=0.5, method="GET", path_contains="/outbox/", times=10)
+        await _persisting(one, 6.0)
+    finally:
+        await one.stop()
+    gets = [e for e in control.requests() if e["method"] == "GET" and "/outbox/" in e["path"]]
+    assert 1 <= len(gets) < 10
+    assert len(one.events) == 10  # no "left": the faxes are still there
+
+
+@run_async
+async def test_a_refusal_stays_with_its_own_watcher(faxplus_conn, control, ack, caplog):
+    """Two watchers with the same kwargs (two assets) each have their own stream: the one whose events
+    Airflow never confirms fails; the other's cursor keeps moving."""
+    caplog.set_level(logging.WARNING)
+    triggerer = manager(ack_timeout=1.0)
+    store_a, store_b = FakeStore(), FakeStore()
+    a = Subscribed(triggerer, watcher(ack, store_a, report_existing=False, poll_interval=0.1))
+    b = Subscribed(triggerer, watcher(ack, store_b, report_existing=False, poll_interval=0.1))
+    try:
+        await a.until(
+            lambda: cursor(store_a, a.trigger) == {} and cursor(store_b, b.trigger) == {}, "cursors"
+        )
+        first = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await a.until(lambda: a.events and b.events, "both see the fax")
+        deadline = time.monotonic() + 10
+        while not b.task.done() and time.monotonic() < deadline:
+            a.persist()  # B's events are never confirmed
+            await asyncio.sleep(0.05)
+        assert b.task.done()
+        second = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await a.until(lambda: ("entered", second) in a.kinds(), "A sees the second fax")
+        a.persist()
+        await a.until(lambda: set(cursor(store_a, a.trigger) or {}) == {first, second}, "A's cursor moves")
+    finally:
+        await a.stop()
+        await b.stop()
+    assert a.key != b.key
+
+
+def test_poll_interval_is_finite_and_at_least_one_second():
+    from airflow_provider_faxplus.triggers.outbox_events import OutboxEventTrigger
+
+    for bad in (0.5, 0, -1, float("inf"), float("nan"), True, "5"):
+        with pytest.raises(ValueError, match="poll_interval must be a finite number of seconds, at least 1"):
+            OutboxEventTrigger(report_existing=False, poll_interval=bad)
+    assert OutboxEventTrigger(report_existing=False, poll_interval=1).poll_interval == 1.0
+
+
+@run_async
+async def test_a_fax_in_the_outbox_between_two_polls_only_produces_no_event(faxplus_conn, control, ack):
+    """List-based watching: a fax that enters and leaves between two list answers is in none of them and
+    produces no event (the docs' limit). The sandbox clock moves the fax through its life at once."""
+    store = FakeStore()
+    one = Subscribed(manager(), watcher(ack, store, report_existing=False, poll_interval=2.0))
+    try:
+        await one.until(lambda: cursor(store, one.trigger) == {}, "the first (empty) cursor")
+        calls = list_calls(control)
+        await one.until(lambda: list_calls(control) > calls, "a list call")
+        fax_id = control.create_fax(lifecycle=[{"status": "submitted", "seconds": 5}])["id"]
+        control.advance(30)  # sent and gone before the next list call
+        calls = list_calls(control)
+        await one.until(lambda: list_calls(control) >= calls + 2, "two more list calls")
+        one.persist()
+        later = control.create_fax(lifecycle=ONE_HOUR)["id"]
+        await one.until(lambda: one.events, "the next fax")
+    finally:
+        await one.stop()
+    assert one.kinds() == [("entered", later)]
+    assert all(fax_id not in entry["path"] for entry in control.requests())

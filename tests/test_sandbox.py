@@ -54,6 +54,20 @@ def test_get_answers_a_spec_shaped_outbox(sandbox, control):
     assert len(body["last_updated_status_time"]) == 19
 
 
+def test_api_answers_carry_one_date_header_from_the_sandbox_clock(sandbox, control):
+    """What a client reads as the server's time (OutboxEventTrigger's first start) follows the sandbox
+    clock, which control.advance moves: one Date header, not the machine's."""
+    from airflow_provider_faxplus.protocol import server_time
+
+    control.create_fax(id="f1")
+    control.advance(7200)
+    response = requests.get(url(sandbox), headers=AUTH, timeout=5)
+    assert len(response.raw.headers.getlist("Date")) == 1
+    stamp = server_time(response.headers)
+    assert stamp is not None
+    assert abs(stamp - (time.time() + 7200)) < 5
+
+
 def test_auth_is_checked(sandbox, control):
     control.create_fax(id="f1")
     assert requests.get(url(sandbox), timeout=5).status_code == 401

@@ -246,7 +246,7 @@ class SandboxServer:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
-            date_header=False,  # the layer dates answers by the sandbox clock
+            date_header=False,  # the API layer sends the sandbox clock's Date
             http="httptools",  # h11 refuses to send some faults (a body on a 204); httptools sends them
         )
         self._server = uvicorn.Server(config)

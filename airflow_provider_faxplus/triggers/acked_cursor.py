@@ -5,7 +5,8 @@ store, so that a restarted triggerer neither reports it again nor misses anythin
 state is written only once every event it counts as reported is stored by Airflow.
 
 **Ack mode** (Airflow with ``BaseEventTrigger.create_shared_stream_producer``, 3.3+). The trigger joins a
-shared stream of its own (its key is its classpath and kwargs). Its :class:`TurnProducer` yields one
+shared stream of its own (its key: its classpath, kwargs and a number unique to the instance, since
+Airflow acknowledges a turn for all subscribers at once). Its :class:`TurnProducer` yields one
 :class:`Turn` per ``poll_interval`` (monotonic clock); the trigger's ``filter_shared_stream`` makes one
 poll turn per :class:`Turn`, yields that turn's events and hands the turn the cursor state reached. Airflow
 calls ``advance`` for a turn only once its supervisor has confirmed every event of it stored in the
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 # Settle mode: Airflow's triggerer hands yielded events to its supervisor about once a second; a state
 # is written this long after its events, so a triggerer stopped in between reports them again.
 SETTLE_SECONDS = 3.0
+_STREAM_NUMBERS = itertools.count()
 
 
 class AckedCursor:
@@ -238,6 +241,9 @@ class AckedCursorTrigger(BaseEventTrigger):
         super().__init__(**kwargs)
         # Monotonic time before which turns are skipped (a back-off set by poll_turn).
         self.resume_at = -math.inf
+        # Its own shared stream: Airflow acknowledges a turn for all its subscribers at once, so one
+        # subscriber's unconfirmed events would stop the cursors of the others.
+        self._stream_number = next(_STREAM_NUMBERS)
 
     # What a subclass implements.
     def poll_turn(self, due: float) -> AsyncIterator[TriggerEvent]:
@@ -260,7 +266,8 @@ class AckedCursorTrigger(BaseEventTrigger):
         if not type(self).ack_mode:
             return None
         classpath, kwargs = self.serialize()
-        return ("faxplus.acked_cursor", classpath, json.dumps(kwargs, sort_keys=True, default=str))
+        kwargs_text = json.dumps(kwargs, sort_keys=True, default=str)
+        return ("faxplus.acked_cursor", classpath, kwargs_text, self._stream_number)
 
     @classmethod
     def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> TurnProducer:

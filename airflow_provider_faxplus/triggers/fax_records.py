@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from airflow import __version__ as _airflow_version
@@ -341,11 +340,8 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
         return list(pager.found.values()), server_now
 
     def _server_time(self, headers: Mapping[str, str]) -> int:
-        value = next((v for k, v in headers.items() if k.lower() == "date"), None)
-        try:
-            return int(parsedate_to_datetime(value).timestamp()) if value else self._local_time()
-        except (TypeError, ValueError):
-            return self._local_time()
+        stamp = protocol.server_time(headers)
+        return int(stamp) if stamp is not None else self._local_time()
 
     def _local_time(self) -> int:
         if not self._local_clock:

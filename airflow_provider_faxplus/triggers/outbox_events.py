@@ -35,6 +35,7 @@ from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAuthError,
     FaxPlusError,
+    FaxPlusInputError,
     FaxPlusNotFoundError,
     FaxPlusRequestError,
 )
@@ -72,8 +73,15 @@ MAX_CURSOR_PARTS = 4096
 # Faxes compared, events yielded or cursor entries encoded between two turns of the event loop: each
 # costs up to ~60 µs (a record parsed on first use), so a chunk stays under 10 ms on a slow machine.
 LOOP_CHUNK = 100
-# Known faxes missing from a list answer, confirmed gone with one GET each, at most this many per tick.
+# Known faxes missing from a list answer, confirmed gone with one GET each, at most this many per tick,
+# and no GET started once a turn has confirmed this long: a turn must end well within Airflow's ack
+# timeout ([triggerer] shared_stream_ack_timeout, 300 s by default); the rest wait for the next turn.
 CONFIRM_PER_TICK = 50
+CONFIRM_BUDGET_SECONDS = 60.0
+# The shortest poll_interval: Fax.Plus watches for abusive polling.
+MIN_POLL_INTERVAL = 1.0
+# Ids of skipped list records remembered (warned once each), at most.
+MAX_SKIPPED_WARNED = 1000
 # After a refused token or list call: how often the connection is read again (no API call) to see
 # whether someone fixed it.
 PARKED_RECHECK_SECONDS = 60.0
@@ -131,6 +139,9 @@ class OutboxEventTrigger(AckedCursorTrigger):
     :param poll_interval: seconds between list calls; transient errors back off from it.
     """
 
+    # The floor of poll_interval (a class attribute so that tests can lower it explicitly).
+    min_poll_interval: float = MIN_POLL_INTERVAL
+
     def __init__(
         self,
         *,
@@ -156,9 +167,13 @@ class OutboxEventTrigger(AckedCursorTrigger):
         if (
             isinstance(poll_interval, bool)
             or not isinstance(poll_interval, int | float)
-            or poll_interval <= 0
+            or not math.isfinite(poll_interval)
+            or poll_interval < type(self).min_poll_interval
         ):
-            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
+            raise ValueError(
+                "poll_interval must be a finite number of seconds, at least "
+                f"{type(self).min_poll_interval:g}, got {poll_interval!r}"
+            )
         self.report_existing = report_existing
         self.user_id = user_id
         self.faxplus_conn_id = faxplus_conn_id
@@ -183,6 +198,10 @@ class OutboxEventTrigger(AckedCursorTrigger):
         self._list_failures = 0  # list calls failed in a row (transient): their back-off
         self._last_seen: dict[str, OutboxFax] = {}  # a "left" event carries the fax's last record
         self.stored: dict[str, Entry] | None = None  # the state last written by save_cursor
+        # report_existing=False: the server's time of the first start's list answer; a fax submitted
+        # before it was in the outbox already, whenever a list answer first shows it.
+        self._since: float | None = None
+        self._skipped: set[str] = set()  # ids of list records skipped (warned once each)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -283,6 +302,8 @@ class OutboxEventTrigger(AckedCursorTrigger):
         if looked is None:
             return
         snapshot, gone = looked
+        if self._known is None and not self._report_existing and self._since is None:
+            self._since = snapshot.server_time if snapshot.server_time is not None else time.time()
         fired, after = await self.compare(self._known, snapshot, gone)
         for number, payload in enumerate(fired, 1):
             if number % LOOP_CHUNK == 0:
@@ -470,11 +491,18 @@ class OutboxEventTrigger(AckedCursorTrigger):
         (an absence from one list answer is never a verdict), at most ``CONFIRM_PER_TICK`` per tick."""
         missing = [fax_id for fax_id in (self._known or {}) if fax_id not in snapshot.records]
         gone: set[str] = set()
-        for fax_id in missing[:CONFIRM_PER_TICK]:
+        stop_at = time.monotonic() + CONFIRM_BUDGET_SECONDS
+        for done, fax_id in enumerate(missing[:CONFIRM_PER_TICK]):
+            if time.monotonic() >= stop_at:  # the rest are confirmed by the next turns
+                log.info("Outbox of %r: %d faxes left to confirm", self.user_id, len(missing) - done)
+                break
             try:
                 record = await fetch_outbox_fax(poll.lease, config, fax_id, self.user_id, token)
             except FaxPlusNotFoundError:
                 gone.add(fax_id)
+                continue
+            except FaxPlusInputError as exc:  # an id the client refuses (a cursor of an older version)
+                self._skip(fax_id, str(exc))
                 continue
             log.info("Outbox fax %s is missing from a list answer but still in the outbox", fax_id)
             self._last_seen[fax_id] = record
@@ -494,19 +522,23 @@ class OutboxEventTrigger(AckedCursorTrigger):
         for number, fax_id in enumerate(snapshot.records, 1):
             if number % LOOP_CHUNK == 0:
                 await asyncio.sleep(0)  # a record is parsed on first use: 10,000 take ~0.5 s
-            record = self._record(snapshot, fax_id)
-            status = None if record is None else str(record.status)
             entry = before.get(fax_id)
+            record = self._record(snapshot, fax_id)
+            if record is None:  # no fax of ours: never in the cursor, never an event
+                if entry is not None:
+                    after[fax_id] = entry  # known: its record only is unreadable in this answer
+                continue
+            status = str(record.status)
             if entry is None:
                 reported: tuple[str, ...] = ()
-                if (self._report_existing or not first) and "entered" in self.events:
+                existing = (first and not self._report_existing) or self._before_start(record)
+                if not existing and "entered" in self.events:
                     fired.append(self._payload("entered", fax_id, status, record))
                     reported = _ENTERED
                 after[fax_id] = (status, reported)
             else:  # the same tuple while nothing changes: no new object for the collector to track
                 after[fax_id] = entry if entry[0] == status else (status, entry[1])
-            if record is not None:
-                self._last_seen[fax_id] = record
+            self._last_seen[fax_id] = record
         for fax_id, entry in before.items():
             if fax_id in snapshot.records:
                 continue
@@ -520,12 +552,33 @@ class OutboxEventTrigger(AckedCursorTrigger):
         return fired, after
 
     def _record(self, snapshot: OutboxSnapshot, fax_id: str) -> OutboxFax | None:
-        """The fax's record, or None when it does not parse: the fax is in the outbox all the same."""
+        """The fax's record, or None (warned once per id) when the client would refuse its id or the
+        record does not parse as an Outbox: no fax this trigger can follow."""
         try:
+            protocol.validate_path_param("outbox_fax_id", fax_id)
             return snapshot.records[fax_id]
         except FaxPlusError as exc:
-            log.warning("Outbox fax %s: its record in the list does not parse: %s", fax_id, exc)
+            self._skip(fax_id, str(exc))
             return None
+
+    def _skip(self, fax_id: str, reason: str) -> None:
+        if fax_id in self._skipped:
+            return
+        if len(self._skipped) >= MAX_SKIPPED_WARNED:
+            self._skipped.clear()
+        self._skipped.add(fax_id)
+        log.warning(
+            "Outbox of %r: list record with id %s skipped (not a fax this watcher can follow): %s",
+            self.user_id,
+            _redacted(repr(fax_id[:80]) + ("..." if len(fax_id) > 80 else ""), self._config),
+            _redacted(reason[:300], self._config),
+        )
+
+    def _before_start(self, record: OutboxFax) -> bool:
+        """report_existing=False: the fax was submitted before the first start's list answer."""
+        if self._since is None or record.submit_time is None:
+            return False
+        return bool(record.submit_time.timestamp() < self._since)
 
     def _payload(
         self, event: str, fax_id: str, status: str | None, record: OutboxFax | None

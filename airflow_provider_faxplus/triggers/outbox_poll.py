@@ -117,6 +117,7 @@ class OutboxSnapshot:
     user_id: str
     started_at: float  # time.monotonic() when the request was sent: a wall-clock step moves no schedule
     records: Mapping[str, OutboxFax]  # by outbox fax id
+    server_time: float | None = None  # the answer's Date header (POSIX seconds), if it had one
 
 
 class MalformedListAnswer(FaxPlusTransportError):
@@ -211,7 +212,10 @@ class AccountPoll(SharedPoll[OutboxSnapshot]):
             )
             self._skipped_warned = True
         return OutboxSnapshot(
-            self.user_id, started_at, OutboxRecords(call, status, by_id, redaction.for_config(self.config))
+            self.user_id,
+            started_at,
+            OutboxRecords(call, status, by_id, redaction.for_config(self.config)),
+            protocol.server_time(headers),
         )
 
 
