@@ -43,8 +43,9 @@ class SandboxClient:
             self._session.headers["Authorization"] = f"Bearer {control_token}"
 
     def _call(self, method: str, path: str, json: Any = None) -> Any:
+        # 60 s: seeding 10,000 faxes took over 10 s on a loaded 2-core machine.
         response = self._session.request(
-            method, f"{self.root_url}{CONTROL_PREFIX}{path}", json=json, timeout=10
+            method, f"{self.root_url}{CONTROL_PREFIX}{path}", json=json, timeout=60
         )
         if response.status_code >= 400:
             raise RuntimeError(
