@@ -130,7 +130,7 @@ def _gone_without_fields(control) -> None:
 
 def test_deferred_the_record_grace_period_ends_the_wait_as_in_poke_mode(faxplus_conn, control):
     _gone_without_fields(control)
-    task = sensor(record_grace_period=0.5)
+    task = sensor(record_grace_period=0.5, not_found_grace_period=0)
     trigger = deferred(task)  # the first look: left, no record with the outbox id, within the grace
     assert (trigger.left, trigger.record_grace_period) == (True, 0.5)
     assert trigger.left_at is not None
@@ -304,3 +304,41 @@ def test_the_delivery_triggers_of_an_account_share_one_listing_of_sent_records(f
     assert paths.count("/v3/accounts/self/outbox") == 1
     assert len(sent_listings(control)) == 1
     assert not [p for p in paths if p.startswith("/v3/accounts/self/faxes/")]
+
+
+# Absence from the outbox list is no verdict; a record of another fax is not this one's -----------------
+
+
+@pytest.mark.parametrize("id_policy", ["same", "new"])
+def test_a_list_answer_without_the_fax_is_confirmed_before_it_counts_as_left(
+    faxplus_conn, control, id_policy
+):
+    """The shared outbox list omits the fax once (a listing that drops a record) while an earlier fax to
+    the same number with the same comment has its record: one GET confirms the fax is still there, and
+    the earlier fax's record is never reported as this fax's."""
+    control.record_settings(id_policy=id_policy)
+    control.create_fax(id="oA", comment="Invoice", lifecycle=[{"status": "sending", "polls": 1}])
+    for _ in range(2):
+        FaxDeliverySensor(task_id="w", outbox_fax_id="oA", partial_as="failed").poke({})
+    control.advance(30)  # B is submitted after A, by Fax.Plus's clock
+    control.create_fax(id="oB", comment="Invoice", lifecycle=[{"status": "sending", "polls": 3}])
+    control.set_record_outcome("oB", "failed_no_answer", description="no answer")
+    task = sensor(outbox_fax_id="oB", poke_interval=0.2)
+    trigger = deferred(task)  # the worker's look saw B in the outbox
+    assert not trigger.left
+    control.add_fault(method="GET", path_endswith="/outbox", status=200, body='{"records": []}', times=1)
+    control.requests(clear=True)
+    [event] = events(trigger)
+    paths = [e["path"] for e in control.requests()]
+    while event["status"] == "checkpoint":  # the sensor defers again with what the trigger learned
+        with pytest.raises(TaskDeferred) as again:
+            task.execute_complete({}, event)
+        [event] = events(again.value.trigger)
+    assert "/v3/accounts/self/outbox/oB" in paths  # the absence was confirmed by a GET
+    if id_policy == "same":
+        with pytest.raises(AirflowFailException, match="status failed_no_answer"):
+            task.execute_complete({}, event)
+    else:  # A's record (before B's) and B's: two candidates, no guess
+        assert (event["status"], event["kind"]) == ("error", "ambiguous")
+        for rec in control.records():
+            assert rec["id"] in event["message"]
