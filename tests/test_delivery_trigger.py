@@ -342,3 +342,68 @@ def test_a_list_answer_without_the_fax_is_confirmed_before_it_counts_as_left(
         assert (event["status"], event["kind"]) == ("error", "ambiguous")
         for rec in control.records():
             assert rec["id"] in event["message"]
+
+
+# The shared listing of sent records: bounded, and too large is no verdict -----------------------------
+
+
+def test_an_old_fax_does_not_widen_the_shared_listing_and_too_many_records_is_no_verdict(
+    faxplus_conn, control, monkeypatch, caplog
+):
+    """A trigger for a fax sent days ago (a cleared task) beside a trigger for a fax sent now: the shared
+    listing covers the recent one only; the old one lists alone, and its listing past MAX_RECORDS (patched
+    to 5) is a failed look, retried, not an error event for anyone."""
+    from airflow_provider_faxplus.exceptions import FaxPlusNotFoundError
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+    from airflow_provider_faxplus.models import format_utc
+    from airflow_provider_faxplus.triggers import sent_poll
+
+    monkeypatch.setattr(sent_poll, "MAX_RECORDS", 5)
+    control.record_settings(id_policy="new")
+    leaves = [{"status": "sending", "polls": 1}]
+    control.create_faxes([{"id": f"old{i}", "lifecycle": leaves} for i in range(8)])
+    hook = FaxPlusHook()
+    for i in range(8):
+        hook.get_outbox_fax(f"old{i}")  # each leaves at its next look: the listing below
+    old_submit = min(r.submit_time for r in hook.list_faxes("sent"))
+    control.advance(3 * 86400)
+    control.create_fax(id="oB", comment="B", lifecycle=leaves)
+    fax_b = hook.get_outbox_fax("oB")
+    with pytest.raises(FaxPlusNotFoundError):
+        hook.get_outbox_fax("oB")  # B left: its record exists
+
+    def waiting(oid: str, to: str, submitted, comment: str) -> FaxDeliveryTrigger:
+        sent = {"outbox_fax_id": oid, "to": to, "from_number": None, "submitted_at": format_utc(submitted)}
+        return FaxDeliveryTrigger(
+            outbox_fax_id=oid,
+            user_id="self",
+            faxplus_conn_id="faxplus_default",
+            poke_interval=0.2,
+            sent={**sent, "comment": comment},
+            left=True,
+            deferred_at=time.time(),
+        )
+
+    trigger_b = waiting("oB", fax_b.to[0], fax_b.submit_time, "B")
+    trigger_old = waiting("oX", "+19999999999", old_submit, "never")
+    too_large = "more than 5 sent fax records"
+
+    async def both():
+        old = asyncio.ensure_future(collect(rebuilt(trigger_old)))
+        [found] = await asyncio.wait_for(collect(rebuilt(trigger_b)), 20)
+        assert found["status"] == "found", found  # the old fax widened nothing
+
+        async def two_failed_looks():
+            while sum(too_large in r.getMessage() for r in caplog.records) < 2:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(two_failed_looks(), 20)
+        assert not old.done()  # no event: still waiting
+        old.cancel()
+        return found
+
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_faxplus"):
+        found = asyncio.run(both())
+    assert found["status"] == "found", found
+    assert found["result"]["matched_by"] == "fields"
+    assert all(r.levelno == logging.WARNING for r in caplog.records if too_large in r.getMessage())

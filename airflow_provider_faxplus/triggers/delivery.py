@@ -23,7 +23,7 @@ from airflow_provider_faxplus.constants import DEFAULT_NOT_FOUND_GRACE_PERIOD
 from airflow_provider_faxplus.exceptions import FaxPlusAuthError, FaxPlusError, FaxPlusNotFoundError
 from airflow_provider_faxplus.records import FaxRecord
 from airflow_provider_faxplus.triggers.outbox_poll import AccountPoll, ListUnavailable, account_poll
-from airflow_provider_faxplus.triggers.sent_poll import SentRecordsPoll, sent_records_poll
+from airflow_provider_faxplus.triggers.sent_poll import ListingTooLarge, SentRecordsPoll, sent_records_poll
 from airflow_provider_faxplus.triggers.session import (
     _exchange,
     _Lease,
@@ -191,6 +191,10 @@ class FaxDeliveryTrigger(BaseTrigger):
                     oauth.source_for(config).invalidate(token)
                     log.info("Fax.Plus refused the OAuth2 access token (HTTP 401): refreshing it once")
                     continue
+                except ListingTooLarge as exc:
+                    # Not a verdict on any fax: the look failed; the sensor's timeout bounds the tries.
+                    log.warning("%s", exc)
+                    event = None
                 except FaxPlusError as exc:
                     if not protocol.is_retryable(exc):
                         raise
@@ -261,6 +265,8 @@ class FaxDeliveryTrigger(BaseTrigger):
             listing = await sent_poll.snapshot(due=due, interval=self.poke_interval)
             if not listing.covers(after):  # listed for later faxes only (this one just joined): again
                 listing = await sent_poll.snapshot(due=time.monotonic(), interval=self.poke_interval)
+            if not listing.covers(after):  # older than the shared span: this fax lists its own
+                listing = await sent_poll.list_alone(after)
             by_id = listing.by_id.get(self.outbox_fax_id)
             if by_id is not None:
                 match = delivery.match_by_id(by_id, sent)
