@@ -407,3 +407,63 @@ def test_an_old_fax_does_not_widen_the_shared_listing_and_too_many_records_is_no
     assert found["status"] == "found", found
     assert found["result"]["matched_by"] == "fields"
     assert all(r.levelno == logging.WARNING for r in caplog.records if too_large in r.getMessage())
+
+
+def test_one_malformed_answer_to_the_shared_listing_is_retried_by_every_trigger(
+    faxplus_conn, control, caplog
+):
+    """Issue 19's rule: a malformed list answer (a proxy's HTML page) is a transient failure of the poll:
+    the three triggers of the account back off and look again, and each finds its record."""
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+    from airflow_provider_faxplus.models import format_utc
+
+    control.record_settings(id_policy="new")
+    leaves = [{"status": "sending", "polls": 1}]
+    control.create_faxes([{"id": f"o{i}", "comment": f"c{i}", "lifecycle": leaves} for i in range(3)])
+    hook = FaxPlusHook()
+    triggers = []
+    for i in range(3):
+        fax = hook.get_outbox_fax(f"o{i}")
+        sent = {"outbox_fax_id": f"o{i}", "to": fax.to[0], "from_number": fax.src, "comment": f"c{i}"}
+        triggers.append(
+            FaxDeliveryTrigger(
+                outbox_fax_id=f"o{i}",
+                user_id="self",
+                faxplus_conn_id="faxplus_default",
+                poke_interval=0.2,
+                sent={**sent, "submitted_at": format_utc(fax.submit_time)},
+                left=True,
+                deferred_at=time.time(),
+            )
+        )
+        sensor(outbox_fax_id=f"o{i}", not_found_grace_period=0).poke({})  # it leaves: its record exists
+    control.add_fault(
+        method="GET",
+        path_endswith="/faxes",
+        status=200,
+        body="<html>502 from proxy</html>",
+        content_type="text/html",
+        times=1,
+    )
+
+    async def all_three():
+        return await asyncio.wait_for(asyncio.gather(*(collect(rebuilt(t)) for t in triggers)), 30)
+
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_faxplus"):
+        results = asyncio.run(all_three())
+    assert not control.faults()  # the malformed answer was served
+    assert [[e["status"] for e in r] for r in results] == [["found"]] * 3, results
+    assert any("transient error #1" in r.getMessage() for r in caplog.records)
+
+
+def test_poke_mode_a_malformed_listing_waits_with_a_warning(faxplus_conn, control, caplog):
+    control.record_settings(id_policy="new")
+    control.create_fax(id="o1", comment="letter", lifecycle=[{"status": "sending", "polls": 1}])
+    task = sensor(deferrable=False)
+    assert task.poke({}) is False  # in the outbox: its fields are remembered
+    html = {"status": 200, "body": "<html>502</html>", "content_type": "text/html"}
+    control.add_fault(method="GET", path_endswith="/faxes", times=1, **html)
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_faxplus"):
+        assert task.poke({}) is False  # it left; the listing's answer is malformed: look again
+    assert any(r.levelno == logging.WARNING and "looking again" in r.getMessage() for r in caplog.records)
+    assert task.poke({}).xcom_value["matched_by"] == "fields"

@@ -235,7 +235,7 @@ class FaxDeliverySensor(BaseSensorOperator):
             match_by_id,
             no_record_message,
         )
-        from airflow_provider_faxplus.exceptions import FaxPlusNotFoundError
+        from airflow_provider_faxplus.exceptions import FaxPlusNotFoundError, FaxPlusResponseError
         from airflow_provider_faxplus.waiting import observe_not_found
 
         if self._left_at is None:
@@ -265,9 +265,14 @@ class FaxDeliverySensor(BaseSensorOperator):
                 match = None
             if match is None and sent.fields_known():
                 assert sent.submitted_at is not None
-                records = self.hook.list_faxes(
-                    "sent", after=sent.submitted_at - SUBMIT_TOLERANCE, user_id=self.user_id
-                )
+                try:
+                    records = self.hook.list_faxes(
+                        "sent", after=sent.submitted_at - SUBMIT_TOLERANCE, user_id=self.user_id
+                    )
+                except FaxPlusResponseError as exc:
+                    # A malformed list answer (a proxy's HTML page) is a transient failure of the look.
+                    log.warning("outbox fax %r: looking again at the next poke: %s", self.outbox_fax_id, exc)
+                    return None
                 match = match_by_fields(records, sent)
         except AmbiguousRecordError as exc:
             raise AirflowFailException(str(exc)) from exc

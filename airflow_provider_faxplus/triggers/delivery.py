@@ -22,6 +22,7 @@ from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.constants import DEFAULT_NOT_FOUND_GRACE_PERIOD
 from airflow_provider_faxplus.exceptions import FaxPlusAuthError, FaxPlusError, FaxPlusNotFoundError
 from airflow_provider_faxplus.records import FaxRecord
+from airflow_provider_faxplus.retry import backoff_seconds
 from airflow_provider_faxplus.triggers.outbox_poll import AccountPoll, ListUnavailable, account_poll
 from airflow_provider_faxplus.triggers.sent_poll import ListingTooLarge, SentRecordsPoll, sent_records_poll
 from airflow_provider_faxplus.triggers.session import (
@@ -168,6 +169,7 @@ class FaxDeliveryTrigger(BaseTrigger):
     ) -> dict[str, Any]:
         due = time.monotonic()
         renewed = False
+        failures = 0
         wanted: list[object] = []
         try:
             while True:
@@ -176,6 +178,7 @@ class FaxDeliveryTrigger(BaseTrigger):
                     token = await access_token(poll.lease, config)
                     event = await self._look(poll, sent_poll, config, token, due, wanted)
                     renewed = False
+                    failures = 0
                 except delivery.AmbiguousRecordError as exc:
                     return {"status": "error", "kind": "ambiguous", "message": str(exc)}
                 except FaxPlusAuthError as exc:
@@ -198,8 +201,16 @@ class FaxDeliveryTrigger(BaseTrigger):
                 except FaxPlusError as exc:
                     if not protocol.is_retryable(exc):
                         raise
-                    log.info("transient error, will look again in %g s: %s", self.poke_interval, exc)
-                    event = None
+                    # A transient failure of the look (a malformed list answer included): back off and
+                    # look again; the sensor's timeout bounds the tries.
+                    failures += 1
+                    wait = max(
+                        self.poke_interval,
+                        backoff_seconds(failures, config.initial_backoff, getattr(exc, "retry_after", None)),
+                    )
+                    log.warning("transient error #%d, will look again in %.1f s: %s", failures, wait, exc)
+                    due = time.monotonic() + wait
+                    continue
                 if event is not None:
                     return event
                 due = time.monotonic() + self.poke_interval

@@ -28,7 +28,7 @@ from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import FaxPlusError, FaxPlusResponseError
 from airflow_provider_faxplus.models import format_utc
 from airflow_provider_faxplus.records import FaxRecord
-from airflow_provider_faxplus.triggers.outbox_poll import poll_key
+from airflow_provider_faxplus.triggers.outbox_poll import MalformedListAnswer, poll_key
 from airflow_provider_faxplus.triggers.session import _exchange, _Lease, access_token, shared_session
 from airflow_provider_faxplus.triggers.shared_poll import SharedPoll, held
 
@@ -110,7 +110,10 @@ class SentRecordsPoll(SharedPoll[SentSnapshot]):
             self.requests_sent += 1
             pages += 1
             status, headers, body = await self._send(call, token)
-            page = records.parse_list_faxes_response(self.config, call, status, headers, body)
+            try:
+                page = records.parse_list_faxes_response(self.config, call, status, headers, body)
+            except FaxPlusResponseError as exc:  # e.g. a proxy's HTML page: every waiter tries again
+                raise MalformedListAnswer(exc) from None
             new = [record for record in page if record.id not in by_id]
             if page and not new:
                 raise FaxPlusResponseError(
