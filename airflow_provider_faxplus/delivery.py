@@ -24,6 +24,18 @@ from airflow_provider_faxplus.records import FaxRecord
 # whole seconds, and the send's own clock may differ from Fax.Plus's by a little).
 SUBMIT_TOLERANCE = timedelta(seconds=120)
 OUTCOMES = ("delivered", "failed", "partial")
+# A field from the API in a message or an event is cut to this; an ambiguity names this many candidates.
+MAX_FIELD_CHARS = 200
+MAX_CANDIDATES = 10
+
+
+def bounded(value: object, limit: int = MAX_FIELD_CHARS) -> str:
+    """``value`` as text, cut with a marker past ``limit`` characters (a hostile or broken answer's field
+    must not make an exception, a log line or a trigger event megabytes long)."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more characters]"
+
+
 PARTIAL_AS = ("delivered", "failed")
 
 
@@ -155,8 +167,8 @@ def fits(record: FaxRecord, sent: SentFax) -> bool:
 
 def describe(record: FaxRecord) -> str:
     return (
-        f"{record.id} (to {record.to}, from {record.from_number}, "
-        f"submitted {format_utc(record.submit_time)}, status {record.status})"
+        f"{bounded(record.id)} (to {bounded(record.to)}, from {bounded(record.from_number)}, "
+        f"submitted {format_utc(record.submit_time)}, status {bounded(record.status)})"
     )
 
 
@@ -188,6 +200,11 @@ def _before_ours(record: FaxRecord, sent: SentFax) -> bool:
     )
 
 
+def _candidates(found: list[FaxRecord]) -> str:
+    named = "; ".join(describe(r) for r in found[:MAX_CANDIDATES])
+    return named if len(found) <= MAX_CANDIDATES else f"{named}; and {len(found) - MAX_CANDIDATES} more"
+
+
 def match_by_fields(records: Iterable[FaxRecord], sent: SentFax) -> Match | None:
     """The one sent record that fits ``sent``; None if none does (yet) or the only one may be an earlier
     fax's; an error naming them if several do."""
@@ -196,7 +213,7 @@ def match_by_fields(records: Iterable[FaxRecord], sent: SentFax) -> Match | None
         raise AmbiguousRecordError(
             f"outbox fax {sent.outbox_fax_id!r}: {len(found)} sent records fit its destination {sent.to}, "
             f"sender {sent.from_number}, submit time {format_utc(sent.submitted_at)} and comment "
-            f"{sent.comment!r}: {'; '.join(describe(r) for r in found)}. Not guessing which is its record"
+            f"{bounded(repr(sent.comment))}: {_candidates(found)}. Not guessing which is its record"
         )
     if not found or _before_ours(found[0], sent):
         return None
@@ -220,7 +237,8 @@ def failure_message(xcom: Mapping[str, Any]) -> str:
     record = xcom["record"]
     return (
         f"fax {xcom['outbox_fax_id']!r} (record {xcom['fax_id']!r}, to {record.get('to')}) "
-        f"was not delivered: status {xcom['status']}, description {record.get('description')!r}"
+        f"was not delivered: status {bounded(xcom['status'])}, "
+        f"description {bounded(repr(record.get('description')))}"
     )
 
 

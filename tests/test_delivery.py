@@ -204,6 +204,21 @@ def test_a_new_fax_not_yet_in_the_outbox_is_not_taken_for_an_earlier_one_alike(
     assert task._left_at is None
 
 
+def test_oversized_fields_are_cut_in_messages():
+    from airflow_provider_faxplus.delivery import Match, delivery_xcom, failure_message
+
+    huge = "x" * 100_000
+    bad = record("r1", status="failed_no_answer", description=huge)
+    message = failure_message(delivery_xcom(Match(bad, "id"), SENT))
+    assert len(message) < 1_000
+    assert "more characters]" in message
+    with pytest.raises(AmbiguousRecordError) as caught:
+        match_by_fields([record(f"r{i}", status=huge) for i in range(15)], SENT)
+    assert len(str(caught.value)) < 10_000
+    assert "15 sent records fit" in str(caught.value)
+    assert "and 5 more" in str(caught.value)
+
+
 def test_partial_as_is_required_and_checked():
     # Airflow 3: TypeError; Airflow 2.11's apply_defaults: AirflowException. Both name the argument.
     with pytest.raises((TypeError, AirflowException), match="partial_as"):

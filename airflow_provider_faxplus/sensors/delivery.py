@@ -284,7 +284,7 @@ class FaxDeliverySensor(BaseSensorOperator):
         return None
 
     def _conclude(self, xcom: dict[str, Any]) -> dict[str, Any]:
-        from airflow_provider_faxplus.delivery import failure_message
+        from airflow_provider_faxplus.delivery import bounded, failure_message
 
         outcome = xcom["outcome"]
         if outcome == "delivered" or (outcome == "partial" and self.partial_as == "delivered"):
@@ -298,7 +298,8 @@ class FaxDeliverySensor(BaseSensorOperator):
             return xcom
         if outcome == "unknown":
             raise AirflowFailException(
-                f"fax {self.outbox_fax_id!r} (record {xcom['fax_id']!r}) has status {xcom['status']!r}, "
+                f"fax {self.outbox_fax_id!r} (record {bounded(repr(xcom['fax_id']))}) has status "
+                f"{bounded(repr(xcom['status']))}, "
                 "which this provider does not know as delivered or failed"
             )
         raise AirflowFailException(failure_message(xcom))
