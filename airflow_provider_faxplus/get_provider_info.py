@@ -107,7 +107,8 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-faxplus",
         "name": "Fax.Plus",
-        "description": "Fax.Plus REST API: outbox hook, sensor, comment operator and a local sandbox.",
+        "description": "Fax.Plus REST API: hook, send, download and comment operators, outbox and delivery "
+        "sensors, event triggers and a local sandbox.",
         "versions": [__version__],
         "integrations": [
             {

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -463,14 +463,21 @@ def check_download_start(
 
 
 class FaxListPager:
-    """One whole *List fax records* listing, page by page by ``offset`` (sans-I/O: the caller sends
-    :meth:`call` and hands the answer to :meth:`feed` until :attr:`done`).
+    """One whole *List fax records* listing (sans-I/O: the caller sends :meth:`call` and hands the
+    answer to :meth:`feed` until :attr:`done`).
 
-    Only an empty page ends it: a server that caps its pages below the size asked for answers short
-    pages that are not the last. A record on two pages (a fax arriving while paging shifts the offsets)
-    counts once; a page bringing nothing new, or more than ``max_records``, is an error, never a
-    silently shortened list.
+    Keyset paging by time, newest first: after a page whose oldest record has start time ``t``, the next
+    request asks ``before=t+1s`` (right whether the server's ``before`` is inclusive or not), so faxes
+    arriving meanwhile, above the window, shift nothing. Within a window (records of one second, or
+    without a time) it pages by ``offset``, every page overlapping the last by one record, the anchor:
+    records may sit to its right (an insertion, or an inclusive ``before``) but an anchor missing from
+    the page means the window lost a record before it (a deletion), so the window is listed again from
+    its start, at most ``MAX_RESTARTS`` times in a row. A record listed twice counts once. Only a page with
+    nothing past its anchor at index 0 ends it; a server that ignores ``offset``, a list that keeps
+    changing, or more than ``max_records`` records is an error, never a silently shortened list.
     """
+
+    MAX_RESTARTS = 5
 
     def __init__(
         self,
@@ -478,35 +485,91 @@ class FaxListPager:
         category: str,
         *,
         after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
         user_id: object = "self",
-        max_records: int = MAX_LIST_RECORDS,
+        max_records: int | None = None,
     ) -> None:
         self.config = config
         self.category = validate_category(category)
         self.after = after
         self.user_id = user_id
-        self.max_records = max_records
+        self.limit = limit
+        self.max_records = MAX_LIST_RECORDS if max_records is None else max_records
         self.found: dict[str, FaxRecord] = {}
-        self.offset = 0
         self.done = False
+        self.over_max = False
+        self.restarts = 0
+        self._before = before  # the window: records older than this (a restart lists it again)
+        self._offset = 0  # of the next request, within the window
+        self._anchor: str | None = None  # id of the last record listed, expected on the next page
+        self._tail: tuple[DateTime | None, int] = (None, 0)  # start time of the last record, run length
+        self._stalled = False
 
     def call(self) -> ApiCall:
+        size = PAGE_SIZE
+        if self.limit is not None:
+            size = min(size, self.limit - len(self.found) + (self._anchor is not None))
         return list_faxes_call(
-            self.config, self.category, after=self.after, offset=self.offset, user_id=self.user_id
+            self.config,
+            self.category,
+            after=self.after,
+            before=self._before,
+            limit=size,
+            offset=self._offset,
+            user_id=self.user_id,
         )
 
     def feed(self, call: ApiCall, status: int, headers: Mapping[str, str], body: bytes) -> None:
         page = parse_list_faxes_response(self.config, call, status, headers, body)
-        new = [record for record in page if record.id not in self.found]
-        if page and not new:
+        ids = [record.id for record in page]
+        if self._anchor is not None and self._anchor not in ids:
+            self._restart(call, status)
+            return
+        at = 0 if self._anchor is None else ids.index(self._anchor) + 1
+        fresh = page[at:]
+        if not fresh:
+            if at <= 1:  # nothing past an anchor in its place (or an empty first page): the end
+                self.done = True
+                return
+            if self._stalled:
+                raise _malformed(
+                    call,
+                    status,
+                    f"offset {self._offset} answered the records of offset {self._offset - at + 1}: "
+                    "the server does not page by offset",
+                )
+            self._stalled = True  # the anchor sits to the right: ask again where it is
+            self._offset += at - 1
+            return
+        self._stalled = False
+        for record in fresh:
+            self.found.setdefault(record.id, record)
+            when, run = self._tail
+            self._tail = (record.start_time, run + 1 if record.start_time == when and when else 1)
+        if len(self.found) > self.max_records:
+            self.over_max = True
+            raise _malformed(call, status, f"more than {self.max_records:,} {self.category} fax records")
+        if self.limit is not None and len(self.found) >= self.limit:
+            self.done = True
+            return
+        self._anchor = page[-1].id
+        self._offset += len(page) - 1
+        when, run = self._tail
+        if when is not None:
+            bound = format_api_time("before", when + timedelta(seconds=1))
+            if self._before is None or bound < self._before:
+                self._before, self._offset, self.restarts = bound, run - 1, 0
+
+    def _restart(self, call: ApiCall, status: int) -> None:
+        self.restarts += 1
+        if self.restarts > self.MAX_RESTARTS:
             raise _malformed(
                 call,
                 status,
-                f"offset {self.offset} answered records already listed: the server does not page by offset",
+                f"the {self.category} list changed under each of {self.MAX_RESTARTS + 1} tries to page "
+                f"through the records before {self._before or 'now'}",
             )
-        for record in new:
-            self.found[record.id] = record
-        self.offset += len(page)
-        self.done = not page
-        if len(self.found) > self.max_records:
-            raise _malformed(call, status, f"more than {self.max_records:,} {self.category} fax records")
+        log.info("A %s fax record left the list while it was paged; listing its window again", self.category)
+        self._offset, self._anchor, self._stalled = 0, None, False
+        self._tail = (None, 0)

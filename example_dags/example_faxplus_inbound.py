@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import pendulum
@@ -25,11 +26,14 @@ log = logging.getLogger(__name__)
 # The demo polls fast against the sandbox; against Fax.Plus keep it at a minute or more.
 POLL_INTERVAL = float(os.environ.get("FAXPLUS_EXAMPLE_POKE_INTERVAL", "60"))
 INBOUND_URI = os.environ.get("FAXPLUS_EXAMPLE_INBOUND_URI", "file:///tmp/faxplus-inbound").rstrip("/")
+# A path segment that stays one: no '/', no '..', nothing a file system or URI reads otherwise.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def received(context: dict[str, Any]) -> list[dict[str, str]]:
     """The received faxes of this run's events (Airflow may gather several into one run), each once;
-    an event that is not the watcher's is named in a warning and skipped."""
+    an event that is not the watcher's, or whose fax or user id is not a safe file name (it names the
+    destination, which must stay under ``INBOUND_URI``), is named in a warning and skipped."""
     from airflow_provider_faxplus.record_watch import read_event
 
     faxes: dict[str, dict[str, str]] = {}
@@ -40,10 +44,22 @@ def received(context: dict[str, Any]) -> list[dict[str, str]]:
             except ValueError as error:
                 log.warning("Skipping an event of %s: %s", asset, error)
                 continue
+            unsafe = [payload[key] for key in ("user_id", "fax_id") if not _safe(payload[key])]
+            if unsafe:
+                # Skipped, not failed: no retry makes such an id safe, and failing would hold back the
+                # run's other faxes (the hook refuses the id too, so it could not be downloaded anyway).
+                log.warning(
+                    "Skipping fax %r of %s: %r is not a safe file name", payload["fax_id"], asset, unsafe[0]
+                )
+                continue
             if payload["category"] == "inbox":
                 fax = {"fax_id": payload["fax_id"], "user_id": payload["user_id"]}
                 faxes[f"{fax['user_id']}/{fax['fax_id']}"] = fax
     return list(faxes.values())
+
+
+def _safe(name: object) -> bool:
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
 
 
 if int(airflow_version.split(".")[0]) >= 3:

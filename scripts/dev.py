@@ -125,7 +125,7 @@ def ensure_env(
     once per command, in a virtualenv of its own (``within``: a lock the resolution must keep to)."""
     flavour = "bench" if extras else ""
     name = "-".join(part for part in (line, flavour, "unlocked" if unlocked else "") if part)
-    wanted = [AIRFLOW_LINES[line], f"{ROOT}[sandbox,deploy]", *(extras or []), *_groups("dev")]
+    wanted = [AIRFLOW_LINES[line], f"{ROOT}[sandbox]", *(extras or []), *_groups("dev", "deploy")]
     return _ensure(
         _venv_dir(name),
         wanted,
@@ -238,6 +238,8 @@ def test(
     started before the lint; the first line's output is shown as it comes, the others' after it.
     ``checks``: the docs site and the release check (``dev.py checks``) run in the background too."""
     ensure_chromium()  # before any child starts: one apt-get at a time
+    if docs_lock_file().exists():  # tests/test_docs.py builds a broken copy of the site with it
+        os.environ["FAXPLUS_DOCS_PYTHON"] = str(ensure_docs_env())
     others: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="faxplus-dev-") as outputs:
@@ -375,7 +377,7 @@ def site(python: Path | None = None, site_dir: Path | None = None) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="faxplus-site-") as tmp:
         out = site_dir or Path(tmp)
-        _run([str(python), "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)], cwd=ROOT)
+        release.build_site(python, out)
         release.check_readme(out)
     print(f"== docs site built in {time.monotonic() - started:.1f} s", flush=True)
 

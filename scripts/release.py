@@ -46,10 +46,17 @@ def _ids_of(page: Path) -> set[str]:
     return parser.ids
 
 
-def readme_links() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def readme_links(text: str | None = None) -> list[str]:
+    """Every link target of the README as PyPI renders it: inline links (with or without a title),
+    reference definitions, HTML ``src``/``href`` attributes, autolinks and bare URLs."""
+    text = (ROOT / "README.md").read_text() if text is None else text
     text = re.sub(r"(?s)```.*?```", "", text)  # code blocks hold no links
-    return re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"<(https?://[^>\s]+)>", text)
+    text = re.sub(r"`[^`\n]*`", "", text)  # nor code spans
+    found = re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^)]*\)))?\s*\)", text)
+    found += re.findall(r"(?m)^ {0,3}\[[^\]]+\]:\s*<?([^\s>]+)>?", text)
+    found += re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']+)["']""", text, flags=re.IGNORECASE)
+    found += [url.rstrip(".,;:!?*_'\"") for url in re.findall(r"https?://[^\s)<>\]\"'`]+", text)]
+    return list(dict.fromkeys(found))
 
 
 def readme_text() -> str:
@@ -66,16 +73,14 @@ def _topic_table(text: str, docs: str | None) -> list[str]:
     return [relative.sub(lambda m: f"{m.group(1)}.md{m.group(2) or ''}", row) for row in rows]
 
 
-def check_readme(site_dir: Path) -> None:
-    """The README is the PyPI page: every link absolute, and each into the docs site or the repository
-    resolves in the site just built or in this checkout (anchors included). Other hosts are not fetched."""
+def link_problems(links: list[str], site_dir: Path) -> list[str]:
+    """What is wrong with the README's links: a relative one (it breaks on PyPI), or one into the docs
+    site or the repository that does not resolve in the site built at ``site_dir`` or in this checkout
+    (anchors included). Other hosts are not fetched."""
     urls = project_urls()
     docs, source = urls["Documentation"].rstrip("/") + "/", urls["Source Code"].rstrip("/")
     problems = []
-    size = len((ROOT / "README.md").read_bytes())
-    if size >= 15 * 1024:
-        problems.append(f"README.md is {size} bytes: keep it under 15 KB (the topics live in docs/)")
-    for link in readme_links():
+    for link in links:
         target, _, anchor = link.partition("#")
         if not target.startswith(("https://", "http://")):
             problems.append(f"{link}: relative, it breaks on PyPI")
@@ -91,11 +96,43 @@ def check_readme(site_dir: Path) -> None:
                 problems.append(f"{link}: no {path.relative_to(ROOT)} in the repository")
         elif target.startswith(source) and target not in (source, source + "/issues"):
             problems.append(f"{link}: a repository link of an unknown shape")
+    return problems
+
+
+def check_readme(site_dir: Path) -> None:
+    """The README is the PyPI page: under 15 KB, every link absolute and resolving (``link_problems``),
+    its table of topics the site's home page's."""
+    problems = []
+    size = len((ROOT / "README.md").read_bytes())
+    if size >= 15 * 1024:
+        problems.append(f"README.md is {size} bytes: keep it under 15 KB (the topics live in docs/)")
+    links = readme_links()
+    problems += link_problems(links, site_dir)
+    docs = project_urls()["Documentation"].rstrip("/") + "/"
     if _topic_table(readme_text(), docs) != _topic_table((ROOT / "docs" / "index.md").read_text(), None):
         problems.append("its table of topics differs from docs/index.md's (the site's home page)")
     if problems:
         raise SystemExit("README.md:\n  " + "\n  ".join(problems))
-    print(f"== README.md: {size} bytes, {len(readme_links())} links resolve", flush=True)
+    print(f"== README.md: {size} bytes, {len(links)} links resolve", flush=True)
+
+
+def build_site(python: Path, out: Path, root: Path = ROOT) -> None:
+    """``mkdocs build --strict`` of ``root``: a warning (a broken internal link or anchor) fails it.
+    Never ``--quiet``: in mkdocs 1.6 it raises the log level above WARNING, so no warning is counted and
+    strict never fails. The INFO lines are left out to keep the output short."""
+    done = subprocess.run(
+        [str(python), "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    shown = [line for line in done.stdout.splitlines() if not line.startswith("INFO")]
+    if shown:
+        print("\n".join(shown), flush=True)
+    if done.returncode != 0:
+        raise SystemExit(f"mkdocs build --strict failed (exit {done.returncode}): warnings count as errors")
 
 
 def readme_first_dag() -> str:
@@ -135,8 +172,9 @@ def check_dists(dist: Path) -> tuple[Path, Path]:
     urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL") or [])
     if urls != project_urls():
         problems.append(f"wheel Project-URL: {urls}")
-    if "dev" in (meta.get_all("Provides-Extra") or []):
-        problems.append("the dev tools are published as an extra")
+    extras = meta.get_all("Provides-Extra") or []
+    if extras != ["sandbox"]:  # the test tools and deployment providers are dependency groups
+        problems.append(f"wheel extras {extras}: only sandbox is a feature of the package")
     if problems:
         raise SystemExit("release check:\n  " + "\n  ".join(problems))
     return sdist, wheel

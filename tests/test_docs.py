@@ -4,8 +4,14 @@ quick start. (The site's build and every link are checked by `scripts/dev.py sit
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
+import sys
+import tomllib
 from pathlib import Path
+
+import pytest
 
 from airflow_provider_faxplus.config import EXTRA_FIELDS
 from airflow_provider_faxplus.get_provider_info import AIRFLOW_3_TRIGGER_MODULES, TRIGGER_MODULES
@@ -64,3 +70,93 @@ def test_the_readme_is_short_and_keeps_the_two_command_quick_start():
         "python3 scripts/dev.py test   # ruff + mypy, then the test suite on Airflow 3.3 and on Airflow 2.11"
     )
     assert f"```bash\n{demo}\n{test}\n```" in readme
+
+
+# scripts/release.py: the README link check and the site build, run by `scripts/dev.py site` (stdlib only).
+sys.path.insert(0, str(ROOT / "scripts"))
+import release  # noqa: E402
+
+DOCS = "https://faxplus-airflow.github.io/airflow-provider-faxplus/"
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "[the sandbox][s]\n\n[s]: docs/sandbox.md\n",
+        '<img src="docs/dag.png" alt="a DAG">\n',
+        '[the sandbox](docs/sandbox.md "The sandbox")\n',
+        '<a href="docs/sandbox.md">the sandbox</a>\n',
+    ],
+)
+def test_a_relative_readme_link_of_any_form_is_refused(markdown, tmp_path):
+    problems = release.link_problems(release.readme_links(f"Intro.\n\n{markdown}"), tmp_path)
+    assert len(problems) == 1, problems
+    assert "relative, it breaks on PyPI" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        f"[the sandbox][s]\n\n[s]: {DOCS}no-such-page/\n",
+        f'<img src="{DOCS}no-such-page/">\n',
+        f"See {DOCS}no-such-page/.\n",
+        f'[the sandbox]({DOCS}no-such-page/ "The sandbox")\n',
+        f"[the sandbox]({DOCS}sandbox/#no-such-anchor)\n",
+    ],
+)
+def test_a_readme_link_into_the_site_of_any_form_must_resolve(markdown, tmp_path):
+    (tmp_path / "sandbox").mkdir()
+    (tmp_path / "sandbox" / "index.html").write_text('<h2 id="cli">CLI</h2>')
+    links = release.readme_links(markdown)
+    assert release.link_problems(links, tmp_path), links
+    fixed = markdown.replace("no-such-page/", "sandbox/").replace("no-such-anchor", "cli")
+    assert release.link_problems(release.readme_links(fixed), tmp_path) == []
+
+
+def _docs_python() -> Path:
+    """The docs virtualenv's python (`scripts/dev.py test` sets it up before the tests)."""
+    python = Path(os.environ.get("FAXPLUS_DOCS_PYTHON") or ROOT / ".venv" / "docs" / "bin" / "python")
+    if not python.exists():
+        pytest.skip(f"no docs virtualenv at {python}: `python3 scripts/dev.py site` makes it")
+    return python
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [("See [a](nope.md).", "nope.md"), ("See [b](sandbox.md#no-such-anchor).", "no-such-anchor")],
+)
+def test_a_broken_internal_link_or_anchor_fails_the_site_build(bad, named, tmp_path, capsys):
+    """The build `scripts/dev.py site` runs, on a copy of the site with one bad link in docs/hook.md."""
+    for name in ("docs", "airflow_provider_faxplus"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path)
+    with (tmp_path / "docs" / "hook.md").open("a") as page:
+        page.write(f"\n{bad}\n")
+    with pytest.raises(SystemExit, match="mkdocs build --strict failed"):
+        release.build_site(_docs_python(), tmp_path / "site", root=tmp_path)
+    assert named in capsys.readouterr().out
+
+
+def test_the_readme_says_how_long_seeded_sandbox_faxes_last():
+    """What tests/test_sandbox_cli.py proves, said before the README's first DAG, with the CLI's default."""
+    from airflow_provider_faxplus.sandbox.cli import _parser
+
+    readme = (ROOT / "README.md").read_text()
+    before_the_dag = readme.split("```python", 1)[0]
+    default = _parser().get_default("stage_seconds")
+    assert default == 10
+    assert (
+        "Seeded sandbox faxes stay `submitted` until their first look (a GET\nor a list answer "
+        f"showing them), then spend `--stage-seconds` (default {default:g}) in each status" in before_the_dag
+    )
+
+
+def test_the_package_summary_and_provider_description_name_what_it_has():
+    from airflow_provider_faxplus.get_provider_info import get_provider_info
+
+    summary = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["description"]
+    described = get_provider_info()["description"]
+    for text in (summary, described):
+        parts = ("send", "download", "comment operators", "delivery", "sensors", "event triggers", "sandbox")
+        for part in parts:
+            assert part in text, (part, text)

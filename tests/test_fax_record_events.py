@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_faxplus.record_watch import id_key
 from tests.test_outbox_events import AIRFLOW_3, FakeStore, Running, run_async
 
 LIST = "/v3/accounts/self/faxes"
@@ -214,7 +215,7 @@ async def test_in_ack_mode_the_cursor_moves_only_with_the_turns_airflow_acknowle
     running.task = asyncio.ensure_future(_collect(trigger.filter_shared_stream(stream()), running.events))
 
     def holding(fax_id: str) -> list[Any]:
-        return [t for t in turns if any(fax_id in state.seen for _, state in t.held)]
+        return [t for t in turns if any(id_key(fax_id) in state.seen for _, state in t.held)]
 
     try:
         await running.until(lambda: holding("before"), "the first turn's state")
@@ -224,7 +225,7 @@ async def test_in_ack_mode_the_cursor_moves_only_with_the_turns_airflow_acknowle
         control.receive_fax(id="r1")
         await running.until(lambda: holding("r1"), "r1's turn")
         assert [e["fax_id"] for e in running.events] == ["r1"]
-        assert "r1" not in json.dumps(store.values)  # its turn is not acknowledged
+        assert id_key("r1") not in json.dumps(store.values)  # its turn is not acknowledged
         restarted = FakeStore()  # a restart now: the store as it is
         restarted.values = dict(store.values)
         again = Running(make(quick, restarted, report_existing=False))
@@ -234,7 +235,7 @@ async def test_in_ack_mode_the_cursor_moves_only_with_the_turns_airflow_acknowle
             await again.stop()
         assert [e["fax_id"] for e in again.events] == ["r1"]
         await producer.advance([AdvanceItem(holding("r1")[0], AdvanceOutcome(acked=1, failed=0))])
-        assert "r1" in json.dumps(store.values)
+        assert id_key("r1") in json.dumps(store.values)
     finally:
         # A cancel can be lost inside the producer's wait (seen: the stream ran on for 90 s): repeat it.
         while not running.task.done():
@@ -265,7 +266,8 @@ def test_the_provider_registers_the_trigger_module():
     from airflow_provider_faxplus.get_provider_info import get_provider_info
 
     modules = [m for entry in get_provider_info()["triggers"] for m in entry["python-modules"]]
-    assert "airflow_provider_faxplus.triggers.fax_records" in modules
+    # Listed on Airflow 3 only: Airflow 2 cannot import it.
+    assert ("airflow_provider_faxplus.triggers.fax_records" in modules) == AIRFLOW_3
 
 
 def _example() -> Any:
@@ -307,3 +309,161 @@ def test_the_inbound_example_takes_each_received_fax_once_and_skips_foreign_even
     with caplog.at_level(logging.WARNING):
         assert _example().received(context) == [{"fax_id": "r1", "user_id": "self"}]
     assert "Skipping an event of faxplus_inbox_received: not a fax record event" in caplog.text
+
+
+def _stored_ids(store: FakeStore) -> int:
+    return sum(len(keys) for value in store.values.values() for _, keys in json.loads(value)["t"])
+
+
+class StrictStore(FakeStore):
+    """Refuses a value over 65,535 bytes, as Airflow 3.3's AssetStateStoreBody does."""
+
+    async def aset(self, key: str, value: Any) -> None:
+        size = len(value if isinstance(value, str) else json.dumps(value))
+        if size > 65_535:
+            raise ValueError(f"value exceeds max_value_storage_bytes (65535): {size}")
+        await super().aset(key, value)
+
+
+def test_the_sandbox_dates_its_answers_by_its_own_clock(control, sandbox):
+    import urllib.error
+    import urllib.request
+    from email.utils import parsedate_to_datetime
+
+    control.advance(7 * 86400)
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no token: a 401, dated all the same
+        urllib.request.urlopen(sandbox.base_url + "/accounts/self/faxes")  # noqa: S310
+    dated = parsedate_to_datetime(refused.value.headers["Date"]).timestamp()
+    assert abs(dated - sandbox.state.clock.now()) < 5
+
+
+@run_async
+async def test_a_future_dated_record_is_reported_once_and_stops_nothing(quick, control, sandbox):
+    store = FakeStore()
+    running = Running(make(quick, store, report_existing=False))
+    try:
+        await running.until(lambda: store.writes >= 1, "the first cursor")
+        glitch = {"id": "glitch", "status": "success", "start_time": "2036-12-04 12:00:00"}
+        body = json.dumps({"data": {"records": [glitch]}})
+        control.add_fault(status=200, method="GET", path_contains=LIST, body=body, times=1)
+        await running.until(lambda: running.events, "the glitch")
+        control.receive_fax(id="real1")
+        control.receive_fax(id="real2")
+        seen = lists(control)
+        await running.until(lambda: lists(control) >= seen + 5, "five more lists")
+    finally:
+        await running.stop()
+    assert sorted(ids(running)) == ["glitch", "real1", "real2"]
+    assert "after the server's" in running.events[0]["record"]["parse_warnings"][-1]
+    assert json.loads(next(iter(store.values.values())))["h"] < sandbox.state.clock.now()
+
+
+@run_async
+async def test_an_empty_first_answer_makes_no_record_already_there_new(quick, control):
+    control.receive_fax(id="old1")
+    control.receive_fax(id="old2")
+    control.advance(1)  # before the start: a record of its very second, not in its first answer, is new
+    control.add_fault(status=200, method="GET", path_contains=LIST, body='{"data": {"records": []}}', times=1)
+    store = FakeStore()
+    running = Running(make(quick, store, report_existing=False))
+    try:
+        await running.until(lambda: lists(control) >= 6, "six lists")
+    finally:
+        await running.stop()
+    assert ids(running) == []
+
+
+@run_async
+async def test_a_triggerer_clock_hours_ahead_of_the_server_loses_nothing(quick, control, monkeypatch):
+    from datetime import datetime as real
+    from datetime import timedelta
+
+    class Ahead(real):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return real.now(tz) + timedelta(hours=2)
+
+    monkeypatch.setattr(quick, "datetime", Ahead)
+    store = FakeStore()
+    running = Running(make(quick, store, report_existing=False))
+    try:
+        await running.until(lambda: store.writes >= 1, "the first cursor")
+        control.receive_fax(id="r1")
+        seen = lists(control)
+        await running.until(lambda: lists(control) >= seen + 5, "five more lists")
+    finally:
+        await running.stop()
+    assert ids(running) == ["r1"]
+
+
+@run_async
+async def test_a_cursor_of_thousands_of_records_fits_the_store_and_a_restart_repeats_none(quick, control):
+    store = StrictStore()
+    first = Running(make(quick, store, report_existing=False))
+    try:
+        await first.until(lambda: store.writes >= 1, "the first cursor")
+        for n in range(2100):
+            control.receive_fax(id=f"{n:04d}-0123456789abcdef0123456789abcdef")
+        await first.until(lambda: len(first.events) >= 2100, "2100 events", timeout=180)
+        await first.until(lambda: _stored_ids(store) >= 2100, "the cursor holding them", timeout=60)
+    finally:
+        await first.stop()
+    second = Running(make(quick, store, report_existing=False))
+    try:
+        seen = lists(control)
+        await second.until(lambda: lists(control) >= seen + 60, "60 page lists", timeout=180)
+    finally:
+        await second.stop()
+    assert len(set(ids(first))) == 2100
+    assert ids(second) == []
+
+
+@run_async
+async def test_more_records_than_the_pager_takes_is_one_clear_error(quick, control, monkeypatch, caplog):
+    from airflow_provider_faxplus import records
+
+    monkeypatch.setitem(records.FaxListPager.__init__.__kwdefaults__, "max_records", 100)  # for 100,000
+    for n in range(101):
+        control.receive_fax(id=f"old{n:03d}")
+    store = FakeStore()
+    running = Running(make(quick, store, report_existing=True))
+    try:
+        await running.until(lambda: lists(control) >= 30, "three turns of 11 pages", timeout=60)
+    finally:
+        await running.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "more than 100 inbox records to list" in errors[0]
+    assert "report_existing=False" in errors[0]
+    assert not [r for r in caplog.records if "Transient" in r.getMessage()]
+
+
+@run_async
+async def test_ids_the_hook_refuses_are_skipped_once_and_payloads_are_bounded(quick, control, caplog):
+    store = FakeStore()
+    running = Running(make(quick, store, report_existing=False))
+    try:
+        await running.until(lambda: store.writes >= 1, "the first cursor")
+        for hostile in ("../../esc/x", "..", "a b"):
+            control.receive_fax(id=hostile)
+        control.receive_fax(id="bigc", comment="C" * 1_000_000)
+        control.receive_fax(id="fine")
+        await running.until(lambda: len(running.events) >= 2, "two events", timeout=60)
+        seen = lists(control)
+        await running.until(lambda: lists(control) >= seen + 4, "four more lists", timeout=60)
+    finally:
+        await running.stop()
+    assert sorted(ids(running)) == ["bigc", "fine"]
+    big = next(e for e in running.events if e["fax_id"] == "bigc")
+    assert len(json.dumps(big)) < 64 * 1024
+    assert "record.comment (1,000,000 characters) truncated" in big["record"]["parse_warnings"]
+    warnings = [r.getMessage() for r in caplog.records if "the hook would refuse" in r.getMessage()]
+    assert len(warnings) == 3
+    assert any("'../../esc/x'" in w for w in warnings)
+
+
+@pytest.mark.parametrize("name", ["lookback", "poll_interval"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0, -1])
+def test_lookback_and_poll_interval_must_be_finite_and_positive(quick, name, value):
+    with pytest.raises(ValueError, match=name):
+        quick.FaxRecordEventTrigger(category="inbox", report_existing=False, **{name: value})

@@ -3,9 +3,11 @@ methods over real HTTP."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tracemalloc
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import requests
 
 from airflow_provider_faxplus import records
+from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import (
     FaxPlusAuthError,
     FaxPlusInputError,
@@ -214,13 +217,26 @@ def _receive(control, count, **spec):
     return [control.receive_fax(id=f"in-{n:04d}", **spec) for n in range(count)]
 
 
-def test_list_pages_through_limit_and_offset(hook, control):
+def test_list_pages_one_second_by_offset_each_page_overlapping_the_last_by_one(hook, control):
+    control.set_pace(0)
     _receive(control, 120)
     control.requests(clear=True)
     found = hook.list_faxes("inbox")
     assert sorted(r.id for r in found) == [f"in-{n:04d}" for n in range(120)]
     queries = [e["query"] for e in control.requests() if e["path"].endswith("/faxes")]
-    assert [q.split("offset=")[1] for q in queries] == ["0", "50", "100", "120"]
+    assert [q.split("offset=")[1] for q in queries] == ["0", "49", "98", "119"]
+
+
+def test_list_pages_by_time_below_the_oldest_record_listed(hook, control):
+    _spread(control, 120, 1)
+    control.requests(clear=True)
+    found = hook.list_faxes("inbox")
+    assert [r.id for r in found] == [f"in-{n:04d}" for n in range(119, -1, -1)]
+    queries = [e["query"] for e in control.requests() if e["path"].endswith("/faxes")]
+    times = {r.id: records.format_api_time("t", r.start_time + timedelta(seconds=1)) for r in found}
+    befores = [urllib.parse.parse_qs(q).get("before", [None])[0] for q in queries]
+    assert befores == [None, times["in-0070"], times["in-0021"], times["in-0000"]]
+    assert [q.split("offset=")[1] for q in queries] == ["0", "0", "0", "0"]
 
 
 def test_a_server_that_caps_its_pages_below_the_size_asked_loses_nothing(hook, control):
@@ -234,7 +250,7 @@ def test_limit_bounds_the_result(hook, control):
     control.requests(clear=True)
     assert len(hook.list_faxes("inbox", limit=60)) == 60
     queries = [e["query"] for e in control.requests() if e["path"].endswith("/faxes")]
-    assert ["limit=50" in queries[0], "limit=10" in queries[1]] == [True, True]
+    assert ["limit=50" in queries[0], "limit=11" in queries[1]] == [True, True]  # 10 and the overlap
     assert len(queries) == 2
 
 
@@ -245,8 +261,56 @@ def test_more_than_the_bound_without_limit_is_an_error_not_a_truncated_list(hook
         hook.list_faxes("inbox")
 
 
+def _spread(control, count, per_second):
+    """``count`` received faxes, ``per_second`` of them in each second (ties span pages when large)."""
+    control.set_pace(0)
+    for n in range(count):
+        if n and n % per_second == 0:
+            control.advance(1)
+        control.receive_fax(id=f"in-{n:04d}")
+    control.advance(5)
+
+
+@pytest.mark.parametrize("per_second", [1, 7, 120], ids=["distinct", "ties", "one-second"])
+@pytest.mark.parametrize("listed", [3, 40, 49])
+def test_a_record_deleted_between_pages_hides_no_other(hook, control, per_second, listed):
+    _spread(control, 120, per_second)
+    newest_first = [r.id for r in hook.list_faxes("inbox")]
+    gone = newest_first[listed]
+    control.record_settings(between_pages={"after": 1, "delete": [gone]})
+    found = {r.id for r in hook.list_faxes("inbox")}
+    assert found - {gone} == set(newest_first) - {gone}
+
+
+@pytest.mark.parametrize("per_second", [1, 120], ids=["distinct", "one-second"])
+def test_faxes_arriving_between_pages_neither_fail_the_list_nor_hide_a_record(hook, control, per_second):
+    _spread(control, 120, per_second)
+    control.record_settings(between_pages={"after": 1, "receive": 50})
+    found = [r.id for r in hook.list_faxes("inbox")]
+    assert len(found) == len(set(found))
+    assert {f"in-{n:04d}" for n in range(120)} <= set(found)
+
+
+def test_a_list_that_changes_under_every_try_is_an_error_not_a_short_list():
+    config = FaxPlusConfig(token=TOKEN, base_url="https://fax.test/v3")
+    pager = records.FaxListPager(config, "inbox")
+
+    def page(*ids):
+        return json.dumps({"data": {"records": [{"id": i, "status": "success"} for i in ids]}}).encode()
+
+    def feed_forever() -> None:
+        for n in range(2 * records.FaxListPager.MAX_RESTARTS + 4):
+            call = pager.call()
+            pager.feed(call, 200, {}, page(f"{n}a", f"{n}b"))  # never the anchor the last page ended on
+
+    with pytest.raises(FaxPlusResponseError, match="changed under each of"):
+        feed_forever()
+    assert pager.restarts == records.FaxListPager.MAX_RESTARTS + 1
+    assert not pager.done
+
+
 def test_a_server_that_ignores_offset_is_an_error(hook, control):
-    body = '{"data": {"records": [{"id": "a", "status": "success"}]}}'
+    body = '{"data": {"records": [{"id": "a", "status": "success"}, {"id": "b", "status": "success"}]}}'
     control.add_fault(path_endswith="/faxes", status=200, body=body, times=5)
     with pytest.raises(FaxPlusResponseError, match="does not page by offset"):
         hook.list_faxes("inbox")

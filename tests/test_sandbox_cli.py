@@ -4,10 +4,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
@@ -127,3 +129,48 @@ def test_seeded_faxes_wait_for_their_first_look_then_take_the_stage_seconds():
     finally:
         proc.kill()
         proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--stage-seconds", "-1"], "--stage-seconds"),
+        (["--stage-seconds", "nan"], "--stage-seconds"),
+        (["--stage-seconds", "inf"], "--stage-seconds"),
+        (["--port", "70000"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--pace", "-1"], "--pace"),
+        (["--pace", "nan"], "--pace"),
+        (["--seed", "-3"], "--seed"),
+    ],
+)
+def test_a_hostile_option_value_is_refused_by_name_without_a_traceback(args, option):
+    """Refused before the server starts: argparse's message naming the option, exit status 2. (A
+    subprocess with a timeout: accepted, the sandbox would serve until stopped.)"""
+    command = shutil.which("faxplus-sandbox", path=str(Path(sys.executable).parent))
+    done = subprocess.run(
+        [command, "--port", "0", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"argument {option}: " in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "listening" not in done.stdout
+
+
+def test_a_port_in_use_is_one_clear_line_not_a_traceback():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    command = shutil.which("faxplus-sandbox", path=str(Path(sys.executable).parent))
+    try:
+        done = subprocess.run(
+            [command, "--port", str(port)], capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"faxplus-sandbox: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert "Fax.Plus sandbox listening" not in done.stdout

@@ -323,11 +323,10 @@ class FaxPlusHook(BaseHook):
         """*List fax records* of one ``category`` (``inbox``, ``sent``, ``spam``), optionally between
         ``after`` and ``before`` (aware datetimes, or ``YYYY-MM-DD HH:mm:ss`` UTC strings).
 
-        Pages through the API's ``limit``/``offset`` (50 per page) until an empty page. ``limit`` bounds
-        the result; without it more than ``records.MAX_LIST_RECORDS`` records is an error, never a
-        silently truncated list. A record that shows up on two pages (faxes arriving while paging shift
-        the offsets) is returned once; a page that brings nothing new is an error (the server ignores
-        ``offset``).
+        Pages as :class:`records.FaxListPager` does (by time, 50 per page, each page overlapping the last
+        by one record): faxes arriving or deleted while it pages neither repeat nor hide a record.
+        ``limit`` bounds the result; without it more than ``records.MAX_LIST_RECORDS`` records is an
+        error, never a silently truncated list.
         """
         records.validate_category(category)
         after_s = None if after is None else records.format_api_time("after", after)
@@ -336,46 +335,24 @@ class FaxPlusHook(BaseHook):
             raise FaxPlusInputError(f"after ({after_s}) must be earlier than before ({before_s})")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise FaxPlusInputError(f"limit must be a whole number >= 1, got {limit!r:.20}")
-        found: dict[str, FaxRecord] = {}
-        offset = 0
-        while True:
-            size = records.PAGE_SIZE if limit is None else min(records.PAGE_SIZE, limit - len(found))
-            call = records.list_faxes_call(
-                self.config,
-                category,
-                after=after_s,
-                before=before_s,
-                limit=size,
-                offset=offset,
-                user_id=user_id,
-            )
-            status, headers, body = self._send(call)
-            page = records.parse_list_faxes_response(self.config, call, status, headers, body)
-            new = [record for record in page if record.id not in found]
-            if page and not new:
-                raise FaxPlusResponseError(
-                    f"{call.describe()} answered offset {offset} with records already listed: the server "
-                    "does not page by offset, so the list cannot be completed",
-                    operation=call.operation.name,
-                    method=call.method,
-                    path=call.path,
-                    status=status,
-                )
-            for record in new:
-                self._warn_parse(record)
-                found[record.id] = record
-            offset += len(page)
-            # Only an empty page ends the list: a server that caps its pages below the size asked for
-            # answers short pages that are not the last (one request more per listing, never a hole).
-            if not page or (limit is not None and len(found) >= limit):
-                break
-            if limit is None and len(found) >= records.MAX_LIST_RECORDS:
+        pager = records.FaxListPager(
+            self.config, category, after=after_s, before=before_s, limit=limit, user_id=user_id
+        )
+        while not pager.done:
+            call = pager.call()
+            try:
+                pager.feed(call, *self._send(call))
+            except FaxPlusResponseError:
+                if not pager.over_max:
+                    raise
                 raise FaxPlusInputError(
-                    f"more than {records.MAX_LIST_RECORDS:,} {category} fax records"
+                    f"more than {pager.max_records:,} {category} fax records"
                     f"{f' after {after_s}' if after_s else ''}{f' before {before_s}' if before_s else ''}: "
                     "narrow the window with after/before, or give limit"
-                )
-        result = list(found.values())
+                ) from None
+        for record in pager.found.values():
+            self._warn_parse(record)
+        result = list(pager.found.values())
         return result if limit is None else result[:limit]
 
     def get_fax(self, fax_id: str, user_id: str = "self") -> FaxRecord:

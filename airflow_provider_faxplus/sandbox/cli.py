@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -23,6 +24,33 @@ TOKEN_ENV = "FAXPLUS_SANDBOX_TOKEN"  # noqa: S105 - the variable's name
 CONTROL_TOKEN_ENV = "FAXPLUS_SANDBOX_CONTROL_TOKEN"  # noqa: S105 - the variable's name
 
 
+def _port(text: str) -> int:
+    port = int(text)  # a ValueError becomes argparse's "invalid _port value"
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
+    return port
+
+
+def _count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a count (a whole number >= 0)")
+    return count
+
+
+def _seconds(text: str) -> float:
+    """A finite number >= 0, as the control API takes it (nan and inf would stall or crash the clock)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
+
+
+_port.__name__ = "port"  # argparse names the type in its "invalid ... value" message
+_count.__name__ = "count"
+_seconds.__name__ = "number"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faxplus-sandbox",
@@ -30,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
+        "--port", type=_port, default=8080, help="port to bind; 0 picks a free one (default 8080)"
     )
     parser.add_argument(
         "--token-file",
@@ -44,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     # Refused with a clear message: a token on the command line is visible to every user (ps).
     parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument("--client-id", help="require this x-fax-clientid header (OAuth2 clients)")
-    parser.add_argument("--pace", type=float, default=1.0, help="virtual seconds per real second (default 1)")
+    parser.add_argument(
+        "--pace", type=_seconds, default=1.0, help="virtual seconds per real second (default 1)"
+    )
     parser.add_argument(
         "--not-found-status",
         type=int,
@@ -54,14 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_count,
         default=0,
         help="create this many outbox faxes at start; each stays 'submitted' until its first look (a GET "
         "of it, or a list answer showing it), then moves on every --stage-seconds",
     )
     parser.add_argument(
         "--stage-seconds",
-        type=float,
+        type=_seconds,
         default=10.0,
         help="seconds each seeded fax spends in each status (submitted, converting, scheduled_for_sending, "
         "sending) from its first look on; it leaves the outbox 4 x this after its first look (default 10)",
@@ -123,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         pace=args.pace,
         not_found_status=args.not_found_status,
         control_token=control_token,
-    ).start()
+    )
+    try:
+        server.start()
+    except OSError as exc:  # the port taken, the address not this machine's
+        reason = exc.strerror or exc
+        print(f"faxplus-sandbox: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 1
     assert server.client is not None
     stages = [
         {"status": status, "seconds": args.stage_seconds}

@@ -92,6 +92,9 @@ class RecordStore:
     from_field: str = "from"
     page_cap: int = 1000  # a list answers at most this many records, whatever the limit asked
     made_from: set[str] = field(default_factory=set)  # outbox ids that have their sent record
+    # A change to the list between two pages: after list answer ``after``, ``delete`` ids, ``receive`` n.
+    between_pages: dict[str, Any] | None = None
+    pages_answered: int = 0
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -114,11 +117,15 @@ class RecordStore:
             if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
                 raise SandboxInputError("page_cap must be a whole number >= 1")
             self.page_cap = cap
+        if "between_pages" in data:
+            self.between_pages = _between_pages(data["between_pages"])
+            self.pages_answered = 0
         return {
             "default_outcome": self.default_outcome,
             "id_policy": self.id_policy,
             "from_field": self.from_field,
             "page_cap": self.page_cap,
+            "between_pages": self.between_pages,
         }
 
     def set_outcome(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +248,18 @@ class RecordStore:
             fax["submit_time"] = fmt_plain(submit_time)
         return fax
 
+    def page_answered(self, resolve_user: Any, now: float) -> None:
+        """Counts list answers; applies ``between_pages`` once, right after the one it names."""
+        self.pages_answered += 1
+        change = self.between_pages
+        if change is None or self.pages_answered != change["after"]:
+            return
+        for fax_id in change["delete"]:
+            if fax_id in self.records:
+                self.records[fax_id].deleted = True
+        for n in range(change["receive"]):
+            self.receive(resolve_user, {"id": f"arrived-{self.pages_answered}-{n:04d}"}, now)
+
     # Reads ----------------------------------------------------------------------------------------
 
     def find(self, owner: str, fax_id: str) -> Record | None:
@@ -263,6 +282,18 @@ class RecordStore:
             and (before is None or r.at < before)
         ]
         return sorted(found, key=lambda r: (-r.at, r.id))
+
+
+def _between_pages(data: object) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise SandboxInputError("between_pages is an object {after, delete, receive}")
+    after, receive = _int(data, "after", 1), _int(data, "receive", 0)
+    delete = data.get("delete", [])
+    if after < 1 or not isinstance(delete, list) or not all(isinstance(i, str) for i in delete):
+        raise SandboxInputError("between_pages: after >= 1, delete a list of fax ids")
+    return {"after": after, "delete": delete, "receive": receive}
 
 
 def _outcome(data: object) -> dict[str, Any]:

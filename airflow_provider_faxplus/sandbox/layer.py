@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
 from typing import Any
 
 from airflow_provider_faxplus.sandbox import oauth
@@ -57,6 +58,8 @@ class ApiLayer:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = self._dated(send)
         path = scope.get("path", "")
         if scope["type"] == "http" and path.startswith(CONTROL_PREFIX) and not self._controller(scope):
             response = error(
@@ -124,6 +127,18 @@ class ApiLayer:
                 entry["grant_type"] = scope.get("state", {}).get("grant_type")
                 entry["response_body"] = "<redacted>"
         entry["fax_status"] = scope.get("state", {}).get("fax_status")
+
+    def _dated(self, send: Send) -> Send:
+        """Every answer's ``Date`` (RFC 9110) by the sandbox clock, which tests drive."""
+
+        async def dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                stamp = formatdate(self.state.clock.now(), usegmt=True).encode("latin-1")
+                message = {**message, "headers": [*headers, (b"date", stamp)]}
+            await send(message)
+
+        return dated
 
     async def _handle(
         self,

@@ -115,6 +115,7 @@ async def list_faxes(request: Request) -> Response:
     if (sort_by, order) != ("date", "desc"):  # listing() is newest first
         found.sort(key=lambda r: (SORT_KEYS[sort_by](r), r.id), reverse=order == "desc")
     page = found[offset : offset + min(limit, state.fax_records.page_cap)]
+    state.fax_records.page_answered(state.resolve_user, state.clock.now())
     return JSONResponse({"data": {"records": [record.fax for record in page]}})
 
 
@@ -201,7 +202,8 @@ async def download_report(request: Request) -> Response:
 
 
 async def settings(request: Request) -> Any:
-    """``default_outcome`` ({status, description}), ``id_policy`` (same|new), ``from_field``, ``page_cap``."""
+    """``default_outcome`` ({status, description}), ``id_policy`` (same|new), ``from_field``, ``page_cap``,
+    ``between_pages`` ({after, delete, receive}: change the list once, after that many list answers)."""
     return state_of(request).fax_records.configure(await read_json(request))
 
 

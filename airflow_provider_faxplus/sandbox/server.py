@@ -141,7 +141,9 @@ class SandboxClient:
 
     def record_settings(self, **values: Any) -> dict[str, Any]:
         """``default_outcome`` ({status, description}), ``id_policy`` (``same``: a sent record has the
-        outbox id; ``new``: an id of its own), ``from_field`` (``from`` or ``from_number``), ``page_cap``."""
+        outbox id; ``new``: an id of its own), ``from_field`` (``from`` or ``from_number``), ``page_cap``,
+        ``between_pages`` (``{after, delete, receive}``: after that many list answers, delete those record
+        ids and receive that many faxes, once)."""
         result: dict[str, Any] = self._call("POST", "/records/settings", values)
         return result
 
@@ -232,7 +234,11 @@ class SandboxServer:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
+        try:
+            sock.bind((self._host, self._port))
+        except OSError:
+            sock.close()
+            raise
         self._socket = sock
         config = uvicorn.Config(
             create_app(self.state),
@@ -240,6 +246,7 @@ class SandboxServer:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
+            date_header=False,  # the layer dates answers by the sandbox clock
             http="httptools",  # h11 refuses to send some faults (a body on a 204); httptools sends them
         )
         self._server = uvicorn.Server(config)

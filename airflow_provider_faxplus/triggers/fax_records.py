@@ -13,8 +13,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from airflow import __version__ as _airflow_version
@@ -33,7 +34,14 @@ except ImportError:  # Airflow 2.x
 from airflow_provider_faxplus import oauth, protocol, records
 from airflow_provider_faxplus.config import FaxPlusConfig
 from airflow_provider_faxplus.exceptions import FaxPlusAuthError, FaxPlusError, FaxPlusRequestError
-from airflow_provider_faxplus.record_watch import WATCHED, RecordWindow, diff, first_window, payload
+from airflow_provider_faxplus.record_watch import (
+    WATCHED,
+    RecordWindow,
+    diff,
+    first_window,
+    payload,
+    refused_id,
+)
 from airflow_provider_faxplus.retry import backoff_seconds
 from airflow_provider_faxplus.triggers.outbox_events import (
     _MEMORY,
@@ -66,8 +74,9 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
     The cursor (a time window: see :mod:`airflow_provider_faxplus.record_watch`) is kept in the watched
     asset's ``asset_state_store`` (Airflow 3.3.2+) and written once Airflow has stored the events;
     elsewhere it is kept in memory, lost when the triggerer restarts. A record is new if it appears in
-    the list within ``lookback`` seconds of the newest record seen; one that appears later is not
-    reported.
+    the list within ``lookback`` seconds of the newest record seen, by the server's clock (the answer's
+    ``Date``); one that appears later is not reported. An id the hook would refuse yields no event (one
+    warning); string fields over ``record_watch.MAX_FIELD_CHARS`` are cut.
 
     :param category: ``inbox`` or ``sent``.
     :param report_existing: required, so the choice is explicit. With no cursor yet (the first start),
@@ -100,8 +109,8 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
         if not isinstance(faxplus_conn_id, str) or not faxplus_conn_id:
             raise ValueError(f"faxplus_conn_id must be a non-empty string, got {faxplus_conn_id!r}")
         for name, value in (("poll_interval", poll_interval), ("lookback", lookback)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite positive number of seconds, got {value!r}")
         self.category = category
         self.report_existing = report_existing
         self.user_id = user_id
@@ -122,6 +131,9 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
         self._parked: str | None = None
         self._failures = 0  # turns failed in a row (the store, a bug)
         self._list_failures = 0  # lists failed in a row (transient)
+        self._too_many = False  # the "more than max_records" error was logged
+        self._local_clock = False  # the "no Date header" warning was logged
+        self._refused: set[str] = set()  # ids the hook would refuse, warned about once
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -175,6 +187,7 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
             self._store = self.cursor_store()
         listed: list[records.FaxRecord] | None = None
         window: RecordWindow | None = None
+        server_now = 0
         try:
             if self._parked is not None and not await self._connection_changed():
                 return
@@ -184,10 +197,15 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
                 self._loaded = True
             if self._config is None:
                 self._config = await load_connection(self.faxplus_conn_id)
+            # A first start lists by this machine's clock; the window then comes from the server's.
             window = self._window or first_window(
-                datetime.now(UTC), self.lookback, report_existing=self._report_existing
+                int(datetime.now(UTC).timestamp()), self.lookback, report_existing=self._report_existing
             )
-            listed = await self._look(self._config, window)
+            looked = await self._look(self._config, window)
+            if looked is not None:
+                listed, server_now = looked
+                if self._window is None:
+                    window = first_window(server_now, self.lookback, report_existing=self._report_existing)
         except _Parked as parked:
             await self._park(parked.reason)
         except (asyncio.CancelledError, GeneratorExit):
@@ -213,10 +231,24 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
                 self.resume_at = time.monotonic() + wait
         if listed is None or window is None:
             return
-        baseline = self._window is None and not self._report_existing
-        fresh, after = diff(window, listed, lookback=self.lookback, baseline=baseline)
+        fresh, after = diff(
+            window, listed, lookback=self.lookback, server_now=server_now, first=self._window is None
+        )
+        after = after.fit(value_limit())
         detected_at = datetime.now(UTC)
         for record in fresh:
+            reason = refused_id(record.id)
+            if reason is not None:  # counted as seen, never an event a DAG would fail on
+                if record.id not in self._refused and len(self._refused) < 1000:
+                    self._refused.add(record.id)
+                    log.warning(
+                        "Skipping %s fax record %.80r of %r: the hook would refuse its id (%.200s)",
+                        self.category,
+                        record.id,
+                        self.user_id,
+                        reason,
+                    )
+                continue
             log.info("New %s fax record %s (%s) of %r", self.category, record.id, record.status, self.user_id)
             yield TriggerEvent(
                 payload(record, user_id=self.user_id, category=self.category, detected_at=detected_at)
@@ -226,13 +258,32 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
             self._changed = True
         self._failures = 0
 
-    async def _look(self, config: FaxPlusConfig, window: RecordWindow) -> list[records.FaxRecord] | None:
-        """The window's records; None after a transient error (a malformed answer included: nothing is
-        concluded from it), the next turns then skipped for a growing back-off."""
+    async def _look(
+        self, config: FaxPlusConfig, window: RecordWindow
+    ) -> tuple[list[records.FaxRecord], int] | None:
+        """The window's records and the server's time; None after a transient error (a malformed answer
+        included: nothing is concluded from it), the next turns then skipped for a growing back-off."""
         renewed = False
         while True:
             try:
                 listed = await self._list(config, window)
+            except _TooMany as exc:
+                wait = max(self.poll_interval, PARKED_RECHECK_SECONDS)
+                if not self._too_many:
+                    self._too_many = True
+                    log.error(
+                        "FaxRecordEventTrigger (%s of %r) cannot list its records: %s. %s Listing again "
+                        "every %.0f s.",
+                        self.category,
+                        self.user_id,
+                        exc,
+                        "Use report_existing=False, or delete old records."
+                        if window.horizon is None
+                        else "Lower lookback.",
+                        wait,
+                    )
+                self.resume_at = time.monotonic() + wait
+                return None
             except FaxPlusRequestError as exc:
                 if isinstance(exc, FaxPlusAuthError) and exc.status == 401:
                     if config.uses_oauth_refresh and not oauth.is_token_error(exc) and not renewed:
@@ -259,20 +310,52 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
                 self.resume_at = time.monotonic() + wait
                 return None
             self._list_failures = 0
+            self._too_many = False
             return listed
 
-    async def _list(self, config: FaxPlusConfig, window: RecordWindow) -> list[records.FaxRecord]:
-        """Every record of the window (records.FaxListPager: paged to the end, never shortened)."""
+    async def _list(self, config: FaxPlusConfig, window: RecordWindow) -> tuple[list[records.FaxRecord], int]:
+        """Every record of the window (records.FaxListPager: paged to the end, never shortened) and the
+        server's time of the first page (its ``Date``; this machine's clock without one)."""
         if self._lease is None:
             stack = contextlib.AsyncExitStack()
             self._lease = await stack.enter_async_context(shared_session(config))
             self._lease_stack = stack
         lease = self._lease
         pager = records.FaxListPager(config, self.category, after=window.after(), user_id=self.user_id)
+        server_now: int | None = None
         while not pager.done:
             call = pager.call()
-            pager.feed(call, *await send_call(lease, config, call, await access_token(lease, config)))
-        return list(pager.found.values())
+            status, headers, body = await send_call(lease, config, call, await access_token(lease, config))
+            if server_now is None:
+                server_now = self._server_time(headers)
+            try:
+                pager.feed(call, status, headers, body)
+            except FaxPlusRequestError:
+                if len(pager.found) > pager.max_records:
+                    raise _TooMany(
+                        f"more than {pager.max_records:,} {self.category} records to list"
+                        + (" (report_existing=True lists every record)" if window.horizon is None else "")
+                    ) from None
+                raise
+        assert server_now is not None
+        return list(pager.found.values()), server_now
+
+    def _server_time(self, headers: Mapping[str, str]) -> int:
+        value = next((v for k, v in headers.items() if k.lower() == "date"), None)
+        try:
+            return int(parsedate_to_datetime(value).timestamp()) if value else self._local_time()
+        except (TypeError, ValueError):
+            return self._local_time()
+
+    def _local_time(self) -> int:
+        if not self._local_clock:
+            self._local_clock = True
+            log.warning(
+                "The %s list answer has no usable Date header: new records are decided by this machine's "
+                "clock",
+                self.category,
+            )
+        return int(datetime.now(UTC).timestamp())
 
     async def close_turns(self) -> None:
         stack, self._lease_stack, self._lease = self._lease_stack, None, None
@@ -332,6 +415,10 @@ class FaxRecordEventTrigger(AckedCursorTrigger):
         self._config, self._parked = fresh, None
         self.resume_at = -math.inf
         return True
+
+
+class _TooMany(Exception):
+    """The list holds more records than the pager takes."""
 
 
 class _Parked(Exception):
