@@ -2,8 +2,10 @@
 
 Fax.Plus documents no link from an outbox id to the fax record of the sent fax. Two cases are handled:
 the record has the outbox id (``matched_by="id"``), or it has an id of its own and is found among the
-``sent`` records by destination, sender, submit time and comment (``matched_by="fields"``). More than one
-record fitting the fields is an ambiguity that fails naming the candidates: never a guess.
+``sent`` records by destination, sender, submit time and comment (``matched_by="fields"``). A record
+whose id is another outbox id of the same send is never a candidate. More than one candidate is an
+ambiguity that fails naming them; a lone candidate submitted before this fax (by Fax.Plus's own clock, as
+the outbox showed it) may be an earlier fax's record and is not taken: the wait goes on. Never a guess.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ from airflow_provider_faxplus.records import FaxRecord
 # whole seconds, and the send's own clock may differ from Fax.Plus's by a little).
 SUBMIT_TOLERANCE = timedelta(seconds=120)
 OUTCOMES = ("delivered", "failed", "partial")
+# A field from the API in a message or an event is cut to this; an ambiguity names this many candidates.
+MAX_FIELD_CHARS = 200
+MAX_CANDIDATES = 10
+
+
+def bounded(value: object, limit: int = MAX_FIELD_CHARS) -> str:
+    """``value`` as text, cut with a marker past ``limit`` characters (a hostile or broken answer's field
+    must not make an exception, a log line or a trigger event megabytes long)."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more characters]"
+
+
 PARTIAL_AS = ("delivered", "failed")
 
 
@@ -34,6 +48,10 @@ class SentFax:
     from_number: str | None = None
     submitted_at: DateTime | None = None
     comment: str | None = None
+    # The other outbox ids of the same send (SendFaxOperator's ``faxes``): never this fax's record.
+    siblings: tuple[str, ...] = ()
+    # ``submitted_at`` is Fax.Plus's own (the outbox record's), not the sending worker's clock.
+    exact_time: bool = False
 
     def fields_known(self) -> bool:
         return self.to is not None and self.submitted_at is not None
@@ -46,6 +64,8 @@ class SentFax:
             self.from_number if self.from_number is not None else other.from_number,
             self.submitted_at if self.submitted_at is not None else other.submitted_at,
             self.comment if self.comment is not None else other.comment,
+            self.siblings or other.siblings,
+            self.exact_time if self.submitted_at is not None else other.exact_time,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +75,8 @@ class SentFax:
             "from_number": self.from_number,
             "submitted_at": format_utc(self.submitted_at),
             "comment": self.comment,
+            "siblings": list(self.siblings),
+            "exact_time": self.exact_time,
         }
 
     @classmethod
@@ -66,13 +88,22 @@ class SentFax:
             data.get("from_number"),
             parse_utc_datetime(submitted),
             data.get("comment"),
+            tuple(str(s) for s in data.get("siblings") or ()),
+            bool(data.get("exact_time", False)),
         )
 
     @classmethod
     def from_outbox(cls, record: Any) -> SentFax:
         """From an ``OutboxFax`` (one destination: the sensor waits on one outbox id)."""
         to = record.to[0] if len(record.to) == 1 else None
-        return cls(record.id, to, record.src, record.submit_time, record.comment.text)
+        return cls(
+            record.id,
+            to,
+            record.src,
+            record.submit_time,
+            record.comment.text,
+            exact_time=record.submit_time is not None,
+        )
 
 
 def sent_fax_from_send_result(outbox_fax_id: str, result: object) -> SentFax:
@@ -93,7 +124,8 @@ def sent_fax_from_send_result(outbox_fax_id: str, result: object) -> SentFax:
         raise FaxPlusInputError(
             f"sent does not list outbox fax {outbox_fax_id!r} (it lists {', '.join(map(repr, faxes))})"
         )
-    return SentFax.from_dict({**entry, "outbox_fax_id": outbox_fax_id})
+    siblings = [str(other) for other in faxes if other != outbox_fax_id]
+    return SentFax.from_dict({**entry, "outbox_fax_id": outbox_fax_id, "siblings": siblings})
 
 
 class AmbiguousRecordError(Exception):
@@ -135,8 +167,8 @@ def fits(record: FaxRecord, sent: SentFax) -> bool:
 
 def describe(record: FaxRecord) -> str:
     return (
-        f"{record.id} (to {record.to}, from {record.from_number}, "
-        f"submitted {format_utc(record.submit_time)}, status {record.status})"
+        f"{bounded(record.id)} (to {bounded(record.to)}, from {bounded(record.from_number)}, "
+        f"submitted {format_utc(record.submit_time)}, status {bounded(record.status)})"
     )
 
 
@@ -158,16 +190,34 @@ def match_by_id(record: FaxRecord, sent: SentFax) -> Match:
     return Match(record, "id")
 
 
+def _before_ours(record: FaxRecord, sent: SentFax) -> bool:
+    """Submitted before this fax by Fax.Plus's clock: perhaps an earlier fax's record."""
+    return (
+        sent.exact_time
+        and sent.submitted_at is not None
+        and record.submit_time is not None
+        and record.submit_time < sent.submitted_at
+    )
+
+
+def _candidates(found: list[FaxRecord]) -> str:
+    named = "; ".join(describe(r) for r in found[:MAX_CANDIDATES])
+    return named if len(found) <= MAX_CANDIDATES else f"{named}; and {len(found) - MAX_CANDIDATES} more"
+
+
 def match_by_fields(records: Iterable[FaxRecord], sent: SentFax) -> Match | None:
-    """The one sent record that fits ``sent``; None if none does (yet); an error naming them if several do."""
-    found = [r for r in records if fits(r, sent)]
+    """The one sent record that fits ``sent``; None if none does (yet) or the only one may be an earlier
+    fax's; an error naming them if several do."""
+    found = [r for r in records if r.id not in sent.siblings and fits(r, sent)]
     if len(found) > 1:
         raise AmbiguousRecordError(
             f"outbox fax {sent.outbox_fax_id!r}: {len(found)} sent records fit its destination {sent.to}, "
             f"sender {sent.from_number}, submit time {format_utc(sent.submitted_at)} and comment "
-            f"{sent.comment!r}: {'; '.join(describe(r) for r in found)}. Not guessing which is its record"
+            f"{bounded(repr(sent.comment))}: {_candidates(found)}. Not guessing which is its record"
         )
-    return Match(found[0], "fields") if found else None
+    if not found or _before_ours(found[0], sent):
+        return None
+    return Match(found[0], "fields")
 
 
 def delivery_xcom(match: Match, sent: SentFax) -> dict[str, Any]:
@@ -187,7 +237,8 @@ def failure_message(xcom: Mapping[str, Any]) -> str:
     record = xcom["record"]
     return (
         f"fax {xcom['outbox_fax_id']!r} (record {xcom['fax_id']!r}, to {record.get('to')}) "
-        f"was not delivered: status {xcom['status']}, description {record.get('description')!r}"
+        f"was not delivered: status {bounded(xcom['status'])}, "
+        f"description {bounded(repr(record.get('description')))}"
     )
 
 

@@ -28,6 +28,7 @@ from tests.conftest import TOKEN
 T0 = pendulum.datetime(2026, 12, 7, 12, 0, 0, tz="UTC")
 # The fax leaves the outbox at its second look (counted in looks, not seconds).
 TWO_LOOKS = [{"status": "sending", "polls": 1}]
+LEAVES_IN_AN_HOUR = [{"status": "sending", "seconds": 3600}]
 
 
 def record(fax_id, **kw):
@@ -150,9 +151,72 @@ def test_a_fax_gone_before_the_first_look_without_its_fields_fails_after_the_gra
     control.create_fax(id="o1", lifecycle=TWO_LOOKS)
     sensor(outbox_fax_id="o1").poke({})
     sensor(outbox_fax_id="o1").poke({})  # it left; this new sensor never saw it
-    late = sensor(record_grace_period=0)
+    late = sensor(record_grace_period=0, not_found_grace_period=0)
     with pytest.raises(AirflowFailException, match=r"destination and submit time are unknown.*pass sent="):
         late.poke({})
+
+
+def test_a_record_of_another_fax_of_the_send_or_from_before_this_fax_is_never_taken():
+    # The id of a sibling outbox fax of the same send (SendFaxOperator's ``faxes``) is not a candidate.
+    sent = SentFax("o1", "+16699990001", "+16699990000", T0, "letter", siblings=("o2",))
+    assert match_by_fields([record("o2")], sent) is None
+    assert match_by_fields([record("o2"), record("r1")], sent).record.id == "r1"
+    # Submitted before this fax by Fax.Plus's clock (the outbox's submit time): perhaps an earlier fax's.
+    exact = SentFax("o1", "+16699990001", "+16699990000", T0, "letter", exact_time=True)
+    earlier = record("rA", submit_time=T0 - timedelta(seconds=30))
+    assert match_by_fields([earlier], exact) is None  # the wait goes on: no guess
+    assert match_by_fields([record("rB")], exact).record.id == "rB"
+    with pytest.raises(AmbiguousRecordError, match="2 sent records fit"):
+        match_by_fields([earlier, record("rB")], exact)
+    # The send's own clock (no outbox sighting) says nothing of "before": the tolerance rule alone.
+    assert match_by_fields([earlier], SENT) is not None
+    send_result = {"faxes": {"o1": SENT.to_dict(), "o2": {**SENT.to_dict(), "to": "+16699990002"}}}
+    assert sent_fax_from_send_result("o1", send_result).siblings == ("o2",)
+
+
+@pytest.mark.parametrize("id_policy", ["same", "new"])
+def test_a_new_fax_not_yet_in_the_outbox_is_not_taken_for_an_earlier_one_alike(
+    single_attempt, control, id_policy
+):
+    """A fax to the same number with the same comment was sent a moment before; this one's id is not
+    known yet (a 404): it has not left, and the earlier fax's record is not its record."""
+    control.record_settings(id_policy=id_policy)
+    control.create_fax(id="oA", comment="Invoice", lifecycle=TWO_LOOKS)
+    sensor(outbox_fax_id="oA").poke({})
+    sensor(outbox_fax_id="oA").poke({})  # A left: its record exists
+    control.create_fax(id="oB", comment="Invoice", visible_after=30, lifecycle=LEAVES_IN_AN_HOUR)
+    control.set_record_outcome("oB", "failed_no_answer", description="no answer")
+    submitted = pendulum.now("UTC").isoformat()
+    send_result = {
+        "faxes": {
+            "oB": {
+                "to": "+16699990000",
+                "from_number": "no_number",
+                "comment": "Invoice",
+                "submitted_at": submitted,
+            }
+        }
+    }
+    task = sensor(outbox_fax_id="oB", sent=send_result)
+    assert task.poke({}) is False  # unknown id, within the grace period
+    control.advance(31)
+    assert task.poke({}) is False  # in the outbox now
+    assert task._left_at is None
+
+
+def test_oversized_fields_are_cut_in_messages():
+    from airflow_provider_faxplus.delivery import Match, delivery_xcom, failure_message
+
+    huge = "x" * 100_000
+    bad = record("r1", status="failed_no_answer", description=huge)
+    message = failure_message(delivery_xcom(Match(bad, "id"), SENT))
+    assert len(message) < 1_000
+    assert "more characters]" in message
+    with pytest.raises(AmbiguousRecordError) as caught:
+        match_by_fields([record(f"r{i}", status=huge) for i in range(15)], SENT)
+    assert len(str(caught.value)) < 10_000
+    assert "15 sent records fit" in str(caught.value)
+    assert "and 5 more" in str(caught.value)
 
 
 def test_partial_as_is_required_and_checked():
@@ -198,8 +262,9 @@ def test_deferred_it_rides_the_shared_outbox_list_then_matches(faxplus_conn, con
         "delivered",
     )
     paths = [e["path"].split("?")[0] for e in control.requests()]
-    # The first look was the worker's GET; in the triggerer the outbox was read by the account's list.
-    assert paths.count("/v3/accounts/self/outbox/o1") == 1
+    # The first look was the worker's GET; in the triggerer the outbox was read by the account's list,
+    # and one GET confirmed the fax's absence from it.
+    assert paths.count("/v3/accounts/self/outbox/o1") == 2
     assert paths.count("/v3/accounts/self/outbox") >= 1
 
 

@@ -130,7 +130,7 @@ def _gone_without_fields(control) -> None:
 
 def test_deferred_the_record_grace_period_ends_the_wait_as_in_poke_mode(faxplus_conn, control):
     _gone_without_fields(control)
-    task = sensor(record_grace_period=0.5)
+    task = sensor(record_grace_period=0.5, not_found_grace_period=0)
     trigger = deferred(task)  # the first look: left, no record with the outbox id, within the grace
     assert (trigger.left, trigger.record_grace_period) == (True, 0.5)
     assert trigger.left_at is not None
@@ -304,3 +304,166 @@ def test_the_delivery_triggers_of_an_account_share_one_listing_of_sent_records(f
     assert paths.count("/v3/accounts/self/outbox") == 1
     assert len(sent_listings(control)) == 1
     assert not [p for p in paths if p.startswith("/v3/accounts/self/faxes/")]
+
+
+# Absence from the outbox list is no verdict; a record of another fax is not this one's -----------------
+
+
+@pytest.mark.parametrize("id_policy", ["same", "new"])
+def test_a_list_answer_without_the_fax_is_confirmed_before_it_counts_as_left(
+    faxplus_conn, control, id_policy
+):
+    """The shared outbox list omits the fax once (a listing that drops a record) while an earlier fax to
+    the same number with the same comment has its record: one GET confirms the fax is still there, and
+    the earlier fax's record is never reported as this fax's."""
+    control.record_settings(id_policy=id_policy)
+    control.create_fax(id="oA", comment="Invoice", lifecycle=[{"status": "sending", "polls": 1}])
+    for _ in range(2):
+        FaxDeliverySensor(task_id="w", outbox_fax_id="oA", partial_as="failed").poke({})
+    control.advance(30)  # B is submitted after A, by Fax.Plus's clock
+    control.create_fax(id="oB", comment="Invoice", lifecycle=[{"status": "sending", "polls": 3}])
+    control.set_record_outcome("oB", "failed_no_answer", description="no answer")
+    task = sensor(outbox_fax_id="oB", poke_interval=0.2)
+    trigger = deferred(task)  # the worker's look saw B in the outbox
+    assert not trigger.left
+    control.add_fault(method="GET", path_endswith="/outbox", status=200, body='{"records": []}', times=1)
+    control.requests(clear=True)
+    [event] = events(trigger)
+    paths = [e["path"] for e in control.requests()]
+    while event["status"] == "checkpoint":  # the sensor defers again with what the trigger learned
+        with pytest.raises(TaskDeferred) as again:
+            task.execute_complete({}, event)
+        [event] = events(again.value.trigger)
+    assert "/v3/accounts/self/outbox/oB" in paths  # the absence was confirmed by a GET
+    if id_policy == "same":
+        with pytest.raises(AirflowFailException, match="status failed_no_answer"):
+            task.execute_complete({}, event)
+    else:  # A's record (before B's) and B's: two candidates, no guess
+        assert (event["status"], event["kind"]) == ("error", "ambiguous")
+        for rec in control.records():
+            assert rec["id"] in event["message"]
+
+
+# The shared listing of sent records: bounded, and too large is no verdict -----------------------------
+
+
+def test_an_old_fax_does_not_widen_the_shared_listing_and_too_many_records_is_no_verdict(
+    faxplus_conn, control, monkeypatch, caplog
+):
+    """A trigger for a fax sent days ago (a cleared task) beside a trigger for a fax sent now: the shared
+    listing covers the recent one only; the old one lists alone, and its listing past MAX_RECORDS (patched
+    to 5) is a failed look, retried, not an error event for anyone."""
+    from airflow_provider_faxplus.exceptions import FaxPlusNotFoundError
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+    from airflow_provider_faxplus.models import format_utc
+    from airflow_provider_faxplus.triggers import sent_poll
+
+    monkeypatch.setattr(sent_poll, "MAX_RECORDS", 5)
+    control.record_settings(id_policy="new")
+    leaves = [{"status": "sending", "polls": 1}]
+    control.create_faxes([{"id": f"old{i}", "lifecycle": leaves} for i in range(8)])
+    hook = FaxPlusHook()
+    for i in range(8):
+        hook.get_outbox_fax(f"old{i}")  # each leaves at its next look: the listing below
+    old_submit = min(r.submit_time for r in hook.list_faxes("sent"))
+    control.advance(3 * 86400)
+    control.create_fax(id="oB", comment="B", lifecycle=leaves)
+    fax_b = hook.get_outbox_fax("oB")
+    with pytest.raises(FaxPlusNotFoundError):
+        hook.get_outbox_fax("oB")  # B left: its record exists
+
+    def waiting(oid: str, to: str, submitted, comment: str) -> FaxDeliveryTrigger:
+        sent = {"outbox_fax_id": oid, "to": to, "from_number": None, "submitted_at": format_utc(submitted)}
+        return FaxDeliveryTrigger(
+            outbox_fax_id=oid,
+            user_id="self",
+            faxplus_conn_id="faxplus_default",
+            poke_interval=0.2,
+            sent={**sent, "comment": comment},
+            left=True,
+            deferred_at=time.time(),
+        )
+
+    trigger_b = waiting("oB", fax_b.to[0], fax_b.submit_time, "B")
+    trigger_old = waiting("oX", "+19999999999", old_submit, "never")
+    too_large = "more than 5 sent fax records"
+
+    async def both():
+        old = asyncio.ensure_future(collect(rebuilt(trigger_old)))
+        [found] = await asyncio.wait_for(collect(rebuilt(trigger_b)), 20)
+        assert found["status"] == "found", found  # the old fax widened nothing
+
+        async def two_failed_looks():
+            while sum(too_large in r.getMessage() for r in caplog.records) < 2:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(two_failed_looks(), 20)
+        assert not old.done()  # no event: still waiting
+        old.cancel()
+        return found
+
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_faxplus"):
+        found = asyncio.run(both())
+    assert found["status"] == "found", found
+    assert found["result"]["matched_by"] == "fields"
+    assert all(r.levelno == logging.WARNING for r in caplog.records if too_large in r.getMessage())
+
+
+def test_one_malformed_answer_to_the_shared_listing_is_retried_by_every_trigger(
+    faxplus_conn, control, caplog
+):
+    """Issue 19's rule: a malformed list answer (a proxy's HTML page) is a transient failure of the poll:
+    the three triggers of the account back off and look again, and each finds its record."""
+    from airflow_provider_faxplus.hooks.faxplus import FaxPlusHook
+    from airflow_provider_faxplus.models import format_utc
+
+    control.record_settings(id_policy="new")
+    leaves = [{"status": "sending", "polls": 1}]
+    control.create_faxes([{"id": f"o{i}", "comment": f"c{i}", "lifecycle": leaves} for i in range(3)])
+    hook = FaxPlusHook()
+    triggers = []
+    for i in range(3):
+        fax = hook.get_outbox_fax(f"o{i}")
+        sent = {"outbox_fax_id": f"o{i}", "to": fax.to[0], "from_number": fax.src, "comment": f"c{i}"}
+        triggers.append(
+            FaxDeliveryTrigger(
+                outbox_fax_id=f"o{i}",
+                user_id="self",
+                faxplus_conn_id="faxplus_default",
+                poke_interval=0.2,
+                sent={**sent, "submitted_at": format_utc(fax.submit_time)},
+                left=True,
+                deferred_at=time.time(),
+            )
+        )
+        sensor(outbox_fax_id=f"o{i}", not_found_grace_period=0).poke({})  # it leaves: its record exists
+    control.add_fault(
+        method="GET",
+        path_endswith="/faxes",
+        status=200,
+        body="<html>502 from proxy</html>",
+        content_type="text/html",
+        times=1,
+    )
+
+    async def all_three():
+        return await asyncio.wait_for(asyncio.gather(*(collect(rebuilt(t)) for t in triggers)), 30)
+
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_faxplus"):
+        results = asyncio.run(all_three())
+    assert not control.faults()  # the malformed answer was served
+    assert [[e["status"] for e in r] for r in results] == [["found"]] * 3, results
+    assert any("transient error #1" in r.getMessage() for r in caplog.records)
+
+
+def test_poke_mode_a_malformed_listing_waits_with_a_warning(faxplus_conn, control, caplog):
+    control.record_settings(id_policy="new")
+    control.create_fax(id="o1", comment="letter", lifecycle=[{"status": "sending", "polls": 1}])
+    task = sensor(deferrable=False)
+    assert task.poke({}) is False  # in the outbox: its fields are remembered
+    html = {"status": 200, "body": "<html>502</html>", "content_type": "text/html"}
+    control.add_fault(method="GET", path_endswith="/faxes", times=1, **html)
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_faxplus"):
+        assert task.poke({}) is False  # it left; the listing's answer is malformed: look again
+    assert any(r.levelno == logging.WARNING and "looking again" in r.getMessage() for r in caplog.records)
+    assert task.poke({}).xcom_value["matched_by"] == "fields"

@@ -17,7 +17,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_faxplus.constants import DEFAULT_CONN_ID
+from airflow_provider_faxplus.constants import DEFAULT_CONN_ID, DEFAULT_NOT_FOUND_GRACE_PERIOD
 from airflow_provider_faxplus.sensors.outbox import TRIGGERER_RENDERS_TEMPLATES
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ class FaxDeliverySensor(BaseSensorOperator):
         which renders the templated fields and makes the first look; no worker runs until the trigger has
         an event. On older Airflow, in mapped tasks and in ``airflow dags test`` (which start the task on a
         worker) the sensor looks once from the worker and defers, with one warning.
+    :param not_found_grace_period: Seconds after the sensor's first look (or the send's submit time, if
+        earlier) during which an outbox id that is not found, and was never seen, is "not there yet" (a
+        new id can be briefly unknown), as for ``OutboxFaxSensor``; after it, it counts as left.
     :param record_grace_period: Seconds after the fax left the outbox during which a record that cannot
         be looked up (no record with the outbox id, and no fields to match by) counts as "not there yet";
         in poke, reschedule and deferrable mode alike.
@@ -76,6 +79,7 @@ class FaxDeliverySensor(BaseSensorOperator):
         user_id: str = "self",
         faxplus_conn_id: str = DEFAULT_CONN_ID,
         record_grace_period: float = DEFAULT_RECORD_GRACE_PERIOD,
+        not_found_grace_period: float = DEFAULT_NOT_FOUND_GRACE_PERIOD,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         start_from_trigger: bool = False,
         **kwargs: Any,
@@ -93,6 +97,9 @@ class FaxDeliverySensor(BaseSensorOperator):
             raise ValueError(f"partial_as must be one of {', '.join(PARTIAL_AS)}, got {partial_as!r:.30}")
         if isinstance(record_grace_period, bool) or not isinstance(record_grace_period, int | float):
             raise TypeError("record_grace_period must be a number of seconds")
+        if isinstance(not_found_grace_period, bool) or not isinstance(not_found_grace_period, int | float):
+            raise TypeError("not_found_grace_period must be a number of seconds")
+        self.not_found_grace_period = float(not_found_grace_period)
         self.outbox_fax_id = outbox_fax_id
         self.partial_as = partial_as
         self.sent = sent
@@ -101,6 +108,7 @@ class FaxDeliverySensor(BaseSensorOperator):
         self.record_grace_period = float(record_grace_period)
         self._seen: dict[str, Any] | None = None  # the outbox's fields, once seen there
         self._left_at: float | None = None
+        self._first_look_at: float | None = None
         self.start_from_trigger_requested = start_from_trigger
         self.start_from_trigger = start_from_trigger and TRIGGERER_RENDERS_TEMPLATES
         if self.start_from_trigger:
@@ -121,6 +129,7 @@ class FaxDeliverySensor(BaseSensorOperator):
                 "faxplus_conn_id": self.faxplus_conn_id,
                 "poke_interval": float(self.poke_interval),
                 "record_grace_period": self.record_grace_period,
+                "not_found_grace_period": self.not_found_grace_period,
                 "timeout": float(self.timeout),
             },
             next_method="execute_complete",
@@ -138,19 +147,47 @@ class FaxDeliverySensor(BaseSensorOperator):
 
     def _load(self, context: Any) -> None:
         store = context.get("task_state_store")
-        if store is None or self._seen is not None or self._left_at is not None:
+        if store is None or self._first_look_at is not None:
             return
         saved = store.get(STATE_KEY)
         if isinstance(saved, dict) and saved.get("outbox_fax_id") == self.outbox_fax_id:
             self._seen = saved.get("seen")
             self._left_at = saved.get("left_at")
+            self._first_look_at = saved.get("first_look_at")
 
     def _save(self, context: Any) -> None:
         store = context.get("task_state_store")
         if store is not None:
             store.set(
-                STATE_KEY, {"outbox_fax_id": self.outbox_fax_id, "seen": self._seen, "left_at": self._left_at}
+                STATE_KEY,
+                {
+                    "outbox_fax_id": self.outbox_fax_id,
+                    "seen": self._seen,
+                    "left_at": self._left_at,
+                    "first_look_at": self._first_look_at,
+                },
             )
+
+    def _progress(self) -> Any:
+        """What OutboxFaxSensor's not-found rule needs: when the looks began (the send's submit time if
+        earlier: a reschedule without a task state store restarts this object) and whether the fax was
+        seen in the outbox."""
+        from airflow_provider_faxplus.waiting import WaitProgress
+
+        if self._first_look_at is None:
+            self._first_look_at = time.time()
+        started = self._first_look_at
+        submitted = self._sent_fax().submitted_at
+        if submitted is not None:
+            started = min(started, submitted.timestamp())
+        return WaitProgress(started_at=started, ever_seen=self._seen is not None)
+
+    def _policy(self) -> Any:
+        from airflow_provider_faxplus.waiting import WaitPolicy
+
+        # Never seen after the grace period: the fax may have left before the first look; the record
+        # (and the matching rule) decides, not a wrong-id failure.
+        return WaitPolicy(not_found_grace_period=self.not_found_grace_period, fail_if_never_seen=False)
 
     def _sent_fax(self) -> SentFax:
         from airflow_provider_faxplus.delivery import SentFax, sent_fax_from_send_result
@@ -198,13 +235,21 @@ class FaxDeliverySensor(BaseSensorOperator):
             match_by_id,
             no_record_message,
         )
-        from airflow_provider_faxplus.exceptions import FaxPlusNotFoundError
+        from airflow_provider_faxplus.exceptions import FaxPlusNotFoundError, FaxPlusResponseError
+        from airflow_provider_faxplus.waiting import observe_not_found
 
         if self._left_at is None:
+            progress = self._progress()
             try:
                 outbox = self.hook.get_outbox_fax(self.outbox_fax_id, user_id=self.user_id)
             except FaxPlusNotFoundError:
                 outbox = None
+                absent = observe_not_found(
+                    self.outbox_fax_id, progress, self._policy(), time.time(), self.user_id
+                )
+                if absent.action != "left":
+                    log.info("%s", absent.message)
+                    return None
             if outbox is not None:
                 self._seen = SentFax.from_outbox(outbox).to_dict()
                 if outbox.in_outbox_state:
@@ -220,9 +265,14 @@ class FaxDeliverySensor(BaseSensorOperator):
                 match = None
             if match is None and sent.fields_known():
                 assert sent.submitted_at is not None
-                records = self.hook.list_faxes(
-                    "sent", after=sent.submitted_at - SUBMIT_TOLERANCE, user_id=self.user_id
-                )
+                try:
+                    records = self.hook.list_faxes(
+                        "sent", after=sent.submitted_at - SUBMIT_TOLERANCE, user_id=self.user_id
+                    )
+                except FaxPlusResponseError as exc:
+                    # A malformed list answer (a proxy's HTML page) is a transient failure of the look.
+                    log.warning("outbox fax %r: looking again at the next poke: %s", self.outbox_fax_id, exc)
+                    return None
                 match = match_by_fields(records, sent)
         except AmbiguousRecordError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -234,7 +284,7 @@ class FaxDeliverySensor(BaseSensorOperator):
         return None
 
     def _conclude(self, xcom: dict[str, Any]) -> dict[str, Any]:
-        from airflow_provider_faxplus.delivery import failure_message
+        from airflow_provider_faxplus.delivery import bounded, failure_message
 
         outcome = xcom["outcome"]
         if outcome == "delivered" or (outcome == "partial" and self.partial_as == "delivered"):
@@ -248,7 +298,8 @@ class FaxDeliverySensor(BaseSensorOperator):
             return xcom
         if outcome == "unknown":
             raise AirflowFailException(
-                f"fax {self.outbox_fax_id!r} (record {xcom['fax_id']!r}) has status {xcom['status']!r}, "
+                f"fax {self.outbox_fax_id!r} (record {bounded(repr(xcom['fax_id']))}) has status "
+                f"{bounded(repr(xcom['status']))}, "
                 "which this provider does not know as delivered or failed"
             )
         raise AirflowFailException(failure_message(xcom))
@@ -288,6 +339,9 @@ class FaxDeliverySensor(BaseSensorOperator):
                 record_grace_period=self.record_grace_period,
                 left_at=self._left_at,
                 deferred_at=deferred_at,
+                not_found_grace_period=self.not_found_grace_period,
+                first_look_at=self._first_look_at,
+                seen=self._seen is not None,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout),

@@ -19,10 +19,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_faxplus import delivery, oauth, protocol, records
 from airflow_provider_faxplus.config import FaxPlusConfig
+from airflow_provider_faxplus.constants import DEFAULT_NOT_FOUND_GRACE_PERIOD
 from airflow_provider_faxplus.exceptions import FaxPlusAuthError, FaxPlusError, FaxPlusNotFoundError
 from airflow_provider_faxplus.records import FaxRecord
+from airflow_provider_faxplus.retry import backoff_seconds
 from airflow_provider_faxplus.triggers.outbox_poll import AccountPoll, ListUnavailable, account_poll
-from airflow_provider_faxplus.triggers.sent_poll import SentRecordsPoll, sent_records_poll
+from airflow_provider_faxplus.triggers.sent_poll import ListingTooLarge, SentRecordsPoll, sent_records_poll
 from airflow_provider_faxplus.triggers.session import (
     _exchange,
     _Lease,
@@ -31,6 +33,7 @@ from airflow_provider_faxplus.triggers.session import (
     fetch_outbox_fax,
     load_connection,
 )
+from airflow_provider_faxplus.waiting import WaitPolicy, WaitProgress, observe_not_found
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ class FaxDeliveryTrigger(BaseTrigger):
         left_at: float | None = None,
         deferred_at: float | None = None,
         timeout: float | None = None,
+        not_found_grace_period: float | None = None,
+        first_look_at: float | None = None,
+        seen: bool = False,
     ) -> None:
         super().__init__()
         self.outbox_fax_id = outbox_fax_id
@@ -76,6 +82,14 @@ class FaxDeliveryTrigger(BaseTrigger):
         self.deferred_at = time.time() if deferred_at is None else float(deferred_at)
         self._deferred_at_given = deferred_at is not None
         self.timeout = None if timeout is None else float(timeout)
+        # None in kwargs stored before it existed: OutboxFaxSensor's default.
+        self.not_found_grace_period = (
+            DEFAULT_NOT_FOUND_GRACE_PERIOD
+            if not_found_grace_period is None
+            else float(not_found_grace_period)
+        )
+        self.first_look_at = None if first_look_at is None else float(first_look_at)
+        self.seen = bool(seen)
         self._given: delivery.SentFax | None = None  # ``sent`` as the kwargs give it
         self._known: delivery.SentFax | None = None  # that, merged with what the outbox showed
 
@@ -93,6 +107,9 @@ class FaxDeliveryTrigger(BaseTrigger):
                 "left_at": self.left_at,
                 "deferred_at": self.deferred_at if self._deferred_at_given else None,
                 "timeout": self.timeout,
+                "not_found_grace_period": self.not_found_grace_period,
+                "first_look_at": self.first_look_at,
+                "seen": self.seen,
             },
         )
 
@@ -152,6 +169,7 @@ class FaxDeliveryTrigger(BaseTrigger):
     ) -> dict[str, Any]:
         due = time.monotonic()
         renewed = False
+        failures = 0
         wanted: list[object] = []
         try:
             while True:
@@ -160,6 +178,7 @@ class FaxDeliveryTrigger(BaseTrigger):
                     token = await access_token(poll.lease, config)
                     event = await self._look(poll, sent_poll, config, token, due, wanted)
                     renewed = False
+                    failures = 0
                 except delivery.AmbiguousRecordError as exc:
                     return {"status": "error", "kind": "ambiguous", "message": str(exc)}
                 except FaxPlusAuthError as exc:
@@ -175,11 +194,23 @@ class FaxDeliveryTrigger(BaseTrigger):
                     oauth.source_for(config).invalidate(token)
                     log.info("Fax.Plus refused the OAuth2 access token (HTTP 401): refreshing it once")
                     continue
+                except ListingTooLarge as exc:
+                    # Not a verdict on any fax: the look failed; the sensor's timeout bounds the tries.
+                    log.warning("%s", exc)
+                    event = None
                 except FaxPlusError as exc:
                     if not protocol.is_retryable(exc):
                         raise
-                    log.info("transient error, will look again in %g s: %s", self.poke_interval, exc)
-                    event = None
+                    # A transient failure of the look (a malformed list answer included): back off and
+                    # look again; the sensor's timeout bounds the tries.
+                    failures += 1
+                    wait = max(
+                        self.poke_interval,
+                        backoff_seconds(failures, config.initial_backoff, getattr(exc, "retry_after", None)),
+                    )
+                    log.warning("transient error #%d, will look again in %.1f s: %s", failures, wait, exc)
+                    due = time.monotonic() + wait
+                    continue
                 if event is not None:
                     return event
                 due = time.monotonic() + self.poke_interval
@@ -204,11 +235,21 @@ class FaxDeliveryTrigger(BaseTrigger):
                 outbox = snapshot.records.get(self.outbox_fax_id)
             except ListUnavailable:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
+            else:
+                # Absent from a list answer is no verdict: within the grace period a never-seen id
+                # waits; otherwise one *Get outgoing fax* confirms, as OutboxFaxTrigger does.
+                if outbox is None and self._not_found().action != "left":
+                    return None
+            if outbox is None:
                 try:
                     outbox = await fetch_outbox_fax(lease, config, self.outbox_fax_id, self.user_id, token)
                 except FaxPlusNotFoundError:
-                    outbox = None
+                    absent = self._not_found()
+                    if absent.action != "left":
+                        log.debug("%s", absent.message)
+                        return None
             if outbox is not None:
+                self.seen = True
                 self._known = delivery.SentFax.from_outbox(outbox).merged(self._sent_fax())
                 if outbox.in_outbox_state:
                     return None
@@ -235,6 +276,8 @@ class FaxDeliveryTrigger(BaseTrigger):
             listing = await sent_poll.snapshot(due=due, interval=self.poke_interval)
             if not listing.covers(after):  # listed for later faxes only (this one just joined): again
                 listing = await sent_poll.snapshot(due=time.monotonic(), interval=self.poke_interval)
+            if not listing.covers(after):  # older than the shared span: this fax lists its own
+                listing = await sent_poll.list_alone(after)
             by_id = listing.by_id.get(self.outbox_fax_id)
             if by_id is not None:
                 match = delivery.match_by_id(by_id, sent)
@@ -256,6 +299,16 @@ class FaxDeliveryTrigger(BaseTrigger):
             log.debug("outbox fax %r: its sent record is not there yet", self.outbox_fax_id)
             return None
         return {"status": "found", "result": delivery.delivery_xcom(match, sent)}
+
+    def _not_found(self) -> Any:
+        """OutboxFaxSensor's rule for an outbox id that is not found (never seen: a grace period)."""
+        started = self.first_look_at if self.first_look_at is not None else self.deferred_at
+        submitted = self._sent_fax().submitted_at
+        if submitted is not None:
+            started = min(started, submitted.timestamp())
+        progress = WaitProgress(started_at=started, ever_seen=self.seen)
+        policy = WaitPolicy(not_found_grace_period=self.not_found_grace_period, fail_if_never_seen=False)
+        return observe_not_found(self.outbox_fax_id, progress, policy, time.time(), self.user_id)
 
     def _grace_applies(self) -> bool:
         return self.record_grace_period is not None and not self._sent_fax().fields_known()

@@ -3,37 +3,47 @@
 One :class:`SentRecordsPoll` per account (as ``outbox_poll``'s), on the tick of ``shared_poll``. Each
 trigger waiting for a sent record says from when it needs the records (:meth:`SentRecordsPoll.want`: its
 fax's submit time, less the matching tolerance); a tick lists the ``sent`` records since the earliest of
-those, page by page, and indexes them by id and by destination, so that each trigger finds its record
-among thousands without reading them all.
+those within :data:`SHARED_SPAN` of the latest, page by page, and indexes them by id and by destination,
+so that each trigger finds its record among thousands without reading them all. A fax submitted longer
+ago than that (a cleared task, a rerun) does not widen the listing of every other trigger: it lists its
+own (:meth:`SentRecordsPoll.list_alone`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pendulum import DateTime
 
 from airflow_provider_faxplus import protocol, records
 from airflow_provider_faxplus.config import FaxPlusConfig
-from airflow_provider_faxplus.delivery import AmbiguousRecordError
-from airflow_provider_faxplus.exceptions import FaxPlusResponseError
+from airflow_provider_faxplus.exceptions import FaxPlusError, FaxPlusResponseError
 from airflow_provider_faxplus.models import format_utc
 from airflow_provider_faxplus.records import FaxRecord
-from airflow_provider_faxplus.triggers.outbox_poll import poll_key
+from airflow_provider_faxplus.triggers.outbox_poll import MalformedListAnswer, poll_key
 from airflow_provider_faxplus.triggers.session import _exchange, _Lease, access_token, shared_session
 from airflow_provider_faxplus.triggers.shared_poll import SharedPoll, held
 
 log = logging.getLogger(__name__)
 
-# A tick that would list more sent records than this fails its waiters rather than run on: a window of
-# a few minutes holds far fewer (10,000 in one window lists in 200 pages).
+# A listing that would hold more sent records than this stops: a transient failure of that look (the
+# waiters try again at their next interval), never a verdict. A window of a few minutes holds far fewer
+# (10,000 in one window lists in 200 pages).
 MAX_RECORDS = 50_000
+# The shared listing reaches back this far from the latest fax waited on; an older one lists alone.
+SHARED_SPAN = timedelta(hours=1)
+
+
+class ListingTooLarge(FaxPlusError):
+    """More than :data:`MAX_RECORDS` sent records in a window: this look failed, nothing is decided."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +83,21 @@ class SentRecordsPoll(SharedPoll[SentSnapshot]):
     def unwant(self, handle: object) -> None:
         self._wanted.pop(handle, None)
 
+    def shared_after(self) -> DateTime:
+        """From when the shared listing lists: the earliest wanted time within SHARED_SPAN of the latest."""
+        latest = max(self._wanted.values())
+        return min(after for after in self._wanted.values() if after >= latest - SHARED_SPAN)
+
     async def _list(self, started_at: float) -> SentSnapshot:
         if not self._wanted:
             raise RuntimeError("a sent-records tick with nobody wanting records")
-        after = min(self._wanted.values())
+        return await self._list_since(self.shared_after(), started_at)
+
+    async def list_alone(self, after: DateTime) -> SentSnapshot:
+        """The sent records since ``after`` for one trigger, outside the tick (older than the shared span)."""
+        return await self._list_since(after, time.monotonic())
+
+    async def _list_since(self, after: DateTime, started_at: float) -> SentSnapshot:
         after_s = records.format_api_time("after", after)
         by_id: dict[str, FaxRecord] = {}
         by_to: dict[str | None, list[FaxRecord]] = {}
@@ -89,7 +110,10 @@ class SentRecordsPoll(SharedPoll[SentSnapshot]):
             self.requests_sent += 1
             pages += 1
             status, headers, body = await self._send(call, token)
-            page = records.parse_list_faxes_response(self.config, call, status, headers, body)
+            try:
+                page = records.parse_list_faxes_response(self.config, call, status, headers, body)
+            except FaxPlusResponseError as exc:  # e.g. a proxy's HTML page: every waiter tries again
+                raise MalformedListAnswer(exc) from None
             new = [record for record in page if record.id not in by_id]
             if page and not new:
                 raise FaxPlusResponseError(
@@ -108,9 +132,10 @@ class SentRecordsPoll(SharedPoll[SentSnapshot]):
                 break
             offset += len(page)
             if len(by_id) > MAX_RECORDS:
-                raise AmbiguousRecordError(
+                raise ListingTooLarge(
                     f"more than {MAX_RECORDS:,} sent fax records of user {self.user_id!r} since "
-                    f"{format_utc(after)}: too many to look for the faxes waited on among them"
+                    f"{format_utc(after)}: too many to look for the faxes waited on among them; "
+                    "trying again at the next interval"
                 )
             await asyncio.sleep(0)  # the other triggers run between pages
         log.debug("listed %d sent records since %s in %d page(s)", len(by_id), after_s, pages)
