@@ -23,6 +23,14 @@ import sqlalchemy
 from tests.test_deployment import AIRFLOW_3, ROOT, TOKEN, wait_for
 from tests.test_event_failover import _kill, _soon
 
+
+def id_key(fax_id: str) -> str:
+    """How the watcher's cursor keys a fax id (hashed)."""
+    from airflow_provider_faxplus.record_watch import id_key as key
+
+    return key(fax_id)
+
+
 pytestmark = pytest.mark.skipif(not AIRFLOW_3, reason="asset watchers need Airflow 3")
 
 DAG_ID = "example_faxplus_inbound"
@@ -49,7 +57,8 @@ class Inbound:
         return [str(((extra or {}).get("payload") or {}).get("fax_id")) for (extra,) in rows]
 
     def cursor(self) -> set[str] | None:
-        """The ids the watcher's stored cursor holds (None before its first write)."""
+        """The id keys (``record_watch.id_key``: the cursor keeps ids hashed) the watcher's stored cursor
+        holds (None before its first write)."""
         from airflow_provider_faxplus.record_watch import RecordWindow
 
         rows = self.query(
@@ -124,7 +133,7 @@ def test_three_received_faxes_become_three_files_each_written_once_across_trigge
     deployment, control = f.deployment, f.sandbox.client
     control.receive_fax(id="before-watch")  # there before the watcher first looks: not new
     deployment.unpause(DAG_ID)
-    wait_for(lambda: f.cursor() == {"before-watch"}, "the watcher's first cursor", 300)
+    wait_for(lambda: f.cursor() == {id_key("before-watch")}, "the watcher's first cursor", 300)
 
     def restart(dead: set[int]) -> None:
         deployment.start("triggerer", "triggerer")
@@ -152,12 +161,12 @@ def test_three_received_faxes_become_three_files_each_written_once_across_trigge
     # The new triggerer's cursor holds fax-2 once it has looked (and reported fax-2 again if the killed
     # one had not stored it). Airflow links an event stored while it creates a run to no run until the
     # next event comes (README, Event-driven DAGs): fax-3 comes once that run is done.
-    wait_for(lambda: "fax-2" in (f.cursor() or set()), "the new triggerer's cursor with fax-2", 120)
+    wait_for(lambda: id_key("fax-2") in (f.cursor() or set()), "the new triggerer's cursor with fax-2", 120)
     wait_for(f.runs_done, "the runs to finish", 300)
 
     control.receive_fax(id="fax-3")
     saved("fax-3")
-    wait_for(lambda: "fax-3" in (f.cursor() or set()), "the cursor with fax-3", 120)
+    wait_for(lambda: id_key("fax-3") in (f.cursor() or set()), "the cursor with fax-3", 120)
     events = Counter(f.event_ids())
     print(f"\nFAXPLUS-INBOUND: events {dict(events)}; runs {len(deployment.dag_runs(DAG_ID))}")
 
